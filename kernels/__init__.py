@@ -1,0 +1,1 @@
+"""fastvlmrl.kernels: Triton kernels with PyTorch references (imports torch and triton only)."""
