@@ -1,0 +1,108 @@
+"""Model output text -> env action, never raising whatever the text.
+
+JSON first: the first JSON object in the text with an "action" key whose value names a legal
+action exactly (case and surrounding spaces ignored). Otherwise RL4VLM's substring rule: take the
+lowercased text after the last `"action":` (only the last character if there is none); for the
+card games a "10" counts as the action "10" and is removed before the other numbers are looked
+for (so "10" is not also read as "1"); exactly one distinct legal action string must occur.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import NamedTuple
+
+import numpy as np
+
+from fastvlmrl.envs.games import Game, get_game
+
+_ACTION_MARKER = '"action":'
+_MAX_JSON_STARTS = 32  # JSON objects tried per text: bounds the work on huge or adversarial outputs
+_ACTION_KEY = re.compile(r'"action"\s*:')
+
+
+class ParsedAction(NamedTuple):
+    action: int | None  # the action index, or None when the text names no single legal action
+    legal: bool
+
+
+def _as_text(text) -> str:
+    if isinstance(text, str):
+        return text
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        return bytes(text).decode("utf-8", errors="replace")
+    try:
+        return str(text)
+    except Exception:  # a hostile __str__: nothing to read
+        return ""
+
+
+def _from_json(text: str, lookup: dict[str, int]) -> int | None:
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    tries = 0
+    while start != -1 and tries < _MAX_JSON_STARTS:
+        tries += 1
+        try:
+            obj, _ = decoder.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            obj = None
+        if isinstance(obj, dict) and "action" in obj:
+            value = obj["action"]
+            if isinstance(value, (str, int)) and not isinstance(value, bool):
+                return lookup.get(str(value).strip().lower())
+            return None
+        start = text.find("{", start + 1)
+    return None
+
+
+def _from_substrings(text: str, game: Game) -> int | None:
+    lowered = text.lower()
+    at = lowered.rfind(_ACTION_MARKER)
+    tail = lowered[at:] if at != -1 else lowered[-1:]
+    found: set[str] = set()
+    if game.name in ("EZPoints", "Points24") and "10" in tail:
+        found.add("10")
+        tail = tail.replace("10", "")
+    for action in game.actions:
+        if action in tail:
+            found.add(action)
+    if len(found) != 1:
+        return None
+    return game.actions.index(found.pop())
+
+
+def parse_action(game: Game | str, text) -> ParsedAction:
+    """The action a model's output names, as (action index or None, legal)."""
+    game = get_game(game) if isinstance(game, str) else game
+    text = _as_text(text)
+    lookup = {a.lower(): i for i, a in enumerate(game.actions)}
+    action = _from_json(text, lookup)
+    if action is None:
+        action = _from_substrings(text, game)
+    return ParsedAction(action, action is not None)
+
+
+def action_char_span(text: str) -> tuple[int, int] | None:
+    """Character span of the action part of an output: from the last `"action"` key to the end.
+
+    The trainer maps it to token spans through the tokenizer's offset mapping (λ-weighting of
+    thought vs action tokens), instead of hard-coded token ids."""
+    last = None
+    for m in _ACTION_KEY.finditer(text):
+        last = m
+    return (last.start(), len(text)) if last else None
+
+
+def choose_action(parsed: ParsedAction, num_actions: int, rng: np.random.Generator, policy: str = "random",
+                  penalty: float = -1.0) -> tuple[int, float]:
+    """(action to send, extra reward) for a parsed output under the illegal-output policy.
+
+    "random" (RL4VLM's default): an illegal output becomes a uniformly random action, no extra
+    reward. "penalty": it also costs `penalty`."""
+    if policy not in ("random", "penalty"):
+        raise ValueError(f"illegal-action policy must be 'random' or 'penalty', got {policy!r}")
+    if parsed.legal:
+        return int(parsed.action), 0.0
+    return int(rng.integers(num_actions)), (float(penalty) if policy == "penalty" else 0.0)
