@@ -30,9 +30,9 @@ class CardsEnv(gym.Env):
         self.action_space = self._envs.single_action_space
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
         if seed is not None:
-            seeds_for(seed, 1)  # validates the seed
+            seeds_for(seed, 1)  # a clear error for a bad seed before anything changes
+        super().reset(seed=seed)
         obs, _ = self._envs.reset(seed=seed)
         return obs[0], describe(self.game, self._envs._state[0])
 

@@ -2,8 +2,8 @@
 Points24: 24 from four cards with + - * / and parentheses), with rational arithmetic.
 
 Solutions are token sequences as the envs read them (numbers as ints, operators as strings),
-written with the fewest parentheses and, for + and * chains, also in every operand order that
-gives a different text, so an oracle can follow whatever prefix a formula already has.
+written with the fewest parentheses, in every operand order, so that an oracle can follow
+whatever prefix a formula already has.
 """
 
 from __future__ import annotations
@@ -15,48 +15,13 @@ from functools import lru_cache
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 
 
-def _combine(left, right, ops: str):
-    """All (value, tokens, top-level operator) of `left op right` for ops, with needed parentheses."""
-    out = []
-    for lv, lt, lop in left:
-        for rv, rt, rop in right:
-            for op in ops:
-                if op == "/" and rv == 0:
-                    continue
-                value = {"+": lv + rv, "-": lv - rv, "*": lv * rv, "/": lv / rv if rv else None}[op]
-                p = _PRECEDENCE[op]
-                # left operand needs parentheses if it binds looser; the right one also when equal
-                # precedence would re-associate (a - (b + c), a / (b * c)).
-                lneed = lop is not None and _PRECEDENCE[lop] < p
-                rneed = rop is not None and (_PRECEDENCE[rop] < p or (_PRECEDENCE[rop] == p and op in "-/"))
-                ltoks = ("(",) + lt + (")",) if lneed else lt
-                rtoks = ("(",) + rt + (")",) if rneed else rt
-                out.append((value, ltoks + (op,) + rtoks, op))
-    return out
-
-
-@lru_cache(maxsize=None)
-def _expressions(numbers: tuple[int, ...], ops: str) -> tuple:
-    """Every expression over the multiset `numbers` (each used once), as (value, tokens, top op)."""
-    if len(numbers) == 1:
-        return ((Fraction(numbers[0]), (numbers[0],), None),)
-    results = {}
+def _splits(numbers: tuple[int, ...]):
+    """Every ordered split of a multiset into two non-empty sorted parts."""
     n = len(numbers)
-    # split the multiset into two non-empty ordered parts (by index subsets)
     for mask in range(1, (1 << n) - 1):
         left = tuple(sorted(numbers[i] for i in range(n) if mask >> i & 1))
         right = tuple(sorted(numbers[i] for i in range(n) if not mask >> i & 1))
-        for item in _combine(_expressions(left, ops), _expressions(right, ops), ops):
-            results[item[1]] = item
-    return tuple(results.values())
-
-
-@lru_cache(maxsize=None)
-def solutions(numbers: tuple[int, ...], target: int, ops: str = "+-*/") -> tuple[tuple, ...]:
-    """All token sequences that use each number once and equal target exactly, sorted."""
-    key = tuple(sorted(numbers))
-    found = {toks for value, toks, _ in _expressions(key, ops) if value == target}
-    return tuple(sorted(found, key=lambda t: (len(t), [str(x) for x in t])))
+        yield left, right
 
 
 @lru_cache(maxsize=None)
@@ -65,12 +30,9 @@ def _values(numbers: tuple[int, ...], ops: str) -> frozenset:
     if len(numbers) == 1:
         return frozenset((Fraction(numbers[0]),))
     out = set()
-    n = len(numbers)
-    for mask in range(1, (1 << n) - 1):
-        left = _values(tuple(sorted(numbers[i] for i in range(n) if mask >> i & 1)), ops)
-        right = _values(tuple(sorted(numbers[i] for i in range(n) if not mask >> i & 1)), ops)
-        for a in left:
-            for b in right:
+    for left, right in _splits(numbers):
+        for a in _values(left, ops):
+            for b in _values(right, ops):
                 if "+" in ops:
                     out.add(a + b)
                 if "-" in ops:
@@ -83,7 +45,61 @@ def _values(numbers: tuple[int, ...], ops: str) -> frozenset:
 
 
 def solvable(numbers, target: int, ops: str = "+-*/") -> bool:
-    return target in _values(tuple(sorted(numbers)), ops)
+    return Fraction(target) in _values(tuple(sorted(int(n) for n in numbers)), ops)
+
+
+def _wrap(tokens: tuple, top: str | None, op: str, right_side: bool) -> tuple:
+    """Parenthesise an operand of `op` if it binds looser, or equally on the right of - and /."""
+    if top is None:
+        return tokens
+    p, q = _PRECEDENCE[top], _PRECEDENCE[op]
+    if p < q or (right_side and p == q and op in "-/"):
+        return ("(",) + tokens + (")",)
+    return tokens
+
+
+def _right_operand(a: Fraction, op: str, value: Fraction) -> Fraction | None:
+    """The b with `a op b == value`, or None if there is none."""
+    if op == "+":
+        return value - a
+    if op == "-":
+        return a - value
+    if op == "*":
+        return value / a if a != 0 else None
+    return a / value if value != 0 else None
+
+
+@lru_cache(maxsize=None)
+def _build(numbers: tuple[int, ...], value: Fraction, ops: str) -> tuple:
+    """Every (tokens, top operator) of an expression over the multiset `numbers` equal to value.
+
+    Goal-directed: for each split and operator the right operand's value follows from the left
+    one's, so only expressions that reach `value` are ever written out."""
+    if len(numbers) == 1:
+        return (((numbers[0],), None),) if Fraction(numbers[0]) == value else ()
+    out = {}
+    for left, right in _splits(numbers):
+        right_values = _values(right, ops)
+        for a in _values(left, ops):
+            for op in ops:
+                b = _right_operand(a, op, value)
+                if b is None or b not in right_values or (op == "/" and b == 0):
+                    continue
+                for lt, ltop in _build(left, a, ops):
+                    for rt, rtop in _build(right, b, ops):
+                        tokens = _wrap(lt, ltop, op, False) + (op,) + _wrap(rt, rtop, op, True)
+                        out[tokens] = (tokens, op)
+    return tuple(out.values())
+
+
+@lru_cache(maxsize=None)
+def solutions(numbers: tuple[int, ...], target: int, ops: str = "+-*/") -> tuple[tuple, ...]:
+    """All token sequences that use each number once and equal target exactly, shortest first."""
+    key = tuple(sorted(int(n) for n in numbers))
+    if not solvable(key, target, ops):
+        return ()
+    found = {tokens for tokens, _ in _build(key, Fraction(target), ops)}
+    return tuple(sorted(found, key=lambda t: (len(t), [str(x) for x in t])))
 
 
 def next_token(numbers, target: int, prefix, ops: str = "+-*/"):

@@ -111,12 +111,13 @@ class CardsVectorEnv(VectorEnv):
     # -- gymnasium API --
     def reset(self, *, seed=None, options: dict | None = None):
         self._check_open()
-        super().reset(seed=seed if isinstance(seed, (int, np.integer)) else None)
+        seeds = None if seed is None else seeds_for(seed, self.num_envs)
         mask = self._reset_mask(options)
         if not self._started and mask is not None and not mask.all():
             raise ValueError("the first reset must reset every env: call reset() without a reset_mask first")
-        if seed is not None:
-            self._batch.seed(seeds_for(seed, self.num_envs), mask)
+        super().reset(seed=int(seeds[0]) if seeds is not None else None)
+        if seeds is not None:
+            self._batch.seed(seeds, mask)
         elif not self._started:
             entropy = np.random.SeedSequence().generate_state(self.num_envs, np.uint64)
             self._batch.seed(entropy, None)
