@@ -47,6 +47,25 @@ typedef struct {
 
 /* ---------------- per-env game dispatch (no Python API: runs without the GIL) ---------------- */
 
+static void env_reset(Batch *b, Env *e);
+static void env_render(Batch *b, Env *e, Canvas *c);
+
+/* Start a new episode and draw it: over the env's previous frame only what changed, else in full. */
+static void env_reset_and_render(Batch *b, Env *e, Canvas *c) {
+    Env old = *e;
+    env_reset(b, e);
+    if (e->stale) {
+        env_render(b, e, c);
+        return;
+    }
+    switch (b->game) {
+        case GAME_NUMBERLINE: numberline_render_reset(&e->g.nl, c); break;
+        case GAME_EZPOINTS: ezpoints_render_reset(&old.g.fm, &e->g.fm, c); break;
+        case GAME_POINTS24: points24_render_reset(&old.g.fm, &e->g.fm, c); break;
+        default: blackjack_render_reset(&old.g.bj, &e->g.bj, c); break;
+    }
+}
+
 static void env_reset(Batch *b, Env *e) {
     switch (b->game) {
         case GAME_NUMBERLINE: numberline_reset(&e->g.nl, &e->rng); break;
@@ -125,8 +144,7 @@ static void reset_range(void *arg, int begin, int end) {
         Env *e = &w->b->envs[i];
         if (w->mask && !w->mask[i]) continue;
         Canvas c = canvas_of(w->b, w->obs, i);
-        env_reset(w->b, e);
-        env_render(w->b, e, &c);
+        env_reset_and_render(w->b, e, &c);
         env_state(w->b, e, w->state + (size_t)i * STATE_DIM);
     }
 }
@@ -140,8 +158,7 @@ static void step_range(void *arg, int begin, int end) {
         Canvas c = canvas_of(b, w->obs, i);
         int32_t *state = w->state + (size_t)i * STATE_DIM;
         if (e->needs_reset) { /* next-step autoreset: this step only starts the new episode */
-            env_reset(b, e);
-            env_render(b, e, &c);
+            env_reset_and_render(b, e, &c);
             w->rewards[i] = 0.0f;
             w->terminated[i] = w->truncated[i] = 0;
             env_state(b, e, state);
@@ -157,8 +174,7 @@ static void step_range(void *arg, int begin, int end) {
             if (w->mode == AUTORESET_SAME_STEP) {
                 memcpy(w->final_obs + (size_t)i * frame_bytes, c.px, frame_bytes);
                 env_state(b, e, w->final_state + (size_t)i * STATE_DIM);
-                env_reset(b, e);
-                env_render(b, e, &c);
+                env_reset_and_render(b, e, &c);
             } else {
                 e->needs_reset = 1;
             }

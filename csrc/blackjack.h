@@ -82,6 +82,19 @@ static void blackjack_render(const Blackjack *g, Canvas *c) {
     for (int i = 0; i < g->nplayer; i++) blackjack_player_card(g, c, i);
 }
 
+/* A new deal over a Blackjack frame: erase the old hand's extra cards, then redraw the dealer's
+ * card, the "Player" label and the two new cards (the full render's order for what overlaps). */
+static void blackjack_render_reset(const Blackjack *old, const Blackjack *g, Canvas *c) {
+    for (int i = 2; i < old->nplayer; i++) {
+        int x = 5 + (i % 5) * 74, y = 150 + (i / 5) * 102;
+        fill_rect(c, layout_x(c, x), layout_y(c, y), layout_x(c, 70), layout_y(c, 98), COLOR_FELT);
+    }
+    draw_card(c, layout_x(c, 5), layout_y(c, 25), layout_x(c, 70), layout_y(c, 98), card_code_rank(g->dealer[0]),
+              card_code_suit(g->dealer[0]));
+    draw_text(c, layout_x(c, 5), layout_y(c, 130), "Player", layout_scale(c, 2), COLOR_WHITE);
+    for (int i = 0; i < g->nplayer; i++) blackjack_player_card(g, c, i);
+}
+
 /* A hit adds one card; a stand changes nothing visible (the dealer's card stays face down). */
 static void blackjack_render_step(const Blackjack *g, Canvas *c, int action) {
     if (action == 1) blackjack_player_card(g, c, g->nplayer - 1);

@@ -78,6 +78,15 @@ static void draw_wrapped(Canvas *c, int x, int y, const char *text, int from, in
     }
 }
 
+/* Fill the cells of the first n characters of a wrapped text with a colour (erase it). */
+static void clear_wrapped(Canvas *c, int x, int y, int n, int per_line, int s, Color col) {
+    if (n <= 0) return;
+    if (per_line < 1) per_line = 1;
+    int lines = (n + per_line - 1) / per_line;
+    int cols = n < per_line ? n : per_line;
+    fill_rect(c, x, y, cols * GLYPH_ADVANCE * s, lines * GLYPH_LINE_HEIGHT * s, col);
+}
+
 static inline int text_width(int n_chars, int s) { return n_chars > 0 ? (n_chars * GLYPH_ADVANCE - 1) * s : 0; }
 
 /* Suits are indexed C, D, H, S. */

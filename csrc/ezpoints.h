@@ -66,6 +66,19 @@ static void ezpoints_render(const Formula *f, Canvas *c) {
     ezpoints_draw_text(f, c, 0, label + f->text_len);
 }
 
+/* A new hand over an EZPoints frame: erase the old text, redraw the cards and the label; the
+ * order (text area, cards, text) is the full render's, so overlaps at small sizes match too. */
+static void ezpoints_render_reset(const Formula *old, const Formula *f, Canvas *c) {
+    int x, y, s, per_line;
+    ezpoints_text_layout(c, &x, &y, &s, &per_line);
+    int label = (int)sizeof(EZPOINTS_LABEL) - 1;
+    clear_wrapped(c, x, y, label + old->text_len, per_line, s, COLOR_FELT);
+    for (int i = 0; i < 2; i++)
+        draw_card(c, layout_x(c, i == 0 ? 5 : 153), layout_y(c, 55), layout_x(c, 135), layout_y(c, 189), f->rank[i],
+                  f->suit[i]);
+    ezpoints_draw_text(f, c, 0, label + f->text_len);
+}
+
 /* After a step only new formula characters appear: draw just those. */
 static void ezpoints_render_step(const Formula *f, Canvas *c, int added) {
     int label = (int)sizeof(EZPOINTS_LABEL) - 1;

@@ -55,6 +55,15 @@ static void numberline_render_step(const NumberLine *g, Canvas *c) {
     draw_char(c, x, y, (char)('0' + g->current), s, COLOR_BLACK);
 }
 
+/* A new episode over a NumberLine frame: only the two digits change. */
+static void numberline_render_reset(const NumberLine *g, Canvas *c) {
+    int s = layout_scale(c, 4);
+    int x = layout_x(c, 30) + 8 * GLYPH_ADVANCE * s, y = layout_y(c, 60); /* after "Target: " */
+    fill_rect(c, x, y, GLYPH_W * s, GLYPH_H * s, COLOR_WHITE);
+    draw_char(c, x, y, (char)('0' + g->target), s, COLOR_BLACK);
+    numberline_render_step(g, c);
+}
+
 /* State row: target, current, steps. */
 static void numberline_state(const NumberLine *g, int32_t *out) {
     out[0] = g->target;

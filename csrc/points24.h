@@ -47,6 +47,18 @@ static void points24_render(const Formula *f, Canvas *c) {
     points24_draw_text(f, c, 0, f->text_len);
 }
 
+/* A new hand over a Points24 frame: erase the old formula, redraw cards, label and text, in the
+ * full render's order. */
+static void points24_render_reset(const Formula *old, const Formula *f, Canvas *c) {
+    int s = layout_scale(c, 2), x = layout_x(c, 10);
+    clear_wrapped(c, x, layout_y(c, 240), old->text_len, (c->w - x) / (GLYPH_ADVANCE * s), s, COLOR_FELT);
+    for (int i = 0; i < 4; i++)
+        draw_card(c, layout_x(c, POINTS24_CARD_X[i]), layout_y(c, 103), layout_x(c, 67), layout_y(c, 93), f->rank[i],
+                  f->suit[i]);
+    draw_text(c, x, layout_y(c, 210), "Formula:", s, COLOR_WHITE);
+    points24_draw_text(f, c, 0, f->text_len);
+}
+
 static void points24_render_step(const Formula *f, Canvas *c, int added) {
     if (added > 0) points24_draw_text(f, c, f->text_len - added, f->text_len);
 }
