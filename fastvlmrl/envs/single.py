@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 
 from fastvlmrl.envs.games import describe
-from fastvlmrl.envs.vector import CardsVectorEnv, check_actions, seeds_for
+from fastvlmrl.envs.vector import check_actions, make_batch, seeds_for
 
 
 class CardsEnv(gym.Env):
@@ -21,9 +21,8 @@ class CardsEnv(gym.Env):
 
     def __init__(self, *, height: int = 300, width: int = 300, render_mode: str | None = None,
                  face_cards_as_10: bool = True):
-        vector_class = type(f"{self.game_name}Batch1", (CardsVectorEnv,), {"game_name": self.game_name})
-        self._envs = vector_class(1, height=height, width=width, autoreset_mode="Disabled", copy=True,
-                                  render_mode=render_mode, face_cards_as_10=face_cards_as_10)
+        self._envs = make_batch(self.game_name, 1, height=height, width=width, autoreset_mode="Disabled",
+                                copy=True, render_mode=render_mode, face_cards_as_10=face_cards_as_10)
         self.game = self._envs.game
         self.render_mode = render_mode
         self.observation_space = self._envs.single_observation_space

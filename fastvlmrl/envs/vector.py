@@ -206,3 +206,11 @@ class Points24VectorEnv(CardsVectorEnv):
 
 class BlackjackVectorEnv(CardsVectorEnv):
     game_name = "Blackjack"
+
+
+VECTOR_ENVS = {cls.game_name: cls for cls in (NumberLineVectorEnv, EZPointsVectorEnv, Points24VectorEnv, BlackjackVectorEnv)}
+
+
+def make_batch(game: str, num_envs: int, **kwargs) -> CardsVectorEnv:
+    """The C batch of `num_envs` envs of a game by name (keyword arguments as CardsVectorEnv)."""
+    return VECTOR_ENVS[get_game(game).name](num_envs, **kwargs)

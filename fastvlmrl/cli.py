@@ -1,0 +1,142 @@
+"""The `fastvlmrl` command.
+
+    fastvlmrl envs [--game NAME] [--policy oracle|random] [--episodes N] [--num-envs N] [--threads T]
+    fastvlmrl render --game NAME [--policy oracle|random] [--seed S] --out episode.png|.gif
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def _policy(name: str, seed: int):
+    """policy(game, info) -> OracleStep: the oracle, or uniformly random actions."""
+    from fastvlmrl.envs.oracles import OracleStep, oracle_step
+
+    if name == "oracle":
+        return oracle_step
+    rng = np.random.default_rng(seed)
+
+    def random_step(game, info):
+        action = int(rng.integers(game.num_actions))
+        return OracleStep(action, "", json.dumps({"action": game.actions[action]}))
+
+    return random_step
+
+
+def cmd_envs(args) -> int:
+    """Play episodes of each game with a policy on the C batch; print success, return, length, speed."""
+    from tqdm import tqdm
+
+    from fastvlmrl.envs import GAMES, get_game
+    from fastvlmrl.envs.vector import make_batch
+
+    names = [get_game(args.game).name] if args.game else list(GAMES)
+    policy = _policy(args.policy, args.seed)
+    print(f"{'game':<11} {'success':>8} {'return':>8} {'length':>7} {'episodes':>9} {'steps/s':>10}")
+    for name in names:
+        envs = make_batch(name, args.num_envs, copy=False, num_threads=args.threads, autoreset_mode="SameStep")
+        envs.reset(seed=args.seed)
+        ret = np.zeros(args.num_envs)
+        length = np.zeros(args.num_envs, int)
+        returns, lengths = [], []
+        actions = np.zeros(args.num_envs, np.int64)
+        steps, env_time = 0, 0.0
+        with tqdm(total=args.episodes, desc=name, leave=False, disable=not sys.stderr.isatty()) as bar:
+            while len(returns) < args.episodes:
+                for i in range(args.num_envs):
+                    actions[i] = policy(envs.game, envs.describe(i)).action
+                start = time.perf_counter()
+                _, rewards, terminated, truncated, _ = envs.step(actions)
+                env_time += time.perf_counter() - start
+                steps += args.num_envs
+                ret += rewards
+                length += 1
+                for i in np.flatnonzero(terminated | truncated):
+                    returns.append(ret[i])
+                    lengths.append(length[i])
+                    ret[i], length[i] = 0, 0
+                    bar.update(1)
+                if returns:
+                    bar.set_postfix(success=f"{np.mean(np.array(returns) > 0):.3f}")
+        envs.close()
+        r = np.array(returns[: args.episodes])
+        print(f"{name:<11} {np.mean(r > 0):>8.3f} {r.mean():>8.2f} {np.mean(lengths[: args.episodes]):>7.2f} "
+              f"{len(r):>9} {steps / env_time:>10,.0f}")
+    return 0
+
+
+def cmd_render(args) -> int:
+    """Play one episode and write its frames with the policy's reply under each one."""
+    from fastvlmrl.envs import get_game
+    from fastvlmrl.envs.render import episode_strip
+    from fastvlmrl.envs.vector import make_batch
+
+    game = get_game(args.game)
+    if not args.out.lower().endswith((".png", ".gif")):
+        raise ValueError(f"--out must end in .png or .gif, got {args.out!r}")
+    envs = make_batch(game.name, 1, autoreset_mode="Disabled", height=args.size, width=args.size)
+    obs, _ = envs.reset(seed=args.seed)
+    policy = _policy(args.policy, args.seed)
+    frames, texts, total = [obs[0]], [], 0.0
+    for _ in range(args.max_steps):
+        step = policy(game, envs.describe(0))
+        texts.append(step.text)
+        obs, reward, terminated, truncated, _ = envs.step(np.array([step.action]))
+        total += float(reward[0])
+        if terminated[0] or truncated[0]:
+            break
+        frames.append(obs[0])
+    envs.close()
+    episode_strip(frames, texts, args.out)
+    print(f"wrote {args.out}: {len(texts)} steps, return {total:g}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastvlmrl", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    envs = sub.add_parser("envs", help="play the games with an oracle or random policy and print statistics")
+    envs.add_argument("--game", help="one game (default: all four)")
+    envs.add_argument("--policy", choices=["oracle", "random"], default="oracle")
+    envs.add_argument("--episodes", type=_positive, default=2000)
+    envs.add_argument("--num-envs", type=_positive, default=64)
+    envs.add_argument("--threads", type=_positive, default=1)
+    envs.add_argument("--seed", type=int, default=0)
+    envs.set_defaults(func=cmd_envs)
+
+    render = sub.add_parser("render", help="write one episode as a PNG strip or GIF, with the replies")
+    render.add_argument("--game", required=True)
+    render.add_argument("--policy", choices=["oracle", "random"], default="oracle")
+    render.add_argument("--seed", type=int, default=0)
+    render.add_argument("--size", type=_positive, default=300, help="frame side in pixels")
+    render.add_argument("--max-steps", type=_positive, default=30)
+    render.add_argument("--out", required=True, help="output path ending in .png or .gif")
+    render.set_defaults(func=cmd_render)
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as error:  # a user-fixable problem: one clear line, no traceback
+        print(f"fastvlmrl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
