@@ -134,8 +134,7 @@ typedef struct {
 } Work;
 
 static Canvas canvas_of(Batch *b, uint8_t *frames, int i) {
-    Canvas c = {frames + (size_t)i * b->height * b->width * 3, b->width, b->height};
-    return c;
+    return canvas_make(frames + (size_t)i * b->height * b->width * 3, b->width, b->height);
 }
 
 static void reset_range(void *arg, int begin, int end) {

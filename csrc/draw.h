@@ -23,7 +23,13 @@ static const Color COLOR_BACK_STRIPE = {90, 120, 200};
 typedef struct {
     uint8_t *px; /* H x W x 3, row-major */
     int w, h;
+    int clip_x0, clip_y0, clip_x1, clip_y1; /* drawing stays inside [x0, x1) x [y0, y1) */
 } Canvas;
+
+static inline Canvas canvas_make(uint8_t *px, int w, int h) {
+    Canvas c = {px, w, h, 0, 0, w, h};
+    return c;
+}
 
 static inline int layout_x(const Canvas *c, int x) { return x * c->w / 300; }
 static inline int layout_y(const Canvas *c, int y) { return y * c->h / 300; }
@@ -34,8 +40,8 @@ static inline int layout_scale(const Canvas *c, int s) {
 }
 
 static void fill_rect(Canvas *c, int x, int y, int w, int h, Color col) {
-    int x0 = x < 0 ? 0 : x, y0 = y < 0 ? 0 : y;
-    int x1 = x + w > c->w ? c->w : x + w, y1 = y + h > c->h ? c->h : y + h;
+    int x0 = x < c->clip_x0 ? c->clip_x0 : x, y0 = y < c->clip_y0 ? c->clip_y0 : y;
+    int x1 = x + w > c->clip_x1 ? c->clip_x1 : x + w, y1 = y + h > c->clip_y1 ? c->clip_y1 : y + h;
     if (x0 >= x1 || y0 >= y1) return;
     uint8_t *first = c->px + ((size_t)y0 * c->w + x0) * 3;
     for (int i = 0; i < x1 - x0; i++) {
@@ -100,9 +106,21 @@ static void rank_text(int rank, char out[3]) {
     out[2] = n[1] ? n[2] : 0;
 }
 
+/* Restrict drawing to a rectangle (within the current clip); returns the previous clip. */
+static Canvas clip_to(Canvas *c, int x, int y, int w, int h) {
+    Canvas saved = *c;
+    if (x > c->clip_x0) c->clip_x0 = x;
+    if (y > c->clip_y0) c->clip_y0 = y;
+    if (x + w < c->clip_x1) c->clip_x1 = x + w;
+    if (y + h < c->clip_y1) c->clip_y1 = y + h;
+    return saved;
+}
+
 /* A face-up card: edge, white face, rank and suit in the top-left corner, suit in the
- * bottom-right corner, and the rank large in the middle. */
+ * bottom-right corner, and the rank large in the middle. Nothing is drawn outside the card, so
+ * a new card always covers all of an old one (tiny frames included). */
 static void draw_card(Canvas *c, int x, int y, int w, int h, int rank, int suit) {
+    Canvas saved = clip_to(c, x, y, w, h);
     fill_rect(c, x, y, w, h, COLOR_CARD_EDGE);
     fill_rect(c, x + 1, y + 1, w - 2, h - 2, COLOR_WHITE);
     char label[3];
@@ -121,6 +139,7 @@ static void draw_card(Canvas *c, int x, int y, int w, int h, int rank, int suit)
     if (big < 1) big = 1;
     while (big > 1 && text_width(n, big) > w - 2 * pad) big--;
     draw_text(c, x + (w - text_width(n, big)) / 2, y + (h - GLYPH_H * big) / 2, label, big, col);
+    *c = saved;
 }
 
 /* The back of a card: edge, blue face with light diagonal stripes. */
@@ -129,10 +148,10 @@ static void draw_card_back(Canvas *c, int x, int y, int w, int h) {
     fill_rect(c, x + 1, y + 1, w - 2, h - 2, COLOR_BACK);
     for (int j = 1; j < h - 1; j++) {
         int yy = y + j;
-        if (yy < 0 || yy >= c->h) continue;
+        if (yy < c->clip_y0 || yy >= c->clip_y1) continue;
         for (int i = 1; i < w - 1; i++) {
             int xx = x + i;
-            if (xx < 0 || xx >= c->w || (i + j) % 8 >= 2) continue;
+            if (xx < c->clip_x0 || xx >= c->clip_x1 || (i + j) % 8 >= 2) continue;
             uint8_t *p = c->px + ((size_t)yy * c->w + xx) * 3;
             p[0] = COLOR_BACK_STRIPE.r;
             p[1] = COLOR_BACK_STRIPE.g;

@@ -56,7 +56,7 @@ def test_c_batch_matches_reference_for_thousands_of_steps(name):
 
 
 @pytest.mark.parametrize("name", list(VECTOR))
-@pytest.mark.parametrize("size", [(64, 64), (120, 200), (450, 330)])
+@pytest.mark.parametrize("size", [(40, 48), (64, 64), (120, 200), (450, 330)])
 def test_parity_at_other_image_sizes(name, size):
     drive_in_lockstep(name, num_envs=3, steps=60, seed=fresh_seed() % 2**40, height=size[0], width=size[1])
 

@@ -30,6 +30,7 @@ class Canvas:
     def __init__(self, height: int, width: int):
         self.h, self.w = height, width
         self.px = np.zeros((height, width, 3), dtype=np.uint8)
+        self.clip = (0, 0, width, height)  # drawing stays inside [x0, x1) x [y0, y1)
 
     def x(self, v: int) -> int:
         return v * self.w // 300
@@ -43,15 +44,18 @@ class Canvas:
     def fill(self, color) -> None:
         self.px[:] = color
 
+    def _clipped(self, x: int, y: int, w: int, h: int) -> tuple[int, int, int, int]:
+        cx0, cy0, cx1, cy1 = self.clip
+        return max(x, cx0), max(y, cy0), min(x + w, cx1), min(y + h, cy1)
+
     def rect(self, x: int, y: int, w: int, h: int, color) -> None:
-        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, self.w), min(y + h, self.h)
+        x0, y0, x1, y1 = self._clipped(x, y, w, h)
         if x0 < x1 and y0 < y1:
             self.px[y0:y1, x0:x1] = color
 
     def bitmap(self, x: int, y: int, mask: np.ndarray, s: int, color) -> None:
         big = np.repeat(np.repeat(mask, s, axis=0), s, axis=1)
-        x0, y0 = max(x, 0), max(y, 0)
-        x1, y1 = min(x + big.shape[1], self.w), min(y + big.shape[0], self.h)
+        x0, y0, x1, y1 = self._clipped(x, y, big.shape[1], big.shape[0])
         if x0 < x1 and y0 < y1:
             region = self.px[y0:y1, x0:x1]
             region[big[y0 - y : y1 - y, x0 - x : x1 - x]] = color
@@ -70,6 +74,13 @@ class Canvas:
             self.char(x + column * font.ADVANCE * s, y + line * font.LINE_HEIGHT * s, ch, s, color)
 
     def card(self, x: int, y: int, w: int, h: int, rank: int, suit: int) -> None:
+        """A face-up card; nothing is drawn outside it."""
+        saved = self.clip
+        self.clip = self._clipped(x, y, w, h)
+        self._card_face(x, y, w, h, rank, suit)
+        self.clip = saved
+
+    def _card_face(self, x: int, y: int, w: int, h: int, rank: int, suit: int) -> None:
         self.rect(x, y, w, h, CARD_EDGE)
         self.rect(x + 1, y + 1, w - 2, h - 2, WHITE)
         label = RANK_NAMES[rank] if 1 <= rank <= 13 else "?"
@@ -84,7 +95,7 @@ class Canvas:
         big = max(1, w // 14)
         while big > 1 and text_width(len(label), big) > w - 2 * pad:
             big -= 1
-        self.text(x + (w - text_width(len(label), big)) // 2, y + (h - font.GLYPH_H * big) // 2, label, big, color)
+        self.text(x + _c_half(w - text_width(len(label), big)), y + _c_half(h - font.GLYPH_H * big), label, big, color)
 
     def card_back(self, x: int, y: int, w: int, h: int) -> None:
         self.rect(x, y, w, h, CARD_EDGE)
@@ -94,11 +105,15 @@ class Canvas:
         i = np.arange(1, w - 1)[None, :]
         j = np.arange(1, h - 1)[:, None]
         stripes = (i + j) % 8 < 2
-        # clip to the canvas like rect()
-        x0, y0, x1, y1 = max(x + 1, 0), max(y + 1, 0), min(x + w - 1, self.w), min(y + h - 1, self.h)
+        x0, y0, x1, y1 = self._clipped(x + 1, y + 1, w - 2, h - 2)
         if x0 < x1 and y0 < y1:
             region = self.px[y0:y1, x0:x1]
             region[stripes[y0 - y - 1 : y1 - y - 1, x0 - x - 1 : x1 - x - 1]] = BACK_STRIPE
+
+
+def _c_half(v: int) -> int:
+    """v / 2 rounded toward zero, as C's integer division (Python's // floors negatives)."""
+    return -((-v) // 2) if v < 0 else v // 2
 
 
 def text_width(n_chars: int, s: int) -> int:
