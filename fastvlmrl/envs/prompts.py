@@ -69,9 +69,9 @@ def task_prompt(game: Game | str, info: dict, *, cot: bool = True) -> str:
             f"{_face_card_rule(game)} "
             f"Your goal is to output a formula that evaluates to {target}, using each card exactly once."
         )
-        placeholder = ", ".join("x y z w".split()[:n_cards])
+        letters = ", ".join("x y z w".split()[:n_cards])
         fields = [
-            ("cards", f"[{placeholder}]"),
+            ("cards", f"[{letters}]"),
             ("current formula", f'"{formula}"'),
             (
                 "thoughts",
