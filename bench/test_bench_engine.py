@@ -1,0 +1,371 @@
+"""Generation throughput: the engine vs Hugging Face `generate`, measured in the same run.
+
+Each case builds a random-weight model from a config, makes a batch of prompts of about 600
+tokens with one image each, and generates a fixed number of tokens with EOS ignored, so the
+engine and `generate` produce the same number of tokens. Output tokens/s (prompt tokens are not
+counted) and the engine/`generate` ratio are printed and stored in ``extra_info``.
+
+- CPU (default): the project's tiny LLaVA (CLIP 112 px -> 49 image tokens, Llama hidden 128,
+  2 layers), batch 32, 64 new tokens (256 on GPU; shorter here to keep the CPU run in minutes).
+- GPU (``-m gpu``, see scripts/bench_engine_gpu.sh): Qwen2-VL-2B and LLaVA-1.5-7B configs in
+  bf16, batch 64, 256 new tokens; also reports the fraction of the decode roofline (HBM bandwidth
+  over the bytes one decode step must read: language-model weights + the batch's KV cache).
+- Text-only comparison with transformers' continuous batching (``generate_batch``), which takes
+  token ids only (no images): both run the same prompts with the image tokens replaced by text.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForImageTextToText,
+    CLIPVisionConfig,
+    GenerationConfig,
+    LlamaConfig,
+    LlavaConfig,
+    Qwen2VLConfig,
+)
+
+from fastvlmrl.engine import Engine, Request, SamplingParams
+
+PROMPT_TOKENS = 600
+
+
+@dataclass
+class Case:
+    name: str
+    batch: int
+    new_tokens: int
+    device: str
+    dtype: torch.dtype
+
+
+def tiny_llava_config() -> LlavaConfig:
+    vision = CLIPVisionConfig(
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=112,
+        patch_size=16,
+    )
+    text = LlamaConfig(
+        vocab_size=128,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=127, vision_feature_layer=-1)
+
+
+def llava15_7b_config() -> LlavaConfig:
+    """llava-hf/llava-1.5-7b-hf's architecture (CLIP ViT-L/14-336 + Vicuna-7B)."""
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+    )
+    text = LlamaConfig(
+        vocab_size=32064,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=32000, vision_feature_layer=-2)
+
+
+def qwen2_vl_2b_config() -> Qwen2VLConfig:
+    """Qwen/Qwen2-VL-2B-Instruct's architecture."""
+    return Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=151936,
+            hidden_size=1536,
+            intermediate_size=8960,
+            num_hidden_layers=28,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+            bos_token_id=151643,
+            eos_token_id=151645,
+            pad_token_id=151643,
+        ),
+        vision_config=dict(
+            depth=32,
+            embed_dim=1280,
+            hidden_size=1536,
+            num_heads=16,
+            mlp_ratio=4,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        image_token_id=151655,
+        video_token_id=151656,
+        vision_start_token_id=151652,
+        vision_end_token_id=151653,
+        tie_word_embeddings=True,
+    )
+
+
+CONFIGS = {"tiny-llava": tiny_llava_config, "llava-1.5-7b": llava15_7b_config, "qwen2-vl-2b": qwen2_vl_2b_config}
+
+
+def build(case: Case):
+    cfg = CONFIGS[case.name]()
+    torch.manual_seed(0)
+    with torch.device(case.device):
+        model = AutoModelForImageTextToText.from_config(cfg, dtype=case.dtype)
+    return model.eval()
+
+
+def make_requests(model, case: Case) -> list[Request]:
+    """~600-token prompts (lengths vary by +-40) with one random image each."""
+    cfg, g = model.config, torch.Generator().manual_seed(0)
+    text_cfg = cfg.get_text_config()
+    vocab = min(text_cfg.vocab_size, 30000, cfg.image_token_id)  # text tokens only
+    image_id = cfg.image_token_id
+    requests = []
+    for i in range(case.batch):
+        if cfg.model_type == "qwen2_vl":
+            grid = torch.tensor([[1, 24, 24]])  # a 336x336 frame -> 144 image tokens
+            vc = cfg.vision_config
+            pixels = torch.randn(576, 3 * vc.temporal_patch_size * vc.patch_size**2, generator=g)
+            mm = {"pixel_values": pixels.to(case.dtype), "image_grid_thw": grid}
+            image = [cfg.vision_start_token_id] + [image_id] * 144 + [cfg.vision_end_token_id]
+        else:
+            vc = cfg.vision_config
+            n = (vc.image_size // vc.patch_size) ** 2
+            mm = {"pixel_values": torch.randn(1, 3, vc.image_size, vc.image_size, generator=g).to(case.dtype)}
+            image = [image_id] * n
+        n_text = PROMPT_TOKENS - len(image) + (i * 7919) % 81 - 40
+        text = torch.randint(3, vocab, (max(n_text, 8),), generator=g).tolist()
+        cut = len(text) // 8  # a short system/task text, then the image, then the rest
+        ids = [text_cfg.bos_token_id] + text[:cut] + image + text[cut:]
+        requests.append(Request(ids, {k: v.to(case.device) for k, v in mm.items()}))
+    return requests
+
+
+def hf_batch(model, requests: list[Request], pad_id: int):
+    """Left-padded batch for `generate`, with each family's image tensors concatenated."""
+    width = max(len(r.prompt_token_ids) for r in requests)
+    device = model.device
+    ids = torch.full((len(requests), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(requests):
+        ids[i, width - len(r.prompt_token_ids) :] = torch.tensor(r.prompt_token_ids)
+        mask[i, width - len(r.prompt_token_ids) :] = 1
+    out = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    for key in requests[0].mm_inputs:
+        out[key] = torch.cat([r.mm_inputs[key] for r in requests]).to(device)
+    if model.config.model_type == "qwen2_vl":
+        out["mm_token_type_ids"] = (out["input_ids"] == model.config.image_token_id).int()
+    return out
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str) -> tuple[float, object]:
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def hbm_bandwidth(device_name: str) -> float | None:
+    """Peak HBM bytes/s of known GPUs (FASTVLMRL_HBM_GBPS overrides, in GB/s)."""
+    if os.environ.get("FASTVLMRL_HBM_GBPS"):
+        return float(os.environ["FASTVLMRL_HBM_GBPS"]) * 1e9
+    table = {
+        "H200": 4.8e12,
+        "H100 SXM": 3.35e12,
+        "H100 80GB HBM3": 3.35e12,
+        "H100 PCIe": 2.0e12,
+        "H100": 3.35e12,
+        "A100-SXM4-80GB": 2.04e12,
+        "A100 80GB PCIe": 1.94e12,
+        "A100": 1.55e12,
+        "L40S": 0.864e12,
+    }
+    for key, bw in table.items():
+        if key in device_name:
+            return bw
+    return None
+
+
+def decode_roofline_fraction(engine: Engine, requests: list[Request], new_tokens: int) -> dict:
+    """Ideal decode step time (bytes / bandwidth) over the measured one."""
+    bw = hbm_bandwidth(torch.cuda.get_device_name())
+    if bw is None or engine.stats.decode_steps == 0:
+        return {}
+    lm = engine.runner.lm
+    weight_bytes = sum(p.numel() * p.element_size() for p in lm.parameters())
+    # A decode step reads every language-model weight once, except the embedding table, of which
+    # it gathers B rows; the LM head reads its whole matrix (the same tensor when tied).
+    head, embed = engine.runner.lm_head.weight, engine.runner.embed.weight
+    weight_bytes += (head.numel() - embed.numel()) * head.element_size()
+    kv_per_token = engine.kv.shape.block_bytes // engine.kv.shape.block_size
+    mean_len = sum(len(r.prompt_token_ids) for r in requests) / len(requests) + new_tokens / 2
+    step_bytes = weight_bytes + len(requests) * mean_len * kv_per_token
+    measured = engine.stats.decode_s / engine.stats.decode_steps
+    return {
+        "decode_step_ms": measured * 1e3,
+        "roofline_step_ms": step_bytes / bw * 1e3,
+        "roofline_fraction": step_bytes / bw / measured,
+        "hbm_bytes_per_s": bw,
+    }
+
+
+def time_generate(model, requests: list[Request], case: Case) -> float:
+    """Seconds for Hugging Face `generate` on the whole batch (greedy, exactly new_tokens each)."""
+    pad = model.config.get_text_config().pad_token_id
+    batch = hf_batch(model, requests, pad)
+    with torch.inference_mode():
+        model.generate(**hf_batch(model, requests[:2], pad), max_new_tokens=2)  # warm-up
+        seconds, out = timed(
+            lambda: model.generate(
+                **batch, max_new_tokens=case.new_tokens, min_new_tokens=case.new_tokens, do_sample=False
+            ),
+            case.device,
+        )
+    assert out.shape[1] - batch["input_ids"].shape[1] == case.new_tokens
+    return seconds
+
+
+def run_case(case: Case, benchmark):
+    model = build(case)
+    requests = make_requests(model, case)
+    tokens = case.batch * case.new_tokens
+
+    # `generate` first, then free its cache: both KV caches at once would not fit a 7B on 80 GB.
+    hf_s = time_generate(model, requests, case)
+    if case.device == "cuda":
+        torch.cuda.empty_cache()
+
+    sp = SamplingParams(temperature=0, max_new_tokens=case.new_tokens, ignore_eos=True)
+    engine = Engine(
+        model,
+        None,
+        memory_fraction=0.6 if case.device == "cuda" else 0.05,
+        max_num_seqs=case.batch,
+        max_model_len=PROMPT_TOKENS + 64 + case.new_tokens,
+    )
+    engine.generate_requests(requests[:2], SamplingParams(temperature=0, max_new_tokens=4))  # warm-up
+    outs = benchmark.pedantic(lambda: engine.generate_requests(requests, sp), rounds=1, iterations=1)
+    engine_s = benchmark.stats.stats.max
+    assert all(o.error is None and len(o.token_ids) == case.new_tokens for o in outs)
+
+    info = {
+        "engine_tokens_per_s": tokens / engine_s,
+        "hf_generate_tokens_per_s": tokens / hf_s,
+        "speedup_vs_generate": hf_s / engine_s,
+        "backend": engine.backend,
+        "stats": vars(engine.stats),
+    }
+    if case.device == "cuda":
+        info.update(decode_roofline_fraction(engine, requests, case.new_tokens))
+        info["device"] = torch.cuda.get_device_name()
+    benchmark.extra_info.update(info)
+    print(
+        f"\n[{case.name} {case.device} batch={case.batch} new={case.new_tokens}] engine {tokens / engine_s:,.0f} tok/s, "
+        f"generate {tokens / hf_s:,.0f} tok/s, ratio {hf_s / engine_s:.2f}x; backend: {engine.backend}"
+    )
+    print(
+        f"  engine phases: vision {engine.stats.vision_s:.2f} s, prefill {engine.stats.prefill_s:.2f} s, "
+        f"decode {engine.stats.decode_s:.2f} s over {engine.stats.decode_steps} steps"
+    )
+    if "roofline_fraction" in info:
+        print(
+            f"  decode step {info['decode_step_ms']:.2f} ms vs roofline {info['roofline_step_ms']:.2f} ms: "
+            f"{info['roofline_fraction']:.1%} of the HBM roofline"
+        )
+
+
+@pytest.mark.benchmark(group="engine-cpu")
+def test_engine_vs_generate_cpu(benchmark):
+    run_case(Case("tiny-llava", batch=32, new_tokens=64, device="cpu", dtype=torch.float32), benchmark)
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.benchmark(group="engine-gpu")
+@pytest.mark.parametrize("name", ["qwen2-vl-2b", "llava-1.5-7b"])
+def test_engine_vs_generate_gpu(name, benchmark):
+    run_case(Case(name, batch=64, new_tokens=256, device="cuda", dtype=torch.bfloat16), benchmark)
+
+
+@pytest.mark.benchmark(group="engine-vs-continuous-batching")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[gpu, pytest.mark.gpu])])
+def test_engine_vs_transformers_continuous_batching(device, benchmark):
+    case = (
+        Case("tiny-llava", 32, 64, "cpu", torch.float32)
+        if device == "cpu"
+        else Case("qwen2-vl-2b", 64, 256, "cuda", torch.bfloat16)
+    )
+    model = build(case)
+    if not hasattr(model, "generate_batch"):
+        pytest.skip("this transformers has no continuous batching (generate_batch)")
+    image_id = model.config.image_token_id
+    prompts = [[5 if t == image_id else t for t in r.prompt_token_ids] for r in make_requests(model, case)]
+    sp = SamplingParams(temperature=0, max_new_tokens=case.new_tokens, ignore_eos=True)
+    engine = Engine(
+        model,
+        None,
+        memory_fraction=0.5 if device == "cuda" else 0.05,
+        max_num_seqs=case.batch,
+        max_model_len=PROMPT_TOKENS + 64 + case.new_tokens,
+    )
+    requests = [Request(p) for p in prompts]
+    engine.generate_requests(requests[:2], SamplingParams(temperature=0, max_new_tokens=4))
+    benchmark.pedantic(lambda: engine.generate_requests(requests, sp), rounds=1, iterations=1)
+    engine_s = benchmark.stats.stats.max
+
+    gc = GenerationConfig(
+        max_new_tokens=case.new_tokens,
+        do_sample=False,
+        eos_token_id=-1,
+        pad_token_id=model.config.get_text_config().pad_token_id,
+    )
+    model.generate_batch(inputs=prompts[:2], generation_config=GenerationConfig(max_new_tokens=2, do_sample=False))
+    cb_s, out = timed(lambda: model.generate_batch(inputs=prompts, generation_config=gc), device)
+    assert all(len(o.generated_tokens) == case.new_tokens for o in out.values())
+    tokens = case.batch * case.new_tokens
+    benchmark.extra_info.update(
+        {
+            "engine_tokens_per_s": tokens / engine_s,
+            "continuous_batching_tokens_per_s": tokens / cb_s,
+            "speedup_vs_continuous_batching": cb_s / engine_s,
+        }
+    )
+    print(
+        f"\n[text-only {case.name} {device} batch={case.batch} new={case.new_tokens}] engine {tokens / engine_s:,.0f} tok/s, "
+        f"transformers generate_batch {tokens / cb_s:,.0f} tok/s, ratio {cb_s / engine_s:.2f}x"
+    )

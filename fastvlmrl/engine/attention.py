@@ -1,0 +1,204 @@
+"""The only layer the engine replaces: attention over the paged KV cache.
+
+The function below is registered in transformers' ``AttentionInterface`` under
+:data:`ATTN_IMPL` and selected on the language model's config while the engine runs, so the
+Hugging Face model keeps its embeddings, rotary (M-RoPE included), norms, MLPs and LoRA layers.
+Each attention layer calls it with the step's query/key/value after rotary,
+``[1, heads, tokens, head_dim]`` (the engine packs every sequence of a step into one row); it
+stores the new K/V into the cache and attends with the step's :class:`AttentionContext`, which the
+model runner sets around the forward (a module-level slot, as nano-vllm does, because transformers
+would otherwise forward extra kwargs to the vision tower too).
+
+Backends, chosen once per engine (:func:`select_backend`):
+- prefill: flash-attn's varlen kernel when installed (CUDA, fp16/bf16), else PyTorch SDPA per
+  sequence;
+- decode: flash-attn's ``flash_attn_with_kvcache`` with a block table when installed and the block
+  size is a multiple of 256 (flash-attn 2's paged-cache rule), else ``fastvlmrl.kernels``'
+  paged-decode kernel (Triton on CUDA, its PyTorch reference on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+ATTN_IMPL = "fastvlmrl_paged"
+
+try:
+    from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
+
+    HAS_FLASH_ATTN = True
+except ImportError:  # optional accelerator
+    HAS_FLASH_ATTN = False
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    name: str  # e.g. "prefill: torch sdpa; decode: fastvlmrl.kernels torch reference"
+    prefill: Callable
+    decode: Callable
+
+
+@dataclass
+class AttentionContext:
+    """What every attention layer needs to know about the current step."""
+
+    backend: AttentionBackend
+    is_prefill: bool
+    slot_mapping: torch.Tensor  # [T] int64: cache slot of each new token (-1 = do not store)
+    k_caches: list[torch.Tensor]  # per layer [num_blocks, block_size, kv_heads, head_dim]
+    v_caches: list[torch.Tensor]
+    block_tables: torch.Tensor | None = None  # [B, max_blocks] int32
+    # prefill: query tokens [q_start, q_end) of sequence i attend over k_lens[i] cached positions,
+    # the last (q_end - q_start) of which are the new ones.
+    cu_seqlens_q: torch.Tensor | None = None  # [B + 1] int32
+    cu_seqlens_k: torch.Tensor | None = None  # [B + 1] int32
+    q_bounds: list[tuple[int, int]] | None = None
+    k_lens: list[int] | None = None
+    has_cached_prefix: bool = False
+    # decode
+    seq_lens: torch.Tensor | None = None  # [B] int32, tokens to attend over (current one included)
+
+
+_CONTEXT: AttentionContext | None = None
+
+
+@contextlib.contextmanager
+def attention_context(ctx: AttentionContext) -> Iterator[None]:
+    global _CONTEXT
+    previous, _CONTEXT = _CONTEXT, ctx
+    try:
+        yield
+    finally:
+        _CONTEXT = previous
+
+
+def _kernels():
+    # Imported at call time: fastvlmrl.kernels is an independent package (torch + triton only).
+    from fastvlmrl import kernels
+
+    return kernels
+
+
+def paged_attention_forward(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    ctx = _CONTEXT
+    if ctx is None:
+        raise RuntimeError(
+            f"attention implementation {ATTN_IMPL!r} only runs inside fastvlmrl's Engine; "
+            "set the model back to 'sdpa' to use it outside the engine"
+        )
+    assert query.shape[0] == 1, "the engine packs a step's tokens into one row"
+    layer = module.layer_idx
+    q = query[0].transpose(0, 1).contiguous()  # [T, Hq, D]
+    k = key[0].transpose(0, 1)
+    v = value[0].transpose(0, 1)
+    k_cache, v_cache = ctx.k_caches[layer], ctx.v_caches[layer]
+    _kernels().store_kv(k, v, k_cache, v_cache, ctx.slot_mapping)
+    if ctx.is_prefill:
+        out = ctx.backend.prefill(q, k, v, k_cache, v_cache, ctx, scaling)
+    else:
+        out = ctx.backend.decode(q, k_cache, v_cache, ctx, scaling)
+    return out.unsqueeze(0), None  # [1, T, Hq, D], as transformers' attention functions return
+
+
+AttentionInterface.register(ATTN_IMPL, paged_attention_forward)
+
+
+# -- prefill ------------------------------------------------------------------------------------
+
+
+def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """The first ``length`` cached positions of one sequence, ``[length, kv_heads, head_dim]``."""
+    block_size = cache.shape[1]
+    blocks = block_table[: -(-length // block_size)].long()
+    return cache[blocks].flatten(0, 1)[:length]
+
+
+def prefill_sdpa(q, k, v, k_cache, v_cache, ctx: AttentionContext, scale):
+    out = torch.empty_like(q)
+    gqa = q.shape[1] != k.shape[1]
+    for i, ((qs, qe), k_len) in enumerate(zip(ctx.q_bounds, ctx.k_lens)):
+        q_len = qe - qs
+        if k_len == q_len:
+            ki, vi, mask, causal = k[qs:qe], v[qs:qe], None, True
+        else:  # cached prefix: read it back from the paged cache (this step's tokens included)
+            ki = _gather_context(k_cache, ctx.block_tables[i], k_len)
+            vi = _gather_context(v_cache, ctx.block_tables[i], k_len)
+            rows = torch.arange(q_len, device=q.device)[:, None] + (k_len - q_len)
+            mask, causal = torch.arange(k_len, device=q.device)[None, :] <= rows, False
+        o = F.scaled_dot_product_attention(
+            q[qs:qe].transpose(0, 1),
+            ki.transpose(0, 1),
+            vi.transpose(0, 1),
+            attn_mask=mask,
+            is_causal=causal,
+            scale=scale,
+            enable_gqa=gqa,
+        )
+        out[qs:qe] = o.transpose(0, 1)
+    return out
+
+
+def prefill_flash(q, k, v, k_cache, v_cache, ctx: AttentionContext, scale):
+    if ctx.has_cached_prefix:
+        k = torch.cat([_gather_context(k_cache, ctx.block_tables[i], n) for i, n in enumerate(ctx.k_lens)])
+        v = torch.cat([_gather_context(v_cache, ctx.block_tables[i], n) for i, n in enumerate(ctx.k_lens)])
+    max_q = max(qe - qs for qs, qe in ctx.q_bounds)
+    # flash-attn aligns the causal mask bottom-right, which is the cached-prefix offset we need.
+    return flash_attn_varlen_func(
+        q, k, v, ctx.cu_seqlens_q, ctx.cu_seqlens_k, max_q, max(ctx.k_lens), softmax_scale=scale, causal=True
+    )
+
+
+# -- decode -------------------------------------------------------------------------------------
+
+
+def decode_kernels(q, k_cache, v_cache, ctx: AttentionContext, scale):
+    return _kernels().paged_decode_attention(q, k_cache, v_cache, ctx.block_tables, ctx.seq_lens, scale=scale)
+
+
+def decode_flash(q, k_cache, v_cache, ctx: AttentionContext, scale):
+    out = flash_attn_with_kvcache(
+        q.unsqueeze(1),
+        k_cache,
+        v_cache,
+        cache_seqlens=ctx.seq_lens,
+        block_table=ctx.block_tables,
+        softmax_scale=scale,
+        causal=True,
+    )
+    return out.squeeze(1)
+
+
+def flash_usable(device: torch.device, dtype: torch.dtype) -> bool:
+    return HAS_FLASH_ATTN and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+
+
+def select_backend(
+    device: torch.device, dtype: torch.dtype, block_size: int, use_flash_attn: bool | None
+) -> AttentionBackend:
+    """Choose the attention backend for a model on ``device`` in ``dtype``.
+
+    ``use_flash_attn``: None = when installed and usable, False = never, True = required.
+    """
+    flash_ok = flash_usable(device, dtype)
+    if use_flash_attn and not flash_ok:
+        raise ValueError(
+            "use_flash_attn=True needs flash-attn installed, a CUDA model and fp16/bf16 weights "
+            f"(flash-attn installed: {HAS_FLASH_ATTN}, device: {device}, dtype: {dtype})"
+        )
+    flash = flash_ok and use_flash_attn is not False
+    prefill, prefill_name = (prefill_flash, "flash-attn varlen") if flash else (prefill_sdpa, "torch sdpa")
+    if flash and block_size % 256 == 0:
+        decode, decode_name = decode_flash, "flash-attn kvcache (paged)"
+    else:
+        interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
+        kind = "triton" if device.type == "cuda" else ("triton interpreter" if interpret else "torch reference")
+        decode, decode_name = decode_kernels, f"fastvlmrl.kernels paged_decode_attention ({kind})"
+    return AttentionBackend(f"prefill: {prefill_name}; decode: {decode_name}", prefill, decode)

@@ -1,0 +1,180 @@
+"""Per-architecture glue: where the language model is, how images are batched, which positions.
+
+The Hugging Face model does the work (vision tower, projector, embeddings, rotary, norms, MLPs);
+a family only says how to batch one request's image tensors with the others', how to check them
+(so a bad image fails its own request with a clear message), and which position ids a prompt's
+tokens get. Adding an architecture = adding a small class here and a parity test.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Family:
+    """LLaVA-1.5 (``LlavaForConditionalGeneration``): CLIP tower, plain 1-D positions."""
+
+    name = "llava"
+    mm_keys: tuple[str, ...] = ("pixel_values",)
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+        self.image_token_id: int = self.config.image_token_id
+
+    # where things live
+    def language_model(self) -> nn.Module:
+        return self.model.model.language_model
+
+    def image_features(self, mm: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Per-image features ``[tokens_i, hidden]`` for a batch of images, in order."""
+        out = self.model.model.get_image_features(**mm, return_dict=True)
+        return list(out.pooler_output)
+
+    # images
+    def check_mm(self, mm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        vc = self.config.vision_config
+        pv = _require(mm, "pixel_values")
+        want = (getattr(vc, "num_channels", 3), vc.image_size, vc.image_size)
+        if pv.ndim == 3:
+            pv = pv.unsqueeze(0)
+        if pv.ndim != 4 or tuple(pv.shape[1:]) != want:
+            raise ValueError(
+                f"pixel_values must be [num_images, {want[0]}, {want[1]}, {want[2]}], got {list(pv.shape)}"
+            )
+        return {"pixel_values": pv}
+
+    def num_images(self, mm: dict[str, torch.Tensor]) -> int:
+        return mm["pixel_values"].shape[0]
+
+    def batch_mm(self, mms: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return {"pixel_values": torch.cat([m["pixel_values"] for m in mms])}
+
+    # positions
+    @property
+    def position_rows(self) -> int:
+        return 1
+
+    def prompt_positions(self, token_ids: torch.Tensor, mm: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, int]:
+        """Position ids of the prompt (None = ``arange``) and the offset of later tokens."""
+        return None, 0
+
+
+class LlavaNextFamily(Family):
+    """LLaVA-NeXT / 1.6 (``LlavaNextForConditionalGeneration``): AnyRes tiles + ``image_sizes``."""
+
+    name = "llava_next"
+    mm_keys = ("pixel_values", "image_sizes")
+
+    def check_mm(self, mm):
+        vc = self.config.vision_config
+        pv, sizes = _require(mm, "pixel_values"), _require(mm, "image_sizes")
+        if pv.ndim == 4:
+            pv = pv.unsqueeze(0)
+        if sizes.ndim == 1:
+            sizes = sizes.unsqueeze(0)
+        want = (getattr(vc, "num_channels", 3), vc.image_size, vc.image_size)
+        if pv.ndim != 5 or tuple(pv.shape[2:]) != want:
+            raise ValueError(
+                f"pixel_values must be [num_images, num_tiles, {want[0]}, {want[1]}, {want[2]}], got {list(pv.shape)}"
+            )
+        if sizes.shape != (pv.shape[0], 2):
+            raise ValueError(f"image_sizes must be [num_images={pv.shape[0]}, 2], got {list(sizes.shape)}")
+        return {"pixel_values": pv, "image_sizes": sizes}
+
+    def num_images(self, mm):
+        return mm["image_sizes"].shape[0]
+
+    def batch_mm(self, mms):
+        # Requests processed one by one carry different tile counts: pad to the largest; the model
+        # drops the padding tiles using image_sizes.
+        tiles = max(m["pixel_values"].shape[1] for m in mms)
+        pvs = []
+        for m in mms:
+            pv = m["pixel_values"]
+            if pv.shape[1] < tiles:
+                pad = pv.new_zeros((pv.shape[0], tiles - pv.shape[1], *pv.shape[2:]))
+                pv = torch.cat([pv, pad], dim=1)
+            pvs.append(pv)
+        return {"pixel_values": torch.cat(pvs), "image_sizes": torch.cat([m["image_sizes"] for m in mms])}
+
+
+class Qwen2VLFamily(Family):
+    """Qwen2-VL and Qwen2.5-VL: flattened patches + ``image_grid_thw``, 3-row M-RoPE positions."""
+
+    name = "qwen2_vl"
+    mm_keys = ("pixel_values", "image_grid_thw")
+
+    def check_mm(self, mm):
+        vc = self.config.vision_config
+        pv, thw = _require(mm, "pixel_values"), _require(mm, "image_grid_thw")
+        if thw.ndim == 1:
+            thw = thw.unsqueeze(0)
+        cols = getattr(vc, "in_channels", getattr(vc, "in_chans", 3)) * vc.temporal_patch_size * vc.patch_size**2
+        if thw.ndim != 2 or thw.shape[1] != 3:
+            raise ValueError(f"image_grid_thw must be [num_images, 3], got {list(thw.shape)}")
+        if pv.ndim != 2 or pv.shape[1] != cols:
+            raise ValueError(f"pixel_values must be [num_patches, {cols}] (flattened patches), got {list(pv.shape)}")
+        patches = int(thw.prod(-1).sum())
+        if pv.shape[0] != patches:
+            raise ValueError(f"pixel_values has {pv.shape[0]} patches but image_grid_thw describes {patches}")
+        m = vc.spatial_merge_size
+        if bool(((thw[:, 1:] % m) != 0).any()):
+            raise ValueError(f"image_grid_thw heights/widths must be multiples of spatial_merge_size={m}")
+        return {"pixel_values": pv, "image_grid_thw": thw}
+
+    def num_images(self, mm):
+        return mm["image_grid_thw"].shape[0]
+
+    def batch_mm(self, mms):
+        return {
+            "pixel_values": torch.cat([m["pixel_values"] for m in mms]),
+            "image_grid_thw": torch.cat([m["image_grid_thw"] for m in mms]),
+        }
+
+    @property
+    def position_rows(self) -> int:
+        return 3
+
+    def prompt_positions(self, token_ids, mm):
+        if not mm:
+            return None, 0
+        types = torch.zeros_like(token_ids, dtype=torch.int32)
+        types[token_ids == self.image_token_id] = 1
+        video = getattr(self.config, "video_token_id", None)
+        if video is not None:
+            types[token_ids == video] = 2
+        # The model's own helper, so positions match `generate` exactly.
+        positions, delta = self.model.model.get_rope_index(
+            token_ids[None], types[None], image_grid_thw=mm["image_grid_thw"].to(token_ids.device)
+        )
+        return positions[:, 0], int(delta.reshape(-1)[0])
+
+
+FAMILIES: dict[str, type[Family]] = {
+    "llava": Family,
+    "llava_next": LlavaNextFamily,
+    "qwen2_vl": Qwen2VLFamily,
+    "qwen2_5_vl": Qwen2VLFamily,
+}
+
+
+def family_for(model: nn.Module) -> Family:
+    model_type = getattr(model.config, "model_type", None)
+    cls = FAMILIES.get(model_type)
+    if cls is None:
+        raise ValueError(
+            f"the engine does not support model_type {model_type!r} yet (supported: {sorted(FAMILIES)}); "
+            "add a Family in fastvlmrl/engine/families.py"
+        )
+    return cls(model)
+
+
+def _require(mm: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    if key not in mm or mm[key] is None:
+        raise ValueError(f"image inputs are missing {key!r} (got {sorted(mm)})")
+    value = mm[key]
+    if not isinstance(value, torch.Tensor):
+        value = torch.as_tensor(value)
+    return value

@@ -1,0 +1,211 @@
+"""Runs the Hugging Face model for one engine step: vision encoding, packed prefill, batched decode.
+
+Every step packs its tokens into one row ``[1, T]`` (prefill: all new prompt tokens of all
+sequences; decode: one token per sequence) with explicit position ids, so the model's own
+embedding, rotary, norm and MLP code runs unchanged; only attention goes through the paged cache
+(:mod:`fastvlmrl.engine.attention`). The runner calls the language model directly with
+``inputs_embeds`` (image features scattered at the image-token positions, as the HF wrappers do)
+and applies the LM head only to the rows that need logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from fastvlmrl.engine.attention import ATTN_IMPL, AttentionBackend, AttentionContext, attention_context
+from fastvlmrl.engine.families import Family
+from fastvlmrl.engine.kv_cache import KVCache
+from fastvlmrl.engine.sequence import Sequence
+
+
+class ModelRunner:
+    def __init__(self, model: nn.Module, family: Family, kv: KVCache, backend: AttentionBackend, max_model_len: int):
+        self.model = model
+        self.family = family
+        self.lm = family.language_model()
+        self.embed = model.get_input_embeddings()
+        self.lm_head = model.get_output_embeddings()
+        self.kv = kv
+        self.backend = backend
+        self.block_size = kv.shape.block_size
+        self.max_blocks_per_seq = -(-max_model_len // self.block_size)
+        self.device = self.embed.weight.device
+        self.rows = family.position_rows
+        self.graphs = None  # set by the engine when CUDA graphs are on
+
+    @contextlib.contextmanager
+    def engine_mode(self) -> Iterator[None]:
+        """Paged attention on the language model, eval mode, no autograd; restored on exit.
+
+        The trainer shares this model: its own forwards keep their attention implementation and
+        train mode, the engine switches them only while it runs.
+        """
+        config = self.lm.config
+        previous_impl, was_training = config._attn_implementation_internal, self.model.training
+        config._attn_implementation_internal = ATTN_IMPL
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            config._attn_implementation_internal = previous_impl
+            self.model.train(was_training)
+
+    # -- vision ------------------------------------------------------------------------------------
+
+    def encode_images(self, seqs: list[Sequence]) -> dict[int, str]:
+        """Vision features for each sequence's prompt; returns {seq_id: error} for failures."""
+        seqs = [s for s in seqs if s.has_images and s.image_features is None]
+        if not seqs:
+            return {}
+        try:
+            per_seq = self._encode(seqs)
+        except Exception:  # isolate the bad request(s): encode one by one
+            per_seq = []
+            for s in seqs:
+                try:
+                    per_seq.append(self._encode([s])[0])
+                except Exception as e:  # noqa: BLE001 - any failure belongs to this request only
+                    per_seq.append(f"image encoding failed: {type(e).__name__}: {e}")
+        errors = {}
+        for s, feats in zip(seqs, per_seq):
+            if isinstance(feats, str):
+                errors[s.seq_id] = feats
+                continue
+            prompt = torch.tensor(s.token_ids[: s.num_prompt_tokens], device=self.device)
+            positions = (prompt == self.family.image_token_id).nonzero().squeeze(-1)
+            if positions.numel() != feats.shape[0]:
+                errors[s.seq_id] = (
+                    f"the prompt has {positions.numel()} image tokens but its images give {feats.shape[0]} "
+                    "features: build the prompt with the model's processor (it expands the image placeholder)"
+                )
+                continue
+            s.image_features = feats.to(self.embed.weight.dtype)
+            s.image_token_positions = positions
+        return errors
+
+    def _encode(self, seqs: list[Sequence]) -> list[torch.Tensor]:
+        mm = self.family.batch_mm([s.mm_inputs for s in seqs])
+        feats = self.family.image_features(mm)
+        out, i = [], 0
+        for s in seqs:
+            n = self.family.num_images(s.mm_inputs)
+            out.append(torch.cat(feats[i : i + n]))
+            i += n
+        assert i == len(feats), f"vision tower returned {len(feats)} images for {i}"
+        return out
+
+    # -- positions and slots -----------------------------------------------------------------------
+
+    def positions(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
+        """Position ids of tokens [start, end), ``[rows, end - start]``."""
+        p = seq.num_prompt_tokens
+        if seq.prompt_positions is None:
+            return torch.arange(start, end, device=self.device).expand(self.rows, -1)
+        parts = []
+        if start < p:
+            parts.append(seq.prompt_positions[:, start : min(end, p)])
+        if end > p:
+            # Past the prompt, every M-RoPE row advances by one per token from the offset.
+            parts.append((torch.arange(max(start, p), end, device=self.device) + seq.rope_delta).expand(self.rows, -1))
+        return torch.cat(parts, dim=1)
+
+    def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
+        pos = torch.arange(start, end)
+        table = torch.tensor(seq.block_table)
+        return table[pos // self.block_size] * self.block_size + pos % self.block_size
+
+    def _block_tables(self, seqs: list[Sequence], width: int) -> torch.Tensor:
+        rows = [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
+        return torch.tensor(rows, dtype=torch.int32, device=self.device)
+
+    def _position_arg(self, positions: torch.Tensor) -> torch.Tensor:
+        # [rows, T] -> what the HF text model takes: [1, T] (1-D rotary) or [3, 1, T] (M-RoPE).
+        return positions[:, None, :] if self.rows > 1 else positions
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    def prefill(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Computes the uncached prompt tokens of ``seqs``; returns (logits [B, V], hidden [B, H])."""
+        ids, positions, slots, q_bounds, k_lens = [], [], [], [], []
+        image_rows, image_feats = [], []
+        offset = 0
+        for seq in seqs:
+            start, end = seq.num_cached_tokens, len(seq)
+            ids.extend(seq.token_ids[start:end])
+            positions.append(self.positions(seq, start, end))
+            slots.append(self._slots(seq, start, end))
+            if seq.image_features is not None:
+                keep = seq.image_token_positions >= start
+                image_rows.append(seq.image_token_positions[keep] - start + offset)
+                image_feats.append(seq.image_features[keep])
+            q_bounds.append((offset, offset + end - start))
+            k_lens.append(end)
+            offset += end - start
+
+        ids_t = torch.tensor(ids, device=self.device)
+        embeds = self.embed(ids_t)
+        if image_rows:
+            embeds[torch.cat(image_rows)] = torch.cat(image_feats)
+        cu_q = torch.tensor([0] + [e for _, e in q_bounds], dtype=torch.int32, device=self.device)
+        cu_k = torch.tensor([0] + k_lens, dtype=torch.int32, device=self.device).cumsum(0, dtype=torch.int32)
+        ctx = AttentionContext(
+            backend=self.backend,
+            is_prefill=True,
+            slot_mapping=torch.cat(slots).to(self.device),
+            k_caches=self.kv.k,
+            v_caches=self.kv.v,
+            block_tables=self._block_tables(seqs, max(len(s.block_table) for s in seqs)),
+            cu_seqlens_q=cu_q,
+            cu_seqlens_k=cu_k,
+            q_bounds=q_bounds,
+            k_lens=k_lens,
+            has_cached_prefix=any(s.num_cached_tokens > 0 for s in seqs),
+        )
+        with attention_context(ctx):
+            out = self.lm(
+                inputs_embeds=embeds[None],
+                position_ids=self._position_arg(torch.cat(positions, dim=1)),
+                use_cache=False,
+            )
+        hidden = out.last_hidden_state[0, cu_q[1:].long() - 1]
+        return self.lm_head(hidden), hidden
+
+    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        """One token for every sequence; returns logits ``[B, V]``."""
+        ids = torch.tensor([s.token_ids[-1] for s in seqs], device=self.device)
+        positions = torch.tensor([len(s) - 1 + s.rope_delta for s in seqs], device=self.device)
+        positions = positions.expand(self.rows, -1)
+        last = [len(s) - 1 for s in seqs]
+        slots = torch.tensor(
+            [s.block_table[p // self.block_size] * self.block_size + p % self.block_size for s, p in zip(seqs, last)],
+            device=self.device,
+        )
+        seq_lens = torch.tensor([len(s) for s in seqs], dtype=torch.int32, device=self.device)
+        table = self._block_tables(seqs, max(len(s.block_table) for s in seqs))
+        if self.graphs is not None and self.graphs.fits(len(seqs)):
+            hidden = self.graphs.run(ids, positions, slots, table, seq_lens)
+        else:
+            hidden = self.decode_body(ids, positions, slots, table, seq_lens)
+        return self.lm_head(hidden)
+
+    def decode_body(self, ids, positions, slots, block_tables, seq_lens) -> torch.Tensor:
+        """The transformer body for one decode token per row (what a CUDA graph captures)."""
+        ctx = AttentionContext(
+            backend=self.backend,
+            is_prefill=False,
+            slot_mapping=slots,
+            k_caches=self.kv.k,
+            v_caches=self.kv.v,
+            block_tables=block_tables,
+            seq_lens=seq_lens,
+        )
+        with attention_context(ctx):
+            out = self.lm(
+                inputs_embeds=self.embed(ids)[None], position_ids=self._position_arg(positions), use_cache=False
+            )
+        return out.last_hidden_state[0]

@@ -1,0 +1,164 @@
+"""Greedy decoding through the engine is token-identical to Hugging Face `generate` (fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastvlmrl.engine import Engine, SamplingParams
+
+NEW_TOKENS = 10
+PROMPTS = [
+    "USER: <image>\nWhere is the target? ASSISTANT:",
+    "<image>go",
+    "You are playing NumberLine. Reach the target number with + and -. " * 2 + "<image> Answer in JSON.",
+    "Look: <image> then think step by step.",
+]
+# Different image sizes exercise LLaVA-NeXT's AnyRes tiling and Qwen's M-RoPE grids.
+SIZES = {
+    "llava": [(28, 28)] * 4,
+    "llava_next": [(28, 28), (28, 56), (56, 28), (28, 56)],
+    "qwen2_vl": [(56, 56), (28, 56), (56, 84), (28, 28)],
+    "qwen2_5_vl": [(56, 56), (28, 56), (56, 84), (28, 28)],
+}
+
+
+def reference(model, processor, image, prompt, n):
+    enc = processor(images=[image], text=[prompt])
+    out = model.generate(**enc, max_new_tokens=n, do_sample=False)
+    return out[0, enc["input_ids"].shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl"])
+def test_greedy_matches_generate(family, models, tiny):
+    model = models(family)
+    processor = tiny.TinyProcessor(model, family)
+    images = [tiny.frame(i, *hw) for i, hw in enumerate(SIZES[family])]
+    expected = [reference(model, processor, im, p, NEW_TOKENS) for im, p in zip(images, PROMPTS)]
+
+    engine = Engine(model, processor, block_size=8, num_blocks=128)
+    outs = engine.generate(images, PROMPTS, SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS))
+    for out, want in zip(outs, expected):
+        assert out.error is None
+        assert out.token_ids == want
+        assert out.finish_reason == "length" and len(out.logprobs) == NEW_TOKENS
+    assert len({tuple(w) for w in expected}) > 1, "degenerate model: every prompt gives the same output"
+
+    # A cache too small for the whole batch: admission control queues requests and decode growth
+    # preempts, yet every request completes with the same tokens.
+    longest = max(len(o.prompt_token_ids) for o in outs) + NEW_TOKENS
+    small = Engine(model, processor, block_size=8, num_blocks=-(-longest // 8) + 2)
+    outs_small = small.generate(images, PROMPTS, SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS))
+    assert [o.token_ids for o in outs_small] == expected
+    assert small.stats.prefill_steps > 1
+
+
+def test_batch_larger_than_cache_completes(models, tiny):
+    """32 requests through a cache that holds about 3 of them at a time, with preemption."""
+    model = models("qwen2_vl")
+    processor = tiny.TinyProcessor(model, "qwen2_vl")
+    prompts = [f"env {i}: <image> act" + "!" * (i % 5) for i in range(32)]
+    images = [tiny.frame(100 + i, 56, 56) for i in range(32)]
+    sp = SamplingParams(temperature=0, max_new_tokens=12)
+    big = Engine(model, processor, block_size=4, num_blocks=1024, enable_prefix_caching=False)
+    small = Engine(model, processor, block_size=4, num_blocks=20, enable_prefix_caching=False)
+    want = big.generate(images, prompts, sp)
+    got = small.generate(images, prompts, sp)
+    assert [g.token_ids for g in got] == [w.token_ids for w in want]
+    assert small.stats.prefill_steps > 3
+    assert small.stats.preemptions > 0
+    # Every block is back on the free list once the batch is done.
+    assert small.block_manager.num_free == small.block_manager.num_blocks
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.hidden_state, w.hidden_state, rtol=1e-5, atol=1e-5)
+
+
+def test_repetition_penalty_matches_generate(models, tiny):
+    model = models("llava")
+    processor = tiny.TinyProcessor(model, "llava")
+    images = [tiny.frame(i) for i in range(3)]
+    prompts = PROMPTS[:3]
+    expected = []
+    for image, prompt in zip(images, prompts):
+        enc = processor(images=[image], text=[prompt])
+        out = model.generate(**enc, max_new_tokens=NEW_TOKENS, do_sample=False, repetition_penalty=1.3)
+        expected.append(out[0, enc["input_ids"].shape[1] :].tolist())
+    engine = Engine(model, processor, block_size=8, num_blocks=64)
+    outs = engine.generate(
+        images, prompts, SamplingParams(temperature=0, repetition_penalty=1.3, max_new_tokens=NEW_TOKENS)
+    )
+    assert [o.token_ids for o in outs] == expected
+
+
+def test_bf16_on_cpu(tiny):
+    """The engine runs in the model's dtype (cache included) and returns fp32 log-probs."""
+    model = tiny.build_model("qwen2_vl").to(torch.bfloat16)
+    processor = tiny.TinyProcessor(model, "qwen2_vl")
+    engine = Engine(model, processor, block_size=8, num_blocks=64)
+    assert engine.kv.k[0].dtype == torch.bfloat16
+    outs = engine.generate(
+        [tiny.frame(0, 56, 56)] * 2, ["<image> a", "<image> bb"], SamplingParams(max_new_tokens=8, seed=0)
+    )
+    for o in outs:
+        assert o.error is None and len(o.token_ids) > 0
+        assert all(lp <= 0 and lp == lp for lp in o.logprobs)
+        assert o.hidden_state.dtype == torch.bfloat16 and not o.hidden_state.is_inference()
+
+
+def test_text_only_requests_mix_with_image_requests(models, tiny):
+    model = models("qwen2_vl")
+    processor = tiny.TinyProcessor(model, "qwen2_vl")
+    images = [None, tiny.frame(0, 56, 56)]
+    prompts = ["no image here, just text", "<image> with an image"]
+    expected = []
+    for image, prompt in zip(images, prompts):
+        enc = processor(images=None if image is None else [image], text=[prompt])
+        out = model.generate(**enc, max_new_tokens=NEW_TOKENS, do_sample=False)
+        expected.append(out[0, enc["input_ids"].shape[1] :].tolist())
+    engine = Engine(model, processor, block_size=8, num_blocks=64)
+    outs = engine.generate(images, prompts, SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS))
+    assert [o.token_ids for o in outs] == expected
+
+
+def test_triton_decode_kernel_under_interpreter(models, tiny, monkeypatch):
+    """The decode step through the project's Triton paged-decode kernel (run by Triton's CPU
+    interpreter) gives the same tokens as the PyTorch reference path."""
+    pytest.importorskip("triton")
+    model = models("qwen2_vl")
+    processor = tiny.TinyProcessor(model, "qwen2_vl")
+    images, prompts = [tiny.frame(0, 56, 56), tiny.frame(1, 28, 56)], ["<image> a", "longer prompt <image> b"]
+    sp = SamplingParams(temperature=0, max_new_tokens=4)
+    want = Engine(model, processor, block_size=8, num_blocks=64).generate(images, prompts, sp)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    engine = Engine(model, processor, block_size=8, num_blocks=64)
+    assert "triton interpreter" in engine.backend
+    assert [o.token_ids for o in engine.generate(images, prompts, sp)] == [w.token_ids for w in want]
+
+
+def test_backend_is_reported_and_logged(models, caplog):
+    with caplog.at_level("INFO", logger="fastvlmrl.engine.engine"):
+        engine = Engine(models("llava"), None, num_blocks=8)
+    assert engine.backend.startswith("prefill: torch sdpa; decode: fastvlmrl.kernels paged_decode_attention")
+    assert engine.backend.endswith("no CUDA graphs")  # CPU: graphs are off
+    assert engine.kv.shape.block_size == 16  # default without flash-attn
+    assert sum("fastvlmrl engine (llava)" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_graph_static_buffers_with_padding(models, tiny):
+    """The CUDA-graph decode path on CPU without capture: inputs copied into static buffers, the
+    batch padded to a captured size with empty rows (slot -1, length 1 over block 0), the block
+    table as wide as the longest possible sequence. Same tokens as plain eager decoding."""
+    from fastvlmrl.engine.cuda_graphs import DecodeGraphs
+
+    model = models("qwen2_vl")
+    processor = tiny.TinyProcessor(model, "qwen2_vl")
+    images = [tiny.frame(i, 56, 56) for i in range(5)]
+    prompts = [f"env {i} " * (i + 1) + "<image> act" for i in range(5)]
+    sp = SamplingParams(temperature=0, max_new_tokens=8)
+    want = Engine(model, processor, block_size=8, num_blocks=128).generate(images, prompts, sp)
+    engine = Engine(model, processor, block_size=8, num_blocks=128, max_num_seqs=16, max_model_len=128)
+    engine.runner.graphs = DecodeGraphs(engine.runner, 16, capture=False)
+    assert engine.runner.graphs.batch_sizes == [1, 2, 4, 8, 16]
+    got = engine.generate(images, prompts, sp)  # 5 rows run in the 8-row buffers
+    assert [g.token_ids for g in got] == [w.token_ids for w in want]
+    assert engine.block_manager.num_free == engine.block_manager.num_blocks
