@@ -42,7 +42,9 @@ typedef struct {
     int busy; /* a call is running with the GIL released: refuse a second one on this batch */
     Env *envs;
     Pool *pool;
-    const void *frames; /* the buffer the frames were last drawn into */
+    PyObject *frames_obj; /* the array the frames were last drawn into (a strong reference, so its
+                           * memory cannot be freed and reused by another array unnoticed) */
+    const void *frames;   /* ... and its data pointer */
 } Batch;
 
 /* ---------------- per-env game dispatch (no Python API: runs without the GIL) ---------------- */
@@ -194,7 +196,7 @@ static void render_range(void *arg, int begin, int end) {
 static void run_batch(Batch *b, PoolFn fn, Work *w) {
     b->busy = 1;
     Py_BEGIN_ALLOW_THREADS;
-    if (b->pool && b->num_envs > 1) pool_run(b->pool, fn, w, b->num_envs);
+    if (pool_usable(b->pool) && b->num_envs > 1) pool_run(b->pool, fn, w, b->num_envs);
     else fn(w, 0, b->num_envs);
     Py_END_ALLOW_THREADS;
     b->busy = 0;
@@ -237,6 +239,10 @@ static int get_buffer(PyObject *obj, Py_buffer *view, const char *name, const ch
 }
 
 static int check_open(Batch *b) {
+    if (!b->envs && !b->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "this env batch was not initialised");
+        return -1;
+    }
     if (b->closed) {
         PyErr_SetString(PyExc_RuntimeError, "this env batch is closed");
         return -1;
@@ -246,6 +252,15 @@ static int check_open(Batch *b) {
         return -1;
     }
     return 0;
+}
+
+/* Whether `obj` (whose data is at buf) is the array the frames were last drawn into. */
+static int same_frames(Batch *b, PyObject *obj, const void *buf) { return obj == b->frames_obj && buf == b->frames; }
+
+static void remember_frames(Batch *b, PyObject *obj, const void *buf) {
+    Py_INCREF(obj);
+    Py_XSETREF(b->frames_obj, obj);
+    b->frames = buf;
 }
 
 /* ---------------- Python methods ---------------- */
@@ -273,7 +288,7 @@ static int Batch_init(Batch *self, PyObject *args, PyObject *kwds) {
         PyErr_Format(PyExc_ValueError, "num_threads must be at least 1, got %d", num_threads);
         return -1;
     }
-    if (self->envs) { /* __init__ called twice */
+    if (self->envs || self->closed) { /* __init__ called twice, or on a closed batch */
         PyErr_SetString(PyExc_RuntimeError, "Batch is already initialised");
         return -1;
     }
@@ -311,6 +326,8 @@ static int Batch_init(Batch *self, PyObject *args, PyObject *kwds) {
 }
 
 static void Batch_release(Batch *self) {
+    Py_CLEAR(self->frames_obj);
+    self->frames = NULL;
     pool_destroy(self->pool);
     self->pool = NULL;
     PyMem_Free(self->envs);
@@ -371,7 +388,7 @@ static PyObject *Batch_reset(Batch *self, PyObject *args) {
         PyBuffer_Release(&state);
         return NULL;
     }
-    if (obs.buf != self->frames) { /* frames of the envs not reset live elsewhere: redraw them */
+    if (!same_frames(self, obs_obj, obs.buf)) { /* the other envs' frames live elsewhere: redraw */
         for (int i = 0; i < self->num_envs; i++) self->envs[i].stale = 1;
     }
     Work w = {.b = self, .mask = has_mask ? (const uint8_t *)mask.buf : NULL, .obs = (uint8_t *)obs.buf,
@@ -380,7 +397,7 @@ static PyObject *Batch_reset(Batch *self, PyObject *args) {
     int any_stale = 0;
     for (int i = 0; i < self->num_envs; i++) any_stale |= self->envs[i].stale;
     if (any_stale) run_batch(self, render_range, &w);
-    self->frames = obs.buf;
+    remember_frames(self, obs_obj, obs.buf);
     PyBuffer_Release(&obs);
     PyBuffer_Release(&state);
     if (has_mask) PyBuffer_Release(&mask);
@@ -435,7 +452,7 @@ static PyObject *Batch_step(Batch *self, PyObject *args) {
         }
     }
     if (!fail) {
-        if (views[1].buf != self->frames) {
+        if (!same_frames(self, objs[1], views[1].buf)) {
             for (int i = 0; i < self->num_envs; i++) self->envs[i].stale = 1;
         }
         Work w = {.b = self,
@@ -449,7 +466,7 @@ static PyObject *Batch_step(Batch *self, PyObject *args) {
                   .final_state = mode == AUTORESET_SAME_STEP ? (int32_t *)views[8].buf : NULL,
                   .mode = mode};
         run_batch(self, step_range, &w);
-        self->frames = views[1].buf;
+        remember_frames(self, objs[1], views[1].buf);
     }
     for (int k = 0; k < 9; k++)
         if (got & (1 << k)) PyBuffer_Release(&views[k]);
@@ -466,7 +483,7 @@ static PyObject *Batch_render(Batch *self, PyObject *args) {
     if (get_buffer(obs_obj, &obs, "obs", "B", 1, 1, 4, frames)) return NULL;
     Work w = {.b = self, .obs = (uint8_t *)obs.buf};
     run_batch(self, render_range, &w);
-    self->frames = obs.buf;
+    remember_frames(self, obs_obj, obs.buf);
     PyBuffer_Release(&obs);
     Py_RETURN_NONE;
 }

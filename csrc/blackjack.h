@@ -8,7 +8,7 @@
 #include "draw.h"
 #include "rng.h"
 
-#define BLACKJACK_MAX_DEALER 12 /* the dealer stops at 17: at most 11 cards */
+#define BLACKJACK_MAX_DEALER 12 /* the dealer stops at 17: at most 12 cards (6 aces, a 6, 4 aces, one more) */
 #define BLACKJACK_MAX_PLAYER 22 /* 21 aces and one more card */
 
 typedef struct {

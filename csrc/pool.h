@@ -5,6 +5,7 @@
 #define FASTVLMRL_POOL_H
 #include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 typedef void (*PoolFn)(void *arg, int begin, int end);
 
@@ -22,6 +23,7 @@ struct Pool {
     pthread_cond_t start, done;
     unsigned long generation;
     int pending, stop, n;
+    pid_t owner; /* after fork() the child has no workers: pool_usable() is false there */
     PoolFn fn;
     void *arg;
 };
@@ -59,6 +61,7 @@ static Pool *pool_create(int num_threads) {
     p->threads = (pthread_t *)calloc((size_t)num_threads, sizeof(pthread_t));
     p->workers = (PoolWorker *)calloc((size_t)num_threads, sizeof(PoolWorker));
     if (!p->threads || !p->workers) goto fail;
+    p->owner = getpid();
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->start, NULL);
     pthread_cond_init(&p->done, NULL);
@@ -72,6 +75,9 @@ static Pool *pool_create(int num_threads) {
             pthread_cond_broadcast(&p->start);
             pthread_mutex_unlock(&p->mu);
             for (int k = 1; k < i; k++) pthread_join(p->threads[k], NULL);
+            pthread_mutex_destroy(&p->mu);
+            pthread_cond_destroy(&p->start);
+            pthread_cond_destroy(&p->done);
             goto fail;
         }
     }
@@ -82,6 +88,8 @@ fail:
     free(p);
     return NULL;
 }
+
+static int pool_usable(const Pool *p) { return p && p->owner == getpid(); }
 
 static void pool_run(Pool *p, PoolFn fn, void *arg, int n) {
     pthread_mutex_lock(&p->mu);
@@ -102,6 +110,7 @@ static void pool_run(Pool *p, PoolFn fn, void *arg, int n) {
 
 static void pool_destroy(Pool *p) {
     if (!p) return;
+    if (!pool_usable(p)) return; /* a forked child: the workers are not ours; leave the copy */
     pthread_mutex_lock(&p->mu);
     p->stop = 1;
     pthread_cond_broadcast(&p->start);

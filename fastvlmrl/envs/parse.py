@@ -18,7 +18,10 @@ import numpy as np
 from fastvlmrl.envs.games import Game, get_game
 
 _ACTION_MARKER = '"action":'
-_MAX_JSON_STARTS = 32  # JSON objects tried per text: bounds the work on huge or adversarial outputs
+# Bounds on the JSON attempts, so huge or adversarial outputs cost little: at most this many
+# objects tried, each decoded from a window of this many characters (a real reply is far shorter).
+_MAX_JSON_STARTS = 32
+_MAX_JSON_CHARS = 16_384
 _ACTION_KEY = re.compile(r'"action"\s*:')
 
 
@@ -28,13 +31,14 @@ class ParsedAction(NamedTuple):
 
 
 def _as_text(text) -> str:
-    if isinstance(text, str):
-        return text
-    if isinstance(text, (bytes, bytearray, memoryview)):
-        return bytes(text).decode("utf-8", errors="replace")
+    """Any input as a plain str; unreadable input (a released buffer, a failing __str__) is ''."""
     try:
-        return str(text)
-    except Exception:  # a hostile __str__: nothing to read
+        if isinstance(text, str):
+            return str.__str__(text)  # a plain copy: a str subclass's own methods are not trusted
+        if isinstance(text, (bytes, bytearray, memoryview)):
+            return bytes(text).decode("utf-8", errors="replace")
+        return str.__str__(str(text))
+    except Exception:
         return ""
 
 
@@ -45,7 +49,7 @@ def _from_json(text: str, lookup: dict[str, int]) -> int | None:
     while start != -1 and tries < _MAX_JSON_STARTS:
         tries += 1
         try:
-            obj, _ = decoder.raw_decode(text, start)
+            obj, _ = decoder.raw_decode(text[start : start + _MAX_JSON_CHARS])
         except (ValueError, RecursionError):
             obj = None
         if isinstance(obj, dict) and "action" in obj:

@@ -4,8 +4,9 @@
     obs, infos = envs.reset(seed=0)           # env i is seeded with 0 + i
     obs, rewards, terminated, truncated, infos = envs.step(actions)
 
-Observations are uint8 [N, H, W, 3]. With `copy=False` the returned array is the batch's own
-buffer, redrawn in place by the next step (the fast path the trainer uses); with `copy=True`
+Observations are uint8 [N, H, W, 3]. With `copy=False` the returned array is a read-only view of
+the batch's own buffer, redrawn in place by the next step (the fast path the trainer uses; it is
+read-only because later steps redraw only what changed); with `copy=True`
 (the default, as gymnasium's SyncVectorEnv) each call returns a fresh array. `infos` holds the
 state that prompts need as named integer arrays (see `games.named_state`), each with its `_key`
 mask; `describe(i)` gives env i's RL4VLM-style info dict.
@@ -96,6 +97,8 @@ class CardsVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, n)
 
         self._obs = np.zeros((n, h, w, 3), np.uint8)
+        self._obs_view = self._obs.view()
+        self._obs_view.flags.writeable = False
         self._rewards = np.zeros(n, np.float32)
         self._terminated = np.zeros(n, np.bool_)
         self._truncated = np.zeros(n, np.bool_)
@@ -170,7 +173,7 @@ class CardsVectorEnv(VectorEnv):
             raise RuntimeError(f"this {type(self).__name__} is closed")
 
     def _observations(self) -> np.ndarray:
-        return self._obs.copy() if self.copy else self._obs
+        return self._obs.copy() if self.copy else self._obs_view
 
     def _infos(self, state: np.ndarray, mask: np.ndarray | None = None) -> dict:
         snapshot = state.copy()

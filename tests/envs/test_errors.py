@@ -143,3 +143,55 @@ def test_unknown_game_and_bad_single_actions():
     for bad in (2, -1, 0.5, "+"):
         with pytest.raises(ValueError):
             ref.step(bad)
+
+
+def test_live_observations_are_read_only():
+    envs = VECTOR["NumberLine"](2, copy=False, height=48, width=48)
+    obs, _ = envs.reset(seed=0)
+    with pytest.raises(ValueError, match="read-only"):
+        obs[:] = 0
+    envs.close()
+
+
+def test_a_new_array_at_a_reused_address_is_redrawn_in_full():
+    """The binding tracks the array its frames live in, not just an address that may be reused."""
+    batch = _cards.Batch(_cards.POINTS24, 1, 48, 48)
+    ref = REFERENCE["Points24"](height=48, width=48)
+    batch.seed(np.array([3], np.uint64))
+    state = np.zeros((1, _cards.STATE_DIM), np.int32)
+    batch.reset(None, np.zeros((1, 48, 48, 3), np.uint8), state)
+    ref.reset(seed=3)
+    scalars = (np.zeros(1, np.float32), np.zeros(1, bool), np.zeros(1, bool))
+    for _ in range(10):
+        obs = np.full((1, 48, 48, 3), 7, np.uint8)  # often lands where the previous array was
+        batch.step(np.array([14]), obs, *scalars, state, 0, None, None)
+        ref_obs, *_ = ref.step(14)
+        np.testing.assert_array_equal(obs[0], ref_obs)
+        del obs
+    batch.close()
+
+
+def test_uninitialised_batch_refuses_work():
+    batch = _cards.Batch.__new__(_cards.Batch)
+    with pytest.raises(RuntimeError, match="not initialised"):
+        batch.reset(None, np.zeros((0, 0, 0, 3), np.uint8), np.zeros((0, _cards.STATE_DIM), np.int32))
+
+
+def test_threaded_batch_survives_fork():
+    import multiprocessing as mp
+
+    envs = VECTOR["Blackjack"](8, num_threads=2, height=32, width=32)
+    envs.reset(seed=0)
+
+    def child(queue):
+        obs, *_ = envs.step(np.ones(8, np.int64))
+        queue.put(int(obs.sum()))
+
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=child, args=(queue,))
+    proc.start()
+    proc.join(timeout=30)
+    assert proc.exitcode == 0, "the forked child hung or failed stepping a threaded batch"
+    assert queue.get(timeout=5) > 0
+    envs.close()

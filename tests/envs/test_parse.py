@@ -136,3 +136,27 @@ def test_several_distinct_actions_are_illegal(game, picks):
     parsed = parse_action(game, text)
     if len(chosen) > 1 and not (game in ("EZPoints", "Points24") and any("1" in c for c in chosen)):
         assert not parsed.legal
+
+
+def test_adversarial_json_is_bounded_in_time():
+    import time
+
+    for text in ['{"a":' * 40 + "[" + "1," * 250_000, '{"a":' * 40 + "[" + "[]," * 250_000]:
+        start = time.perf_counter()
+        assert parse_action("Points24", text).legal in (True, False)
+        assert time.perf_counter() - start < 1.0
+
+
+def test_unreadable_inputs_are_illegal_not_errors():
+    view = memoryview(b'{"action": "+"}')
+    view.release()
+    assert parse_action("EZPoints", view) == ParsedAction(None, False)
+
+    class Sneaky(str):
+        def find(self, *args):
+            raise RuntimeError("no")
+
+        def lower(self):
+            raise RuntimeError("no")
+
+    assert parse_action("NumberLine", Sneaky('{"action": "+"}')) == ParsedAction(1, True)
