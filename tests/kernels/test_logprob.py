@@ -126,10 +126,11 @@ def test_all_targets_ignored_gives_zeros_and_zero_grads():
 def test_large_logits_stay_finite(dtype, small_blocks):
     # Logits in the thousands: the online log-sum-exp must not overflow, entropy near 0.
     # Tiled and whole matmuls may round a logit of ~1e3 differently by an ulp (6e-5 in fp32),
-    # which moves the softmax by ~1e-4: hence the looser tolerances.
+    # which moves the softmax by ~1e-4: hence the looser tolerances. Gradients (onehot - softmax)
+    # are the most sensitive where two top logits nearly tie: seen up to 1.3e-3 relative.
     check_against_exact(7, 16, 45, dtype, bias=False, temperature=0.5, chunk_elements=64,
                         scale=300.0, tol=1e-3 if dtype == torch.float32 else 2e-2,
-                        gtol=1e-3 if dtype == torch.float32 else 5e-2)
+                        gtol=5e-3 if dtype == torch.float32 else 5e-2)
 
 
 @needs_triton

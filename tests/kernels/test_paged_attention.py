@@ -80,11 +80,13 @@ def test_split_context_reduction(num_splits, block_size):
 @needs_triton
 def test_large_scores_do_not_overflow():
     k_cache, v_cache, block_table, lens = random_paged_cache([20, 9], 1, 16, 4, torch.float32)
-    q = torch.randn(2, 2, 16) * 1e3  # scores ~ 1e3-1e4: exp must be taken after the max
+    q = torch.randn(2, 2, 16) * 100  # scores in the hundreds: exp overflows fp32 unless taken after the max
     out = paged_decode_attention(q, k_cache, v_cache, block_table, lens)
     assert torch.isfinite(out).all()
     want = naive_attention(q, k_cache, v_cache, block_table, lens, 0.25)
-    assert (out.double() - want).abs().max() < 1e-4
+    # fp32 scores of size ~s carry rounding ~s * 2^-23 * sqrt(D) (~1e-4 here), which moves the
+    # softmax weights, and so the output, by about as much: 1e-3 bounds it with margin.
+    assert (out.double() - want).abs().max() < 1e-3
 
 
 @needs_triton
