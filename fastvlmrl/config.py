@@ -1,0 +1,291 @@
+"""Configuration as data: dataclasses with every default named once, a YAML file, and dotted
+overrides on the command line (`ppo.clip=0.2 env.name=Points24`).
+
+    cfg = load_config("configs/tiny/numberline.yaml", ["ppo.lr=3e-4", "env.num_envs=16"])
+    cfg.ppo.clip, cfg.env.name
+
+Unknown keys, values of the wrong type and bad values raise `ConfigError` with one line that
+says what to fix, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration the user can fix: the message says how."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"  # the run directory is <out_dir>/<name>
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when available, else cpu
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+@dataclass
+class EnvConfig:
+    name: str = "NumberLine"
+    num_envs: int = 32
+    image_size: int = 300  # frames are rendered at this size, then preprocessed for the model
+    face_cards_as_10: bool = True  # Points24
+    illegal_action: str = "random"  # "random" (RL4VLM) or "penalty"
+    illegal_penalty: float = -1.0  # added to the reward when illegal_action = "penalty"
+    threads: int = 1  # C threads stepping the batch
+
+
+@dataclass
+class PromptConfig:
+    cot: bool = True  # False: the action-only prompt (the paper's no-CoT ablation)
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None  # a local Hugging Face directory; None = the built-in tiny VLM
+    lora: bool = False
+    lora_r: int = 128
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05
+    freeze_vision: bool = False
+    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.2
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 256
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 0  # SFT steps on oracle demonstrations before RL (0 = none)
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    noise: float = 0.0  # probability that a demonstration's action is replaced by a random one
+    demos: int = 4096  # demonstrations generated
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class PPOConfig:
+    updates: int = 20  # PPO updates (rollout + optimisation) in the run
+    num_steps: int = 8  # env steps per env in one rollout
+    epochs: int = 4
+    minibatch_size: int = 32  # samples per optimizer step (RL4VLM: 1 sample x 128 accumulation)
+    lr: float = 1e-5
+    lr_end: float = 0.0  # cosine decay to this over the planned updates (no restart)
+    clip: float = 0.1
+    ratio_cap: float = 10.0
+    value_clip: float = 0.1
+    value_coef: float = 0.5
+    gamma: float = 0.9
+    gae_lambda: float = 0.95
+    thought_coef: float = 0.5  # λ: weight of thought tokens in the sequence log-prob
+    max_grad_norm: float = 1.0
+    normalize_advantages: bool = True
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 500
+    temperature: float = 0.0  # greedy
+    seed: int = 10_000  # fresh seeds, far from training's
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = False
+    checkpoint_every: int = 0  # updates; 0 = only at the end
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def _field_types(cls) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value, kind, key: str):
+    """value (from YAML or an override string) as `kind`, or a ConfigError naming the key."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        options = typing.get_args(kind)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in options:
+                return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if number is not None and number.is_integer():
+                return int(number)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {kind}")
+
+
+def _set(cfg: Config, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"unknown config key {dotted!r}: keys look like section.name, e.g. ppo.clip")
+    section_name, name = parts
+    sections = {f.name for f in dataclasses.fields(Config)}
+    if section_name not in sections:
+        raise ConfigError(f"unknown config section {section_name!r} in {dotted!r}: choose one of {', '.join(sorted(sections))}")
+    section = getattr(cfg, section_name)
+    kinds = _field_types(type(section))
+    if name not in kinds:
+        raise ConfigError(f"unknown config key {dotted!r}: {section_name} has {', '.join(kinds)}")
+    setattr(section, name, _coerce(value, kinds[name], dotted))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'ppo.clip=0.2' -> ('ppo.clip', 0.2); the value is read as YAML (numbers, true/false, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. ppo.clip=0.2")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file (if any), then the overrides; validated."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+        for key, value in _flatten(tree).items():
+            _set(cfg, key, value)
+    for text in overrides:
+        _set(cfg, *parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks of values (types are checked on the way in)."""
+    from fastvlmrl.envs.games import get_game
+
+    try:
+        get_game(cfg.env.name)
+    except ValueError as e:
+        raise ConfigError(f"env.name: {e}") from None
+    positive = {
+        "env.num_envs": cfg.env.num_envs, "env.image_size": cfg.env.image_size, "env.threads": cfg.env.threads,
+        "ppo.updates": cfg.ppo.updates, "ppo.num_steps": cfg.ppo.num_steps, "ppo.epochs": cfg.ppo.epochs,
+        "ppo.minibatch_size": cfg.ppo.minibatch_size, "sampling.max_new_tokens": cfg.sampling.max_new_tokens,
+        "sft.batch_size": cfg.sft.batch_size, "sft.demos": cfg.sft.demos, "eval.episodes": cfg.eval.episodes,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    for key, value in {"sft.steps": cfg.sft.steps, "log.checkpoint_every": cfg.log.checkpoint_every,
+                       "run.threads": cfg.run.threads}.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be 0 or more, got {value}")
+    if cfg.env.illegal_action not in ("random", "penalty"):
+        raise ConfigError(f"env.illegal_action must be 'random' or 'penalty', got {cfg.env.illegal_action!r}")
+    if cfg.model.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"model.dtype must be auto, float32, bfloat16 or float16, got {cfg.model.dtype!r}")
+    if cfg.run.device != "auto" and not (cfg.run.device == "cpu" or cfg.run.device.startswith("cuda")):
+        raise ConfigError(f"run.device must be auto, cpu or cuda[:N], got {cfg.run.device!r}")
+    if cfg.sampling.temperature < 0 or cfg.eval.temperature < 0:
+        raise ConfigError("sampling.temperature and eval.temperature must be 0 (greedy) or more")
+    if not 0 < cfg.sampling.top_p <= 1:
+        raise ConfigError(f"sampling.top_p must be in (0, 1], got {cfg.sampling.top_p}")
+    if not 0 <= cfg.sft.noise <= 1:
+        raise ConfigError(f"sft.noise must be in [0, 1], got {cfg.sft.noise}")
+    for key in ("clip", "value_clip", "lr", "gamma", "gae_lambda"):
+        if getattr(cfg.ppo, key) <= 0:
+            raise ConfigError(f"ppo.{key} must be positive, got {getattr(cfg.ppo, key)}")
+    if cfg.ppo.gamma > 1 or cfg.ppo.gae_lambda > 1:
+        raise ConfigError("ppo.gamma and ppo.gae_lambda must be at most 1")
+    if cfg.model.path is not None and not Path(cfg.model.path).is_dir():
+        raise ConfigError(f"model.path {cfg.model.path!r} is not a directory: give a local Hugging Face model "
+                          "directory, or leave it out for the built-in tiny VLM")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

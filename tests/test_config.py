@@ -1,0 +1,63 @@
+import pytest
+
+from fastvlmrl.config import Config, ConfigError, load_config, parse_override, save_config
+
+
+def test_defaults_are_the_papers():
+    cfg = Config()
+    assert (cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.ppo.clip, cfg.ppo.value_coef, cfg.ppo.epochs) == (0.9, 0.95, 0.1, 0.5, 4)
+    assert (cfg.ppo.lr, cfg.ppo.thought_coef, cfg.sampling.temperature, cfg.sampling.max_new_tokens) == (1e-5, 0.5, 0.2, 256)
+    assert (cfg.model.lora_r, cfg.model.lora_alpha) == (128, 256)
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("env:\n  name: EZPoints\n  num_envs: 8\nppo:\n  clip: 0.2\nmodel:\n  path: null\n")
+    cfg = load_config(path, ["ppo.clip=0.3", "prompt.cot=false", "sampling.temperature=0", "ppo.lr=3e-4"])
+    assert cfg.env.name == "EZPoints" and cfg.env.num_envs == 8
+    assert cfg.ppo.clip == 0.3 and cfg.prompt.cot is False and cfg.sampling.temperature == 0.0
+    assert cfg.ppo.lr == 3e-4 and cfg.model.path is None
+    save_config(cfg, tmp_path / "out.yaml")
+    assert load_config(tmp_path / "out.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("ppo.clipp=0.2", "unknown config key 'ppo.clipp'"),
+        ("pp.clip=0.2", "unknown config section 'pp'"),
+        ("clip=0.2", "keys look like section.name"),
+        ("ppo.clip", "must look like key=value"),
+        ("ppo.epochs=two", "ppo.epochs must be an integer"),
+        ("ppo.epochs=1.5", "ppo.epochs must be an integer"),
+        ("prompt.cot=maybe", "prompt.cot must be true or false"),
+        ("ppo.clip=-1", "ppo.clip must be positive"),
+        ("env.name=Chess", "unknown game 'Chess'"),
+        ("env.num_envs=0", "env.num_envs must be at least 1"),
+        ("env.illegal_action=skip", "env.illegal_action must be"),
+        ("model.path=/no/such/dir", "model.path '/no/such/dir' is not a directory"),
+        ("sampling.top_p=0", "sampling.top_p must be in"),
+    ],
+)
+def test_bad_overrides_say_what_to_fix(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("env: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("env:\n  colour: red\n")
+    with pytest.raises(ConfigError, match="unknown config key 'env.colour'"):
+        load_config(bad)
+
+
+def test_override_values_are_read_as_yaml():
+    assert parse_override("a.b=0.5") == ("a.b", 0.5)
+    assert parse_override("a.b=true") == ("a.b", True)
+    assert parse_override("a.b=null") == ("a.b", None)
+    assert parse_override("a.b=x=y") == ("a.b", "x=y")
