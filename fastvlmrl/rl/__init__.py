@@ -1,0 +1,1 @@
+"""Reinforcement learning: rollout storage, GAE, PPO (RL4VLM), SFT."""

@@ -1,0 +1,61 @@
+"""Rollout storage: one transition per env step per env, then GAE and mini-batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastvlmrl.rl.gae import compute_gae
+
+
+@dataclass
+class Transition:
+    """What PPO needs of one env step: the prompt it saw, its output, and the sampling-time numbers."""
+
+    prompt_ids: torch.Tensor  # [P] int64, image placeholder tokens included
+    mm: dict  # the sample's image inputs (e.g. pixel_values [1, 3, S, S]), batched by concatenation
+    output_ids: torch.Tensor  # [O] int64
+    token_weight: torch.Tensor  # [O] float32: λ on thought tokens, 1 on action tokens
+    logp: float  # λ-weighted sequence log-prob at the sampling temperature, at rollout time
+    value: float  # V(state) at rollout time
+
+
+class RolloutStorage:
+    def __init__(self, num_steps: int, num_envs: int):
+        self.num_steps, self.num_envs = num_steps, num_envs
+        self.transitions: list[list[Transition | None]] = [[None] * num_envs for _ in range(num_steps)]
+        self.rewards = torch.zeros(num_steps, num_envs)
+        self.dones = torch.zeros(num_steps, num_envs, dtype=torch.bool)
+        self.values = torch.zeros(num_steps, num_envs)
+        self.advantages = torch.zeros(num_steps, num_envs)
+        self.returns = torch.zeros(num_steps, num_envs)
+
+    def add(self, step: int, transitions: list[Transition], rewards, dones) -> None:
+        self.transitions[step] = list(transitions)
+        self.rewards[step] = torch.as_tensor(rewards, dtype=torch.float32)
+        self.dones[step] = torch.as_tensor(dones, dtype=torch.bool)
+        self.values[step] = torch.tensor([t.value for t in transitions], dtype=torch.float32)
+
+    def finish(self, last_values, gamma: float, lam: float, normalize: bool) -> None:
+        """Advantages and returns; advantages normalised over the whole rollout if asked."""
+        adv, ret = compute_gae(self.rewards, self.values, self.dones, torch.as_tensor(last_values).float(), gamma, lam)
+        self.returns = ret
+        if normalize and adv.numel() > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        self.advantages = adv
+
+    def samples(self) -> list[tuple[Transition, float, float]]:
+        """(transition, advantage, return) for every step of every env."""
+        out = []
+        for t in range(self.num_steps):
+            for n in range(self.num_envs):
+                out.append((self.transitions[t][n], float(self.advantages[t, n]), float(self.returns[t, n])))
+        return out
+
+    def minibatches(self, size: int, generator: torch.Generator):
+        """Shuffled mini-batches of samples (the last one may be smaller)."""
+        samples = self.samples()
+        order = torch.randperm(len(samples), generator=generator).tolist()
+        for i in range(0, len(order), size):
+            yield [samples[j] for j in order[i : i + size]]

@@ -1,0 +1,113 @@
+"""PPO update on a small stand-in policy: the rollout's log-probs are reproduced by the training
+forward (ratio 1 at the start), positive advantages raise an output's probability, and a
+non-finite mini-batch is skipped, never applied."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fastvlmrl.config import PPOConfig
+from fastvlmrl.rl.ppo import cosine_lr, forward_logp_and_values, pack, ppo_update
+from fastvlmrl.rl.storage import RolloutStorage, Transition
+
+V, H = 23, 16
+
+
+class TinyPolicy(nn.Module):
+    """A causal stand-in with the trainer's policy interface (hidden states, lm head, value)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(V, H)
+        self.mix = nn.GRU(H, H, batch_first=True)
+        self.lm_head = nn.Linear(H, V, bias=False)
+        self.value_head = nn.Linear(H, 1)
+
+    def hidden_states(self, input_ids, attention_mask, pixel_values=None):
+        x = self.embed(input_ids)
+        if pixel_values is not None:
+            x = x + pixel_values.mean(dim=(1, 2, 3))[:, None, None]
+        return self.mix(x)[0]
+
+    def lm_head_weight(self):
+        return self.lm_head.weight
+
+    def value(self, h):
+        return self.value_head(h).squeeze(-1).float()
+
+
+def _rollout(policy, n=6, temperature=0.7, weights=0.5):
+    g = torch.Generator().manual_seed(1)
+    transitions = []
+    for i in range(n):
+        prompt = torch.randint(1, V, (3 + i % 3,), generator=g)
+        out = torch.randint(1, V, (1 + i % 4,), generator=g)
+        w = torch.full((len(out),), weights)
+        w[-1] = 1.0
+        t = Transition(prompt, {"pixel_values": torch.randn(1, 3, 2, 2, generator=g)}, out, w, 0.0, 0.0)
+        batch = pack([t], 0, "cpu")
+        with torch.no_grad():
+            lp, v = forward_logp_and_values(policy, batch, temperature)
+        t.logp, t.value = float((lp * w).sum()), float(v[0])
+        transitions.append(t)
+    return transitions
+
+
+def test_training_forward_reproduces_rollout_logprobs_in_a_padded_batch():
+    policy = TinyPolicy()
+    transitions = _rollout(policy)
+    batch = pack(transitions, 0, "cpu")
+    with torch.no_grad():
+        lp, values = forward_logp_and_values(policy, batch, 0.7)
+    seq = torch.zeros(len(transitions)).index_add_(
+        0, torch.repeat_interleave(torch.arange(len(transitions)), torch.diff(batch.cu_seqlens).long()),
+        lp * batch.token_weight)
+    torch.testing.assert_close(seq, torch.tensor([t.logp for t in transitions]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(values, torch.tensor([t.value for t in transitions]), atol=1e-5, rtol=1e-5)
+
+
+def _storage(transitions, advantages):
+    storage = RolloutStorage(1, len(transitions))
+    storage.add(0, transitions, torch.zeros(len(transitions)), torch.ones(len(transitions), dtype=torch.bool))
+    storage.finish(torch.zeros(len(transitions)), 0.9, 0.95, normalize=False)
+    storage.advantages = torch.tensor([advantages], dtype=torch.float32)
+    return storage
+
+
+def test_positive_advantage_raises_the_output_probability():
+    policy = TinyPolicy()
+    transitions = _rollout(policy)
+    advantages = [1.0 if i % 2 == 0 else -1.0 for i in range(len(transitions))]
+    cfg = PPOConfig(epochs=3, minibatch_size=3, clip=0.2, max_grad_norm=10.0)
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    metrics = ppo_update(policy, opt, _storage(transitions, advantages), cfg, temperature=0.7, pad_id=0,
+                         device="cpu", generator=torch.Generator().manual_seed(0))
+    assert metrics["actor/optimizer_steps"] == 6 and metrics["actor/skipped_nonfinite"] == 0
+    after = _rollout(policy)
+    for t0, t1, a in zip(transitions, after, advantages):
+        assert (t1.logp - t0.logp) * a > 0
+
+
+def test_non_finite_minibatch_is_skipped_and_counted():
+    policy = TinyPolicy()
+    transitions = _rollout(policy, n=4)
+    transitions[0].logp = float("nan")
+    before = [p.detach().clone() for p in policy.parameters()]
+    cfg = PPOConfig(epochs=1, minibatch_size=4)
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    metrics = ppo_update(policy, opt, _storage(transitions, [1.0, -1.0, 1.0, -1.0]), cfg, temperature=1.0,
+                         pad_id=0, device="cpu", generator=torch.Generator().manual_seed(0))
+    assert metrics["actor/skipped_nonfinite"] == 1 and metrics["actor/optimizer_steps"] == 0
+    for p, q in zip(before, policy.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_cosine_schedule_decays_without_restart():
+    assert cosine_lr(0, 10, 1e-3, 0.0) == pytest.approx(1e-3)
+    assert cosine_lr(5, 10, 1e-3, 0.0) == pytest.approx(5e-4)
+    assert cosine_lr(10, 10, 1e-3, 1e-6) == pytest.approx(1e-6)
+    assert cosine_lr(15, 10, 1e-3, 1e-6) == pytest.approx(1e-6)
+    assert math.isclose(cosine_lr(2, 10, 1.0, 0.0), 0.5 * (1 + math.cos(math.pi * 0.2)))
