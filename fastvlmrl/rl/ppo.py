@@ -108,8 +108,8 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
                 continue
             optimizer.step()
             steps += 1
-            sums["actor/pg_loss"] += float(out.policy_loss)
-            sums["critic/value_loss"] += float(out.value_loss)
+            sums["actor/pg_loss"] += float(out.policy_loss.detach())
+            sums["critic/value_loss"] += float(out.value_loss.detach())
             sums["actor/clip_frac"] += float(out.clip_fraction)
             sums["actor/approx_kl"] += float(out.approx_kl)
             sums["actor/ratio_mean"] += float(out.ratio_mean)
