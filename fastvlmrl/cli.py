@@ -1,5 +1,7 @@
 """The `fastvlmrl` command.
 
+    fastvlmrl train [config.yaml | preset] [section.key=value ...]   (default preset: tiny/numberline)
+    fastvlmrl eval RUN_DIR [eval.episodes=N ...]
     fastvlmrl envs [--game NAME] [--policy oracle|random] [--episodes N] [--num-envs N] [--threads T]
     fastvlmrl render --game NAME [--policy oracle|random] [--seed S] --out episode.png|.gif
 """
@@ -98,9 +100,57 @@ def cmd_render(args) -> int:
     return 0
 
 
+DEFAULT_PRESET = "tiny/numberline"
+
+
+def _config_from(args):
+    """A config file or preset name (default: the tiny NumberLine preset), then key=value overrides."""
+    from pathlib import Path
+
+    from fastvlmrl.config import load_config
+    from fastvlmrl.configs import preset_path
+
+    overrides = list(args.settings)
+    source = overrides.pop(0) if overrides and "=" not in overrides[0] else DEFAULT_PRESET
+    path = Path(source) if Path(source).is_file() else preset_path(source.removesuffix(".yaml"))
+    return load_config(path, overrides)
+
+
+def cmd_train(args) -> int:
+    """Train with PPO (after the SFT warm start if sft.steps > 0); print where the run went."""
+    from fastvlmrl.train import train
+
+    cfg = _config_from(args)
+    run_dir = train(cfg)
+    result = json.loads((run_dir / "eval.json").read_text())
+    print(f"run: {run_dir}  eval success_rate {result['success_rate']:.3f} over {result['episodes']} episodes")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Evaluate a run's latest checkpoint on fresh seeds; writes eval.json into the run directory."""
+    from fastvlmrl.train import evaluate_run
+
+    result, path = evaluate_run(args.run_dir, list(args.settings))
+    print(json.dumps(result))
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastvlmrl", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="fine-tune a VLM agent with PPO (the tiny VLM on NumberLine by default)")
+    train.add_argument("settings", nargs="*",
+                       help="a YAML config file or a preset (tiny/numberline, rl4vlm/points24, ...; default "
+                            "tiny/numberline), then section.key=value overrides")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="play episodes with a run's latest checkpoint and write eval.json")
+    evaluate.add_argument("run_dir", help="a run directory (runs/<name>)")
+    evaluate.add_argument("settings", nargs="*", help="section.key=value overrides, e.g. eval.episodes=1000")
+    evaluate.set_defaults(func=cmd_eval)
 
     envs = sub.add_parser("envs", help="play the games with an oracle or random policy and print statistics")
     envs.add_argument("--game", help="one game (default: all four)")

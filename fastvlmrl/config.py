@@ -46,6 +46,7 @@ class EnvConfig:
 @dataclass
 class PromptConfig:
     cot: bool = True  # False: the action-only prompt (the paper's no-CoT ablation)
+    style: str = "full"  # "full": RL4VLM's prompt; "short": one line, for the built-in tiny VLM
 
 
 @dataclass
@@ -261,6 +262,8 @@ def validate(cfg: Config) -> None:
                        "run.threads": cfg.run.threads}.items():
         if value < 0:
             raise ConfigError(f"{key} must be 0 or more, got {value}")
+    if cfg.prompt.style not in ("full", "short"):
+        raise ConfigError(f"prompt.style must be 'full' or 'short', got {cfg.prompt.style!r}")
     if cfg.env.illegal_action not in ("random", "penalty"):
         raise ConfigError(f"env.illegal_action must be 'random' or 'penalty', got {cfg.env.illegal_action!r}")
     if cfg.model.dtype not in ("auto", "float32", "bfloat16", "float16"):

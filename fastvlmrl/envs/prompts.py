@@ -33,9 +33,28 @@ def formula_string(info: dict) -> str:
     return " ".join(info.get("Formula", []))
 
 
-def task_prompt(game: Game | str, info: dict, *, cot: bool = True) -> str:
-    """The task prompt for one env, from its info dict (see module docstring)."""
+def short_prompt(game: Game, info: dict, *, cot: bool = True) -> str:
+    """A one-line prompt for small models that cannot read instructions anyway (the built-in tiny
+    VLM): the game, the text state RL4VLM's prompt carries (the formula), the JSON keys in order."""
+    keys = {
+        "NumberLine": ["current number", "target number"],
+        "Blackjack": [],
+        "EZPoints": ["cards", "current formula"],
+        "Points24": ["cards", "current formula"],
+    }[game.name]
+    keys = (keys + ["thoughts"] if cot else []) + ["action"]
+    state = f" Formula: '{formula_string(info)}'." if game.name in ("EZPoints", "Points24") else ""
+    return f"{game.name}.{state} Reply in JSON with {', '.join(keys)}."
+
+
+def task_prompt(game: Game | str, info: dict, *, cot: bool = True, style: str = "full") -> str:
+    """The task prompt for one env, from its info dict (see module docstring); style "short" is
+    `short_prompt`."""
     game = get_game(game) if isinstance(game, str) else game
+    if style == "short":
+        return short_prompt(game, info, cot=cot)
+    if style != "full":
+        raise ValueError(f"prompt style must be 'full' or 'short', got {style!r}")
     if game.name == "NumberLine":
         head = (
             "You are playing a game called number line. You will see a target number and a current number "

@@ -167,6 +167,13 @@ class CardsVectorEnv(VectorEnv):
         """Env i's RL4VLM-style info dict: the text a prompt needs for the frame it shows."""
         return describe(self.game, self._state[i])
 
+    def describe_final(self, i: int) -> dict:
+        """With autoreset_mode SameStep, right after a step that ended env i: the info dict of the
+        state the episode ended in (describe(i) is already the new episode's)."""
+        if self._final_state is None:
+            raise RuntimeError("describe_final needs autoreset_mode='SameStep'")
+        return describe(self.game, self._final_state[i])
+
     # -- internals --
     def _check_open(self):
         if self.closed or self._batch.closed:

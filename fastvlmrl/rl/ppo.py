@@ -59,12 +59,15 @@ def pack(transitions: list[Transition], pad_id: int, device) -> PackedBatch:
     )
 
 
-def forward_logp_and_values(policy, batch: PackedBatch, temperature: float):
-    """(per-token log-probs [T] at the sampling temperature, values [B]) in one forward."""
+def forward_logp_and_values(policy, batch: PackedBatch, temperature: float, logit_bias: torch.Tensor | None = None):
+    """(per-token log-probs [T] at the sampling temperature, values [B]) in one forward.
+
+    logit_bias [V] (large negative at tokens the sampler never emits, 0 elsewhere) makes the
+    log-probs those of the distribution the rollout sampled from."""
     hidden = policy.hidden_states(batch.input_ids, batch.attention_mask, **batch.mm)  # [B, L, H]
     B, L, H = hidden.shape
     flat = hidden.reshape(B * L, H)
-    token_logp = fused_linear_logprob(flat[batch.rows], policy.lm_head_weight(), batch.targets,
+    token_logp = fused_linear_logprob(flat[batch.rows], policy.lm_head_weight(), batch.targets, bias=logit_bias,
                                       temperature=temperature)
     last_prompt = flat[torch.arange(B, device=flat.device) * L + batch.prompt_lens - 1]
     return token_logp, policy.value(last_prompt)
@@ -77,7 +80,7 @@ def cosine_lr(update: int, total: int, lr: float, lr_end: float) -> float:
 
 
 def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: float, pad_id: int,
-               device, generator: torch.Generator) -> dict[str, float]:
+               device, generator: torch.Generator, logit_bias: torch.Tensor | None = None) -> dict[str, float]:
     """cfg.epochs passes over the rollout in mini-batches; returns the update's metrics."""
     params = [p for p in policy.parameters() if p.requires_grad]
     sums = {"actor/pg_loss": 0.0, "critic/value_loss": 0.0, "actor/clip_frac": 0.0, "actor/approx_kl": 0.0,
@@ -92,7 +95,7 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
             returns = torch.tensor([s[2] for s in samples], device=device)
             old_logp = torch.tensor([t.logp for t in transitions], device=device)
             old_values = torch.tensor([t.value for t in transitions], device=device)
-            token_logp, values = forward_logp_and_values(policy, batch, temperature)
+            token_logp, values = forward_logp_and_values(policy, batch, temperature, logit_bias)
             out = ppo_clip_loss(token_logp, batch.token_weight, batch.cu_seqlens, old_logp, advantages,
                                 clip_eps=cfg.clip, ratio_cap=cfg.ratio_cap, values=values, old_values=old_values,
                                 returns=returns, value_clip=cfg.value_clip, value_coef=cfg.value_coef)

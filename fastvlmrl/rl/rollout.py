@@ -1,0 +1,159 @@
+"""Playing the batch of games with the policy: prompts from each env's state, one batched
+generation through the engine (which reads the trainer's weights), parsing, env step.
+
+`Player.collect` fills a RolloutStorage for PPO; `Player.evaluate` plays whole episodes greedily
+on fresh seeds. Episode statistics follow RL4VLM: an episode succeeds when its summed env reward
+is > 0; illegal-output penalties and bootstrap terms are not part of the episode return.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fastvlmrl.engine import Request, SamplingParams
+from fastvlmrl.envs.parse import choose_action, parse_action
+from fastvlmrl.envs.prompts import task_prompt
+from fastvlmrl.rl.storage import RolloutStorage, Transition
+from fastvlmrl.rl.token_weights import action_token_weights
+
+
+@dataclass
+class EpisodeStats:
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    legal: int = 0
+    outputs: int = 0
+    tokens: int = 0
+
+    def summary(self) -> dict[str, float]:
+        r = np.array(self.returns, dtype=np.float64)
+        return {
+            "rollout/success_rate": float((r > 0).mean()) if len(r) else float("nan"),
+            "rollout/episode_return": float(r.mean()) if len(r) else float("nan"),
+            "rollout/episode_length": float(np.mean(self.lengths)) if self.lengths else float("nan"),
+            "rollout/episodes": len(r),
+            "rollout/legal_action_rate": self.legal / max(self.outputs, 1),
+        }
+
+
+class Player:
+    def __init__(self, policy, engine, encoder, envs, *, cot: bool, style: str, sampling, illegal_action: str,
+                 illegal_penalty: float, thought_coef: float, seed: int):
+        self.policy, self.engine, self.encoder, self.envs = policy, engine, encoder, envs
+        self.game = envs.game
+        self.cot, self.style, self.sampling = cot, style, sampling
+        self.illegal_action, self.illegal_penalty = illegal_action, illegal_penalty
+        self.thought_coef = thought_coef
+        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.calls = 0
+        n = envs.num_envs
+        self.episode_return = np.zeros(n)
+        self.episode_length = np.zeros(n, int)
+
+    def _requests(self, frames, infos):
+        reqs = []
+        for frame, info in zip(frames, infos):
+            ids, mm = self.encoder.encode(frame, task_prompt(self.game, info, cot=self.cot, style=self.style))
+            reqs.append(Request(ids, mm))
+        return reqs
+
+    def _generate(self, requests, temperature: float, max_new_tokens: int):
+        params = SamplingParams(temperature=temperature, top_p=self.sampling.top_p,
+                                repetition_penalty=self.sampling.repetition_penalty, max_new_tokens=max_new_tokens,
+                                suppress_token_ids=self.encoder.suppressed_ids,
+                                seed=self.seed * 1_000_003 + self.calls * len(requests))
+        self.calls += 1
+        gens = self.engine.generate_requests(requests, params)
+        for g in gens:
+            if g.error:
+                raise RuntimeError(f"generation failed: {g.error}")
+        return gens
+
+    @torch.no_grad()
+    def values(self, frames, infos) -> torch.Tensor:
+        """V of states: the value head on the last prompt token's hidden state (prefill only)."""
+        gens = self._generate(self._requests(frames, infos), 0.0, 1)
+        return self._values_of(gens)
+
+    def _values_of(self, gens) -> torch.Tensor:
+        head_dtype = next(self.policy.value_head.parameters()).dtype
+        return self.policy.value(torch.stack([g.hidden_state for g in gens]).to(head_dtype)).float()
+
+    @torch.no_grad()
+    def step(self, obs, temperature: float, stats: EpisodeStats):
+        """One env step for every env: (transitions, rewards for PPO, dones, new obs, step infos)."""
+        infos = [self.envs.describe(i) for i in range(self.envs.num_envs)]
+        requests = self._requests(obs, infos)
+        gens = self._generate(requests, temperature, self.sampling.max_new_tokens)
+        values = self._values_of(gens)
+        actions = np.zeros(len(gens), np.int64)
+        extra = np.zeros(len(gens), np.float32)
+        transitions = []
+        for i, (req, gen) in enumerate(zip(requests, gens)):
+            parsed = parse_action(self.game, gen.text)
+            actions[i], extra[i] = choose_action(parsed, self.game.num_actions, self.rng, self.illegal_action,
+                                                 self.illegal_penalty)
+            stats.legal += int(parsed.legal)
+            stats.outputs += 1
+            stats.tokens += len(gen.token_ids)
+            out = torch.tensor(gen.token_ids, dtype=torch.long)
+            weights = torch.tensor(action_token_weights(self.encoder.tokenizer, gen.token_ids, self.thought_coef),
+                                   dtype=torch.float32)
+            logp = float((torch.tensor(gen.logprobs, dtype=torch.float32) * weights).sum())
+            transitions.append(Transition(torch.as_tensor(req.prompt_token_ids).long(), req.mm_inputs, out, weights,
+                                          logp, float(values[i])))
+        obs, rewards, terminated, truncated, step_infos = self.envs.step(actions)
+        self.episode_return += rewards
+        self.episode_length += 1
+        ended = terminated | truncated
+        for i in np.flatnonzero(ended):
+            stats.returns.append(float(self.episode_return[i]))
+            stats.lengths.append(int(self.episode_length[i]))
+            self.episode_return[i], self.episode_length[i] = 0.0, 0
+        return transitions, rewards + extra, terminated, truncated, obs, step_infos
+
+    def collect(self, obs, storage: RolloutStorage, gamma: float, desc: str = "rollout"):
+        """Fill storage with storage.num_steps steps; returns (obs after, stats, seconds, V(obs after))."""
+        stats = EpisodeStats()
+        start = time.perf_counter()
+        for t in tqdm(range(storage.num_steps), desc=desc, leave=False):
+            transitions, rewards, terminated, truncated, obs, infos = self.step(obs, self.sampling.temperature, stats)
+            rewards = rewards.astype(np.float32)
+            if truncated.any():
+                # time-limit truncation: bootstrap from the value of the state the episode stopped in
+                idx = np.flatnonzero(truncated)
+                finals = [infos["final_obs"][i] for i in idx]
+                final_infos = [self.envs.describe_final(i) for i in idx]
+                rewards[idx] += gamma * self.values(finals, final_infos).cpu().numpy()
+            storage.add(t, transitions, rewards, terminated | truncated)
+        infos = [self.envs.describe(i) for i in range(self.envs.num_envs)]
+        last_values = self.values(obs, infos).cpu()
+        return obs, stats, time.perf_counter() - start, last_values
+
+    @torch.no_grad()
+    def evaluate(self, episodes: int, temperature: float, seed: int, desc: str = "eval") -> dict[str, float]:
+        """Play until `episodes` episodes have ended (fresh seeds); RL4VLM's statistics."""
+        obs, _ = self.envs.reset(seed=seed)
+        self.episode_return[:] = 0
+        self.episode_length[:] = 0
+        stats = EpisodeStats()
+        with tqdm(total=episodes, desc=desc, leave=False) as bar:
+            while len(stats.returns) < episodes:
+                done_before = len(stats.returns)
+                _, _, _, _, obs, _ = self.step(obs, temperature, stats)
+                bar.update(min(len(stats.returns), episodes) - min(done_before, episodes))
+                bar.set_postfix(success=f"{stats.summary()['rollout/success_rate']:.3f}")
+        summary = stats.summary()
+        r = np.array(stats.returns[:episodes])
+        return {
+            "success_rate": float((r > 0).mean()),
+            "episode_return": float(r.mean()),
+            "legal_action_rate": summary["rollout/legal_action_rate"],
+            "episodes": int(len(r)),
+        }

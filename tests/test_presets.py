@@ -1,0 +1,43 @@
+import pytest
+
+from fastvlmrl.cli import _config_from
+from fastvlmrl.config import ConfigError, load_config
+from fastvlmrl.configs import preset_path
+
+GAMES = ["numberline", "ezpoints", "points24", "blackjack"]
+
+
+@pytest.mark.parametrize("game", GAMES)
+def test_tiny_presets_load(game):
+    cfg = load_config(preset_path(f"tiny/{game}"))
+    assert cfg.model.path is None and cfg.sft.steps > 0 and cfg.env.name.lower() == game
+
+
+@pytest.mark.parametrize("game", GAMES)
+def test_paper_presets_need_a_model_path_and_hold_the_papers_settings(game, tmp_path):
+    with pytest.raises(ConfigError, match="model.path .* is not a directory"):
+        load_config(preset_path(f"rl4vlm/{game}"))
+    cfg = load_config(preset_path(f"rl4vlm/{game}"), [f"model.path={tmp_path}"])
+    assert (cfg.ppo.lr, cfg.ppo.lr_end, cfg.ppo.clip, cfg.ppo.epochs, cfg.ppo.minibatch_size) == (1e-5, 1e-9, 0.1, 4, 128)
+    assert (cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.ppo.thought_coef, cfg.ppo.max_grad_norm) == (0.9, 0.95, 0.5, 0.01)
+    assert cfg.model.lora and (cfg.model.lora_r, cfg.model.lora_alpha) == (128, 256)
+    assert (cfg.sampling.temperature, cfg.sampling.max_new_tokens) == (0.2, 256)
+    assert cfg.ppo.updates * cfg.ppo.num_steps * cfg.env.num_envs in (14848, 14336)  # ~15,000 env steps
+
+
+def test_cli_picks_default_preset_files_and_overrides(tmp_path):
+    class Args:
+        settings = []
+
+    assert _config_from(Args).run.name == "tiny-numberline"
+    Args.settings = ["tiny/ezpoints", "ppo.updates=3"]
+    cfg = _config_from(Args)
+    assert cfg.env.name == "EZPoints" and cfg.ppo.updates == 3
+    path = tmp_path / "mine.yaml"
+    path.write_text("env:\n  name: Blackjack\n")
+    Args.settings = [str(path), "env.num_envs=4"]
+    cfg = _config_from(Args)
+    assert cfg.env.name == "Blackjack" and cfg.env.num_envs == 4 and cfg.sft.steps == 0
+    Args.settings = ["tiny/chess"]
+    with pytest.raises(ValueError, match="unknown preset 'tiny/chess'"):
+        _config_from(Args)
