@@ -11,8 +11,9 @@ replay; padded rows are empty sequences (slot -1 = nothing stored, length 1 over
 content is finite because the cache is zero-initialised); the table slice a graph reads is a row
 prefix of a contiguous buffer, so it stays contiguous.
 
-Graphs read the parameters by address: in-place optimizer steps are seen by the next replay, but
-replacing modules or parameter tensors needs :meth:`Engine.capture_cuda_graphs` again.
+Graphs read the parameters by address: in-place optimizer steps are seen by the next replay;
+replaced modules or parameter tensors (and switched peft adapters) make the engine capture again at
+the next ``generate`` (:meth:`Engine._check_weights_version`).
 
 Testing: the padded static-buffer step runs on CPU in the tests (``capture=False``); capture and
 replay themselves run only in the GPU tests (tests/engine/test_gpu.py, scripts/bench_engine_gpu.sh).

@@ -72,7 +72,8 @@ class Engine:
     - ``use_cuda_graphs``: capture the decode step for a set of batch sizes (CUDA only). None = try
       on CUDA models and decode eagerly if capture fails (logged, and said in ``backend``); True =
       required; False = off. Captured graphs read the parameters in place, so optimizer steps are
-      seen; call :meth:`capture_cuda_graphs` again if modules are replaced (e.g. LoRA added later).
+      seen; when the parameter tensors themselves change (LoRA injected later, ``.to()``) or a peft
+      adapter is switched, the next ``generate`` captures them again.
     """
 
     def __init__(
@@ -107,6 +108,18 @@ class Engine:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         text_config = base.config.get_text_config()
         self.max_model_len = max_model_len or text_config.max_position_embeddings
+        window = _sliding_window(text_config)
+        if window is not None and window < self.max_model_len:
+            # The paged attention is full attention: within the window it is the same thing, so cap
+            # the context there instead of silently diverging from the model past it.
+            logger.warning(
+                "fastvlmrl engine: the model uses sliding-window attention (%d tokens), which the paged "
+                "attention does not implement: max_model_len capped from %d to %d",
+                window,
+                self.max_model_len,
+                window,
+            )
+            self.max_model_len = window
 
         shape = cache_shape_for(text_config, block_size, dtype)
         max_useful = max_num_seqs * -(-self.max_model_len // block_size)
@@ -120,6 +133,8 @@ class Engine:
         self.eos_ids = _eos_ids(base, self.tokenizer)
         self.stats = EngineStats()
         self._weights_version: list[tuple[int, int]] | None = None
+        self._graph_params: list | None = None  # what the graphs were captured with (see _graph_key)
+        self._require_graphs = bool(use_cuda_graphs)
         self._next_seq_id = 0
 
         if use_cuda_graphs and device.type != "cuda":
@@ -148,7 +163,9 @@ class Engine:
     def capture_cuda_graphs(self) -> None:
         with self.runner.engine_mode():
             self.runner.graphs = None
+            self._graph_params = None
             self.runner.graphs = DecodeGraphs(self.runner, self.scheduler.max_num_seqs)
+            self._graph_params = self._graph_key()
 
     # -- public API --------------------------------------------------------------------------------
 
@@ -217,7 +234,7 @@ class Engine:
             raise ValueError("empty prompt: no tokens")
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt has {len(ids)} tokens; the model's context is {self.max_model_len}")
-        vocab = self.runner.embed.num_embeddings
+        vocab = self.runner.embed.weight.shape[0]
         if min(ids) < 0 or max(ids) >= vocab:
             raise ValueError(
                 f"prompt token ids must be in the vocabulary [0, {vocab}), got range [{min(ids)}, {max(ids)}]"
@@ -236,6 +253,8 @@ class Engine:
             raise ValueError("the prompt has image tokens but no images were given")
         if mm:
             mm = {k: v.to(self.runner.device) for k, v in self.family.check_mm(mm).items()}
+            if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in mm.values()):
+                raise ValueError("image inputs contain NaN or inf values")
         device = self.runner.device
         seed = sp.seed if sp.seed is not None else int(torch.randint(2**62, ()).item())
         generator = None if sp.greedy else torch.Generator(device=device).manual_seed(seed)
@@ -258,11 +277,10 @@ class Engine:
                     results.append(Generation(prompt_token_ids=[], finish_reason="error", error=item))
                     continue
                 ids = item.prompt_token_ids
-                gen = Generation(
-                    prompt_token_ids=ids.reshape(-1).tolist() if isinstance(ids, torch.Tensor) else list(ids)
-                )
+                gen = Generation(prompt_token_ids=[])
                 results.append(gen)
                 try:
+                    gen.prompt_token_ids = ids.reshape(-1).tolist() if isinstance(ids, torch.Tensor) else list(ids)
                     seq = self._make_sequence(item)
                 except ValueError as e:
                     gen.finish_reason, gen.error = "error", str(e)
@@ -277,6 +295,9 @@ class Engine:
                 self._loop()
             except BaseException:
                 self.scheduler.abort_all()  # leave the engine usable for the next call
+                # Blocks registered in the prefix cache by the failed step may never have been
+                # written: drop every cached key rather than serve garbage K/V next call.
+                self.reset_prefix_cache()
                 raise
             self.stats.preemptions = self.scheduler.num_preemptions - preempted_before
         for gen in results:
@@ -285,13 +306,36 @@ class Engine:
                 gen.hidden_state = gen.hidden_state.clone()
         return results
 
+    def _graph_key(self, params: list[tuple[int, int]] | None = None, adapters: list | None = None) -> list:
+        """What captured graphs depend on: the parameter tensors' addresses and the adapter state."""
+        params = params if params is not None else [(p.data_ptr(), 0) for p in self.model.parameters()]
+        adapters = adapters if adapters is not None else _adapter_state(self.model)
+        return [ptr for ptr, _ in params] + adapters
+
     def _check_weights_version(self) -> None:
         # In-place updates bump a tensor's version counter: cached prefix K/V computed with older
         # weights must not be reused.
-        version = [(p.data_ptr(), p._version) for p in self.model.parameters()]
+        # peft adapters switched off/on (``disable_adapter()``, ``set_adapter``) change the function
+        # without touching a parameter: part of the version too.
+        params = [(p.data_ptr(), p._version) for p in self.model.parameters()]
+        adapters = _adapter_state(self.model)
+        version = params + adapters
         if version != self._weights_version:
             self.reset_prefix_cache()
             self._weights_version = version
+        # Captured graphs read parameters by address and bake in Python-level branches: in-place
+        # updates are seen, but new or moved parameters (LoRA injected after the engine was built,
+        # `.to()`, assigned state dicts) or a switched adapter would be silently ignored by the old
+        # graphs. Capture again.
+        if self._graph_params is not None and self._graph_key(params, adapters) != self._graph_params:
+            try:
+                self.capture_cuda_graphs()
+            except Exception as e:  # noqa: BLE001 - as at construction: required = fail, else eager
+                self.runner.graphs, self._graph_params = None, None
+                if self._require_graphs:
+                    raise
+                self.backend = f"{self.attention.name}; no CUDA graphs (re-capture failed: {type(e).__name__}: {e})"
+                logger.warning("fastvlmrl engine: CUDA graph re-capture failed, decoding eagerly: %s", e)
 
     def _loop(self) -> None:
         sched = self.scheduler
@@ -333,8 +377,12 @@ class Engine:
                     out = sample(logits, seqs)
                 self.stats.decode_steps += 1
                 self.stats.decode_s += time.perf_counter() - t0
-            for seq, tok, lp, slp in zip(seqs, out.token_ids, out.logprobs, out.sampling_logprobs):
-                self._append(seq, tok, lp, slp)
+            bad = set(out.bad_rows)
+            for i, (seq, tok, lp, slp) in enumerate(zip(seqs, out.token_ids, out.logprobs, out.sampling_logprobs)):
+                if i in bad:
+                    self._fail_running(seq, "the model produced non-finite logits (NaN/inf) for this request")
+                else:
+                    self._append(seq, tok, lp, slp)
 
     def _append(self, seq: Sequence, token: int, logprob: float, sampling_logprob: float) -> None:
         seq.token_ids.append(token)
@@ -364,6 +412,13 @@ class Engine:
     def _fail(self, seq: Sequence, error: str) -> None:
         seq.result.finish_reason, seq.result.error = "error", error
 
+    def _fail_running(self, seq: Sequence, error: str) -> None:
+        """Fail a scheduled sequence: its blocks are freed and its partial output dropped."""
+        self.scheduler.finish(seq)
+        gen = seq.result
+        gen.token_ids, gen.logprobs, gen.sampling_logprobs, gen.text, gen.hidden_state = [], [], [], "", None
+        self._fail(seq, error)
+
     def _decode(self, ids: list[int]) -> str:
         if self.tokenizer is None or not hasattr(self.tokenizer, "decode"):
             return ""
@@ -379,6 +434,33 @@ def _per_request(sampling: SamplingParams | Seq[SamplingParams] | None, n: int) 
     if len(sampling) != n:
         raise ValueError(f"got {len(sampling)} SamplingParams for {n} requests")
     return sampling
+
+
+def _adapter_state(model: nn.Module) -> list[tuple]:
+    """(disabled, active adapters, merged) of every peft LoRA-style layer, in module order."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # peft is optional
+        return []
+    return [
+        (bool(m.disable_adapters), tuple(m.active_adapters), bool(m.merged))
+        for m in model.modules()
+        if isinstance(m, BaseTunerLayer)
+    ]
+
+
+def _sliding_window(text_config) -> int | None:
+    """The attention window the HF layers would apply, if any (Mistral: always when set; Qwen2 and
+    others: only on layers typed ``sliding_attention``)."""
+    window = getattr(text_config, "sliding_window", None)
+    if not window:
+        return None
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types is not None:
+        return int(window) if "sliding_attention" in layer_types else None
+    if getattr(text_config, "model_type", None) == "mistral":
+        return int(window)
+    return int(window) if getattr(text_config, "use_sliding_window", False) else None
 
 
 def _eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:

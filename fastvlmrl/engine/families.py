@@ -8,6 +8,8 @@ tokens get. Adding an architecture = adding a small class here and a parity test
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -30,7 +32,9 @@ class Family:
     def image_features(self, mm: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Per-image features ``[tokens_i, hidden]`` for a batch of images, in order."""
         out = self.model.model.get_image_features(**mm, return_dict=True)
-        return list(out.pooler_output)
+        # transformers 5.x returns a BaseModelOutputWithPooling; earlier versions the features
+        # themselves (a [num_images, tokens, hidden] tensor or a tuple of per-image tensors).
+        return list(getattr(out, "pooler_output", out))
 
     # images
     def check_mm(self, mm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -85,6 +89,22 @@ class LlavaNextFamily(Family):
 
     def num_images(self, mm):
         return mm["image_sizes"].shape[0]
+
+    def image_features(self, mm):
+        feats = super().image_features(mm)
+        if feats and feats[0].ndim == 3:
+            # transformers before the get_image_features clean-up (huggingface/transformers#46405)
+            # returned the unpacked AnyRes tiles, [tiles, tokens, hidden] per image, and packed them
+            # (unpad + image_newline) in forward: do that packing here.
+            inner = self.model.model
+            packed, lens = inner.pack_image_features(
+                feats,
+                mm["image_sizes"],
+                vision_feature_select_strategy=self.config.vision_feature_select_strategy,
+                image_newline=inner.image_newline,
+            )
+            feats = list(packed) if isinstance(packed, (list, tuple)) else list(packed.split(lens.tolist()))
+        return feats
 
     def batch_mm(self, mms):
         # Requests processed one by one carry different tile counts: pad to the largest; the model
@@ -145,10 +165,14 @@ class Qwen2VLFamily(Family):
         video = getattr(self.config, "video_token_id", None)
         if video is not None:
             types[token_ids == video] = 2
-        # The model's own helper, so positions match `generate` exactly.
-        positions, delta = self.model.model.get_rope_index(
-            token_ids[None], types[None], image_grid_thw=mm["image_grid_thw"].to(token_ids.device)
-        )
+        # The model's own helper, so positions match `generate` exactly. Its signature changed
+        # across transformers 5.x (``mm_token_type_ids`` was added as the 2nd positional
+        # argument): pass everything by keyword, the token types only where it takes them.
+        get_rope_index = self.model.model.get_rope_index
+        kwargs = {"image_grid_thw": mm["image_grid_thw"].to(token_ids.device)}
+        if "mm_token_type_ids" in inspect.signature(get_rope_index).parameters:
+            kwargs["mm_token_type_ids"] = types[None]
+        positions, delta = get_rope_index(input_ids=token_ids[None], **kwargs)
         return positions[:, 0], int(delta.reshape(-1)[0])
 
 
@@ -161,6 +185,11 @@ FAMILIES: dict[str, type[Family]] = {
 
 
 def family_for(model: nn.Module) -> Family:
+    """The family of a Hugging Face VLM, or of the model under a peft wrapper (``PeftModel``)."""
+    if hasattr(model, "get_base_model"):
+        # PeftModel forwards attribute lookups to the HF model *class* (``...ForConditionalGeneration``),
+        # so ``.model`` on it skips a level: unwrap first.
+        model = model.get_base_model()
     model_type = getattr(model.config, "model_type", None)
     cls = FAMILIES.get(model_type)
     if cls is None:

@@ -22,20 +22,47 @@ from fastvlmrl.engine.kv_cache import KVCache
 from fastvlmrl.engine.sequence import Sequence
 
 
+def set_attn_implementation(lm: nn.Module, impl: str | None) -> None:
+    """Switch the language model (only: the vision tower keeps its own) to ``impl``.
+
+    Through ``PreTrainedModel.set_attn_implementation`` (public since transformers 4.56; it
+    validates the name against ``AttentionInterface`` and sets the language model's config, which
+    is the composite config's ``text_config``). Falls back to the config attribute that every
+    transformers version since 4.36 reads (``_attn_implementation_internal``) when the public
+    method is missing, refuses (e.g. restoring ``None``), or did not take effect.
+    """
+    setter = getattr(lm, "set_attn_implementation", None)
+    if setter is not None and impl is not None:
+        try:
+            setter(impl)
+        except Exception:  # noqa: BLE001 - the fallback below sets it directly
+            pass
+    if getattr(lm.config, "_attn_implementation", None) != impl:
+        lm.config._attn_implementation_internal = impl
+
+
 class ModelRunner:
     def __init__(self, model: nn.Module, family: Family, kv: KVCache, backend: AttentionBackend, max_model_len: int):
         self.model = model
         self.family = family
         self.lm = family.language_model()
-        self.embed = model.get_input_embeddings()
-        self.lm_head = model.get_output_embeddings()
         self.kv = kv
         self.backend = backend
         self.block_size = kv.shape.block_size
         self.max_blocks_per_seq = -(-max_model_len // self.block_size)
-        self.device = self.embed.weight.device
+        self.device = model.get_input_embeddings().weight.device
         self.rows = family.position_rows
         self.graphs = None  # set by the engine when CUDA graphs are on
+
+    # Looked up at every step, not kept: LoRA (peft) or modules_to_save wrappers may replace the
+    # embedding or the LM head after the engine was built.
+    @property
+    def embed(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.get_output_embeddings()
 
     @contextlib.contextmanager
     def engine_mode(self) -> Iterator[None]:
@@ -44,16 +71,18 @@ class ModelRunner:
         The trainer shares this model: its own forwards keep their attention implementation and
         train mode, the engine switches them only while it runs.
         """
-        config = self.lm.config
-        previous_impl, was_training = config._attn_implementation_internal, self.model.training
-        config._attn_implementation_internal = ATTN_IMPL
+        previous_impl = self.lm.config._attn_implementation
+        # Per module: a trainer may keep parts in eval (a frozen vision tower) while the rest trains.
+        modes = [(m, m.training) for m in self.model.modules()]
+        set_attn_implementation(self.lm, ATTN_IMPL)
         self.model.eval()
         try:
             with torch.inference_mode():
                 yield
         finally:
-            config._attn_implementation_internal = previous_impl
-            self.model.train(was_training)
+            set_attn_implementation(self.lm, previous_impl)
+            for module, training in modes:
+                module.training = training
 
     # -- vision ------------------------------------------------------------------------------------
 

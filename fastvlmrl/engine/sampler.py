@@ -8,7 +8,7 @@ log-prob gaps).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,6 +20,7 @@ class SampleOutput:
     token_ids: list[int]
     logprobs: list[float]  # log_softmax(logits / T) at the token (T = 1 for greedy)
     sampling_logprobs: list[float]  # under the processed distribution sampled from (0 for greedy)
+    bad_rows: list[int] = field(default_factory=list)  # rows whose logits were NaN/inf: no valid token
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
@@ -52,6 +53,12 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleOutput:
     base_logprobs = torch.log_softmax(logits / temps[:, None], dim=-1)
 
     processed = apply_repetition_penalty(logits, seqs)
+    # A request whose forward produced NaN/inf (e.g. a NaN image) must fail alone: torch.multinomial
+    # would raise for the whole batch. Its row gets a harmless stand-in; the engine fails it.
+    bad = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1) | torch.isneginf(logits).all(-1)
+    bad_rows = bad.nonzero().flatten().tolist()
+    if bad_rows:
+        processed = processed.masked_fill(bad[:, None], 0.0)
     tokens = processed.argmax(dim=-1)
     sampling_lp = torch.zeros(len(seqs), device=device)
 
@@ -68,4 +75,4 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleOutput:
         sampling_lp[idx] = probs.gather(-1, picks[:, None]).squeeze(-1).log()
 
     logprobs = base_logprobs.gather(-1, tokens[:, None]).squeeze(-1)
-    return SampleOutput(tokens.tolist(), logprobs.tolist(), sampling_lp.tolist())
+    return SampleOutput(tokens.tolist(), logprobs.tolist(), sampling_lp.tolist(), bad_rows)

@@ -52,12 +52,15 @@ def test_token_level_errors(models, tiny):
         Request([1, 999], {}),  # token out of the vocabulary
         Request(ids, {"pixel_values": pv}, SamplingParams(max_new_tokens=500)),  # can never fit the cache
         Request(ids, {"pixel_values": pv}),
+        Request(None, {}),  # not token ids at all
+        Request(ids, None),  # not a dict of image tensors
     ]
     outs = engine.generate_requests(requests, SP)
     assert outs[0].error is None and outs[7].error is None and outs[0].token_ids == outs[7].token_ids
     expect = ["empty prompt", "no images were given", "no image token", "image tokens", "vocabulary", "KV blocks"]
     for out, words in zip(outs[1:7], expect):
         assert out.error is not None and (words in out.error or words.split()[0] in out.error), out.error
+    assert outs[8].error is not None and outs[9].error is not None
     assert engine.block_manager.num_free == engine.block_manager.num_blocks
 
 
@@ -121,3 +124,75 @@ def test_engine_recovers_after_a_failed_step(models, tiny, monkeypatch):
 def test_block_size_must_be_a_power_of_two(block_size, models):
     with pytest.raises(ValueError, match="power of two"):
         Engine(models("llava"), None, block_size=block_size, num_blocks=8)
+
+
+def test_failed_prefill_does_not_poison_the_prefix_cache(models, tiny, monkeypatch):
+    """Blocks are registered in the prefix cache when allocated and computed by the prefill that
+    follows: if that prefill raises, the next call must not reuse their (never written) contents."""
+    model = models("llava")
+    processor = tiny.TinyProcessor(model, "llava")
+    task = "You are playing NumberLine. Move the current number to the target with + or -. "
+    images, prompts = [tiny.frame(0), tiny.frame(1)], [task + "<image> a", task + "<image> b"]
+    want = Engine(model, processor, block_size=8, num_blocks=64, enable_prefix_caching=False).generate(
+        images, prompts, SP
+    )
+    engine = Engine(model, processor, block_size=8, num_blocks=64)
+    runner_prefill = engine.runner.prefill
+    monkeypatch.setattr(engine.runner, "prefill", lambda seqs: (_ for _ in ()).throw(RuntimeError("OOM")))
+    with pytest.raises(RuntimeError, match="OOM"):
+        engine.generate(images, prompts, SP)
+    monkeypatch.setattr(engine.runner, "prefill", runner_prefill)
+    outs = engine.generate(images, prompts, SP)
+    assert outs[0].num_cached_tokens == 0
+    assert [o.token_ids for o in outs] == [w.token_ids for w in want]
+    torch.testing.assert_close(outs[0].hidden_state, want[0].hidden_state, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_nan_image_fails_alone(family, models, tiny):
+    """NaN pixels are rejected up front (they would give NaN logits, and torch.multinomial raises
+    for the whole batch on a NaN row)."""
+    model = models(family)
+    processor = tiny.TinyProcessor(model, family)
+    hw = (56, 56) if family.startswith("qwen") else (28, 28)
+    encs = [processor(images=[tiny.frame(i, *hw)], text=[f"<image> r{i}"]) for i in range(3)]
+    keys = ("pixel_values", "image_grid_thw")
+    requests = [Request(e["input_ids"][0], {k: e[k] for k in keys if k in e}) for e in encs]
+    engine = Engine(model, processor, block_size=8, num_blocks=64)
+    sp = SamplingParams(temperature=1.0, max_new_tokens=6, seed=3)
+    want = engine.generate_requests(requests, sp)
+    requests[1].mm_inputs["pixel_values"] = torch.full_like(requests[1].mm_inputs["pixel_values"], float("nan"))
+    outs = engine.generate_requests(requests, sp)
+    assert "NaN" in outs[1].error and outs[1].token_ids == []
+    assert [outs[0].token_ids, outs[2].token_ids] == [want[0].token_ids, want[2].token_ids]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_non_finite_logits_fail_alone(temperature, models, tiny, monkeypatch):
+    """Whatever makes a forward produce NaN/inf for one request (bf16 overflow, a poisoned input
+    the checks missed), that request fails with a clear error, its blocks are freed, and the
+    others complete as they would have without it."""
+    model = models("llava")
+    processor = tiny.TinyProcessor(model, "llava")
+    images, prompts = [tiny.frame(i) for i in range(3)], [f"<image> nan {i}" for i in range(3)]
+    sp = SamplingParams(temperature=temperature, max_new_tokens=6, seed=11, ignore_eos=True)
+    engine = Engine(model, processor, block_size=8, num_blocks=64)
+    want = engine.generate(images, prompts, sp)
+    victim = processor(images=[images[1]], text=[prompts[1]])["input_ids"][0].tolist()
+    runner_decode = engine.runner.decode
+
+    def decode(seqs):  # request 1's 3rd decode step gives NaN logits
+        logits = runner_decode(seqs).clone()
+        for i, s in enumerate(seqs):
+            if s.token_ids[: s.num_prompt_tokens] == victim and s.num_outputs == 3:
+                logits[i] = float("nan")
+        return logits
+
+    monkeypatch.setattr(engine.runner, "decode", decode)
+    outs = engine.generate(images, prompts, sp)
+    assert outs[1].finish_reason == "error" and "non-finite" in outs[1].error
+    assert outs[1].token_ids == [] and outs[1].logprobs == [] and outs[1].hidden_state is None
+    assert [outs[0].token_ids, outs[2].token_ids] == [want[0].token_ids, want[2].token_ids]
+    for i in (0, 2):  # batch composition changes the float rounding a little, nothing more
+        torch.testing.assert_close(torch.tensor(outs[i].logprobs), torch.tensor(want[i].logprobs), rtol=0, atol=1e-5)
+    assert engine.block_manager.num_free == engine.block_manager.num_blocks

@@ -69,3 +69,22 @@ def test_bf16_backends_agree_with_fp32_mostly(block_size, tiny):
     assert all(torch.isfinite(torch.tensor(o.logprobs)).all() for o in outs)
     agree = sum(o.token_ids[:3] == r.token_ids[:3] for o, r in zip(outs, ref))
     assert agree >= len(outs) // 2, (engine.backend, agree)
+
+
+def test_graphs_recaptured_after_lora_injection(tiny):
+    """Adapters injected into the model after the engine captured its graphs are new tensors the
+    old graphs never read: the engine captures again and the graphed tokens follow the adapters."""
+    peft = pytest.importorskip("peft")
+    model = tiny.build_model("llava").cuda()
+    processor = tiny.TinyProcessor(model, "llava")
+    images, prompts = batch(tiny, "llava", 3)
+    engine = Engine(model, processor, block_size=16, num_blocks=128, max_num_seqs=8, use_cuda_graphs=True)
+    before = [o.token_ids for o in engine.generate(images, prompts, SP)]
+    targets = r".*language_model.*\.(q_proj|v_proj|down_proj)"
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+    peft.inject_adapter_in_model(config, model)
+    after = [o.token_ids for o in engine.generate(images, prompts, SP)]
+    assert engine.runner.graphs is not None and engine.runner.graphs.graphs
+    eager = Engine(model, processor, block_size=16, num_blocks=128, use_cuda_graphs=False)
+    assert after == [o.token_ids for o in eager.generate(images, prompts, SP)]
+    assert after != before

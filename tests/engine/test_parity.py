@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastvlmrl.engine import Engine, SamplingParams
+from fastvlmrl.engine import Engine, Request, SamplingParams
 
 NEW_TOKENS = 10
 PROMPTS = [
@@ -162,3 +162,66 @@ def test_graph_static_buffers_with_padding(models, tiny):
     got = engine.generate(images, prompts, sp)  # 5 rows run in the 8-row buffers
     assert [g.token_ids for g in got] == [w.token_ids for w in want]
     assert engine.block_manager.num_free == engine.block_manager.num_blocks
+
+
+def test_mrope_positions_with_the_older_get_rope_index_signature(models, tiny, monkeypatch):
+    """transformers versions before ``mm_token_type_ids`` (the GPU image may run one) have
+    ``get_rope_index(input_ids, image_grid_thw, video_grid_thw, attention_mask)``: the engine
+    must not pass the token types into ``image_grid_thw``'s slot."""
+    model = models("qwen2_vl")
+    processor = tiny.TinyProcessor(model, "qwen2_vl")
+    images = [tiny.frame(i, *hw) for i, hw in enumerate(SIZES["qwen2_vl"][:2])]
+    prompts = PROMPTS[:2]
+    sp = SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS)
+    want = Engine(model, processor, block_size=8, num_blocks=64).generate(images, prompts, sp)
+    new_style = model.model.get_rope_index
+
+    def old_style(input_ids=None, image_grid_thw=None, video_grid_thw=None, attention_mask=None):
+        types = (input_ids == tiny.IMAGE).int()
+        return new_style(input_ids, types, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw)
+
+    monkeypatch.setattr(model.model, "get_rope_index", old_style)
+    got = Engine(model, processor, block_size=8, num_blocks=64).generate(images, prompts, sp)
+    assert [g.error for g in got] == [None, None]
+    assert [g.token_ids for g in got] == [w.token_ids for w in want]
+
+
+def test_llava_next_with_unpacked_image_features(models, tiny, monkeypatch):
+    """Older transformers: LLaVA-NeXT's get_image_features returns the unpacked tiles per image
+    ([tiles, tokens, hidden]) and forward packs them; the family packs them itself then."""
+    model = models("llava_next")
+    processor = tiny.TinyProcessor(model, "llava_next")
+    images = [tiny.frame(i, *hw) for i, hw in enumerate(SIZES["llava_next"])]
+    sp = SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS)
+    want = Engine(model, processor, block_size=8, num_blocks=128).generate(images, PROMPTS, sp)
+    encs = [processor(images=[im], text=[p]) for im, p in zip(images, PROMPTS)]  # (it counts features)
+    requests = [Request(e["input_ids"][0], {k: e[k] for k in ("pixel_values", "image_sizes")}) for e in encs]
+    inner = model.model
+
+    def unpacked(pixel_values, image_sizes, **kwargs):  # what transformers < #46405 returned
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        n = [image_size_to_num_patches(s, model.config.image_grid_pinpoints, 28) for s in image_sizes]
+        pv = torch.cat([p[:k] for p, k in zip(pixel_values, n)])
+        hidden = inner.vision_tower(pv, output_hidden_states=True).hidden_states[-1][:, 1:]
+        return torch.split(inner.multi_modal_projector(hidden), n)
+
+    monkeypatch.setattr(inner, "get_image_features", unpacked)
+    got = Engine(model, processor, block_size=8, num_blocks=128).generate_requests(requests, sp)
+    assert [g.error for g in got] == [None] * len(PROMPTS)
+    assert [g.token_ids for g in got] == [w.token_ids for w in want]
+
+
+def test_sliding_window_caps_the_context(tiny, caplog):
+    """Mistral-based LLaVA-NeXT applies a sliding window that the paged attention does not: the
+    engine caps its context at the window (where both agree) instead of diverging past it."""
+    model = tiny.build_model("llava_next")
+    model.config.get_text_config().sliding_window = 64
+    processor = tiny.TinyProcessor(model, "llava_next")
+    with caplog.at_level("WARNING", logger="fastvlmrl.engine.engine"):
+        engine = Engine(model, processor, block_size=8, num_blocks=64)
+    assert engine.max_model_len == 64 and "sliding-window" in caplog.text
+    out = engine.generate([None, None], ["x" * 80, "short"], SamplingParams(temperature=0, max_new_tokens=80))
+    assert "context" in out[0].error
+    assert out[1].error is None and out[1].finish_reason == "length" and len(out[1].token_ids) == 64 - 6
+    assert Engine(tiny.build_model("llava"), None, num_blocks=8).max_model_len == 512  # no window: unchanged

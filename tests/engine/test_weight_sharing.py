@@ -90,3 +90,48 @@ def test_lora_layers_are_used_and_trained(tiny):
     trained = engine.generate(images, prompts, SP)
     assert [o.token_ids for o in trained] != [o.token_ids for o in with_lora]
     assert [o.token_ids for o in trained] == hf_greedy(model, processor, images, prompts)
+
+
+def test_attention_switch_without_the_public_setter(tiny, monkeypatch):
+    """The engine switches the language model's attention with ``set_attn_implementation`` and
+    falls back to the config attribute where that method is missing or refuses; either way the
+    trainer's setting is restored afterwards and the vision tower's is never touched."""
+    model = tiny.build_model("llava", seed=8)
+    processor = tiny.TinyProcessor(model, "llava")
+    images, prompts = [tiny.frame(i) for i in range(2)], ["<image> attn", "switch <image> back"]
+    want = hf_greedy(model, processor, images, prompts)
+    lm = model.model.language_model
+    text_impl, vision_impl = lm.config._attn_implementation, model.config.vision_config._attn_implementation
+    seen = []
+    real = lm.set_attn_implementation
+
+    def record(impl):
+        seen.append(impl)
+        return real(impl)
+
+    monkeypatch.setattr(lm, "set_attn_implementation", record)
+    engine = Engine(model, processor, block_size=8, num_blocks=64)
+    assert [o.token_ids for o in engine.generate(images, prompts, SP)] == want
+    assert seen == ["fastvlmrl_paged", text_impl]
+
+    def refuse(impl):
+        raise ValueError("not supported here")
+
+    monkeypatch.setattr(lm, "set_attn_implementation", refuse)
+    assert [o.token_ids for o in engine.generate(images, prompts, SP)] == want
+    assert lm.config._attn_implementation == text_impl
+    assert model.config.vision_config._attn_implementation == vision_impl
+
+
+def test_mixed_train_eval_modes_are_restored(tiny):
+    """A trainer that keeps the frozen vision tower in eval while the language model trains gets
+    exactly that back after a rollout (not the whole model flipped to train)."""
+    model = tiny.build_model("llava", seed=9)
+    processor = tiny.TinyProcessor(model, "llava")
+    engine = Engine(model, processor, block_size=8, num_blocks=64)
+    model.train()
+    model.model.vision_tower.eval()
+    before = {name: m.training for name, m in model.named_modules()}
+    assert not all(before.values()) and any(before.values())
+    engine.generate([tiny.frame(0)], ["<image> modes"], SP)
+    assert {name: m.training for name, m in model.named_modules()} == before
