@@ -49,6 +49,11 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleOutput:
     """Pick one token per row of ``logits`` ``[B, V]`` for the matching sequences."""
     logits = logits.float()
     device = logits.device
+    if any(s.sampling.suppress_token_ids for s in seqs):
+        logits = logits.clone()
+        for i, s in enumerate(seqs):
+            if s.sampling.suppress_token_ids:
+                logits[i, list(s.sampling.suppress_token_ids)] = float("-inf")
     temps = torch.tensor([s.sampling.temperature or 1.0 for s in seqs], device=device)
     base_logprobs = torch.log_softmax(logits / temps[:, None], dim=-1)
 

@@ -18,6 +18,9 @@ class SamplingParams:
     - ``stop``: strings that end generation when they appear in the decoded output (the text is cut
       before the stop string; finish_reason ``"stop"``).
     - ``ignore_eos``: keep generating past EOS (benchmarks, to fix the number of tokens).
+    - ``suppress_token_ids``: tokens never emitted (their logits are -inf before everything, so
+      ``logprobs`` are those of the distribution without them). A trainer suppresses special and
+      image-placeholder tokens, which a reply must not contain.
     - ``seed``: seeds this request's own random generator, so a rollout is reproducible whatever
       else shares the batch. When one ``SamplingParams`` is shared by a list of prompts, request i
       uses ``seed + i`` (see :meth:`for_index`). ``None`` draws a seed from torch's global RNG.
@@ -30,6 +33,7 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
     seed: int | None = None
+    suppress_token_ids: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -47,6 +51,7 @@ class SamplingParams:
             object.__setattr__(self, "stop", tuple(self.stop))
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop must be non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "suppress_token_ids", tuple(int(t) for t in self.suppress_token_ids))
 
     @property
     def greedy(self) -> bool:
@@ -64,4 +69,5 @@ class SamplingParams:
             stop=self.stop,
             ignore_eos=self.ignore_eos,
             seed=self.seed + i,
+            suppress_token_ids=self.suppress_token_ids,
         )

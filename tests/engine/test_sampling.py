@@ -109,3 +109,25 @@ def test_bad_sampling_params_raise(kwargs):
 
 def test_stop_string_is_not_split_into_characters():
     assert SamplingParams(stop="}").stop == ("}",)
+
+
+def test_suppressed_tokens_are_never_emitted_and_logprobs_exclude_them():
+    import torch
+
+    from fastvlmrl.engine.sampler import sample
+    from fastvlmrl.engine.sampling_params import SamplingParams
+
+    class Seq:
+        def __init__(self, sp):
+            self.sampling, self.token_ids = sp, [1]
+            self.generator = torch.Generator().manual_seed(0)
+
+    logits = torch.zeros(2, 6)
+    logits[:, 3] = 10.0  # token 3 would win every time
+    seqs = [Seq(SamplingParams(temperature=0.0, suppress_token_ids=(3,))),
+            Seq(SamplingParams(temperature=1.0, seed=0, suppress_token_ids=(3, 4)))]
+    for _ in range(20):
+        out = sample(logits, seqs)
+        assert 3 not in out.token_ids and out.token_ids[1] != 4
+    expected = torch.log_softmax(logits[1].masked_fill(torch.tensor([0, 0, 0, 1, 1, 0], dtype=torch.bool), float("-inf")), -1)
+    assert abs(out.logprobs[1] - float(expected[out.token_ids[1]])) < 1e-6

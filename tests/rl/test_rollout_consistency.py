@@ -1,0 +1,44 @@
+"""The rollout (engine, sampling) and the PPO forward (trainer) agree: before any update, the
+ratio of every sample is 1, for prompts of different lengths, with λ-weighted outputs."""
+
+import numpy as np
+import torch
+
+from fastvlmrl.config import Config
+from fastvlmrl.engine import Engine
+from fastvlmrl.engine.families import family_for
+from fastvlmrl.envs.vector import make_batch
+from fastvlmrl.kernels import ppo_clip_loss
+from fastvlmrl.models import load_policy
+from fastvlmrl.models.encoder import PromptEncoder
+from fastvlmrl.rl.ppo import forward_logp_and_values, pack
+from fastvlmrl.rl.rollout import Player
+from fastvlmrl.rl.storage import RolloutStorage
+
+
+def test_first_ratio_is_one_and_values_match():
+    cfg = Config()
+    cfg.sampling.temperature, cfg.sampling.max_new_tokens = 0.7, 24
+    policy, processor = load_policy(None, lora=False, freeze_vision=False, dtype=torch.float32, device="cpu", seed=0)
+    torch.nn.init.normal_(policy.value_head.net[-1].weight, std=0.5)  # non-zero values to compare
+    encoder = PromptEncoder(processor, family_for(policy.model).mm_keys,
+                            image_token_ids=(policy.hf_model.config.image_token_id,))
+    envs = make_batch("Points24", 5, autoreset_mode="SameStep", height=96, width=96)
+    player = Player(policy, Engine(policy.model, processor), encoder, envs, cot=True, style="short",
+                    sampling=cfg.sampling, illegal_action="random", illegal_penalty=-1.0, thought_coef=0.5, seed=3)
+    envs.reset(seed=0)
+    obs, *_ = envs.step(np.array([0, 10, 10, 14, 16]))  # different formulas: prompts of different lengths
+    storage = RolloutStorage(2, 5)
+    policy.eval()
+    player.collect(obs, storage, gamma=0.9)
+    transitions = [t for row in storage.transitions for t in row]
+    assert len({len(t.prompt_ids) for t in transitions}) > 1
+    batch = pack(transitions, encoder.pad_id, "cpu")
+    with torch.no_grad():
+        bias = encoder.logit_bias(policy.lm_head_weight().shape[0], "cpu", torch.float32)
+        token_logp, values = forward_logp_and_values(policy, batch, 0.7, bias)
+    old = torch.tensor([t.logp for t in transitions])
+    out = ppo_clip_loss(token_logp, batch.token_weight, batch.cu_seqlens, old, torch.randn(len(transitions)))
+    assert abs(float(out.ratio_mean) - 1) < 1e-4 and float(out.approx_kl) < 1e-6
+    torch.testing.assert_close(values, torch.tensor([t.value for t in transitions]), atol=1e-4, rtol=1e-4)
+    envs.close()
