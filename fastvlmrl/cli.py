@@ -1,6 +1,7 @@
 """The `fastvlmrl` command.
 
     fastvlmrl train [config.yaml | preset] [section.key=value ...]   (default preset: tiny/numberline)
+    fastvlmrl sft [config.yaml | preset] [section.key=value ...]     (SFT on oracle demonstrations only)
     fastvlmrl eval RUN_DIR [eval.episodes=N ...]
     fastvlmrl envs [--game NAME] [--policy oracle|random] [--episodes N] [--num-envs N] [--threads T]
     fastvlmrl render --game NAME [--policy oracle|random] [--seed S] --out episode.png|.gif
@@ -120,11 +121,24 @@ def cmd_train(args) -> int:
     """Train with PPO (after the SFT warm start if sft.steps > 0); print where the run went."""
     from fastvlmrl.train import train
 
-    cfg = _config_from(args)
-    run_dir = train(cfg)
+    return _report(train(_config_from(args)))
+
+
+def _report(run_dir) -> int:
     result = json.loads((run_dir / "eval.json").read_text())
     print(f"run: {run_dir}  eval success_rate {result['success_rate']:.3f} over {result['episodes']} episodes")
     return 0
+
+
+def cmd_sft(args) -> int:
+    """Supervised fine-tuning on oracle demonstrations only (train with ppo.updates=0)."""
+    from fastvlmrl.train import train
+
+    args.settings = list(args.settings) + ["ppo.updates=0"]
+    cfg = _config_from(args)
+    if cfg.sft.steps == 0:
+        raise ValueError("sft.steps is 0: set sft.steps=N to train on N batches of demonstrations")
+    return _report(train(cfg))
 
 
 def cmd_eval(args) -> int:
@@ -146,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a YAML config file or a preset (tiny/numberline, rl4vlm/points24, ...; default "
                             "tiny/numberline), then section.key=value overrides")
     train.set_defaults(func=cmd_train)
+
+    sft = sub.add_parser("sft", help="supervised fine-tuning on (optionally noisy) oracle demonstrations only")
+    sft.add_argument("settings", nargs="*", help="as for train; sft.* keys set the demonstrations and steps")
+    sft.set_defaults(func=cmd_sft)
 
     evaluate = sub.add_parser("eval", help="play episodes with a run's latest checkpoint and write eval.json")
     evaluate.add_argument("run_dir", help="a run directory (runs/<name>)")

@@ -81,7 +81,7 @@ class SFTConfig:
 
 @dataclass
 class PPOConfig:
-    updates: int = 20  # PPO updates (rollout + optimisation) in the run
+    updates: int = 20  # PPO updates (rollout + optimisation) in the run; 0 = SFT only
     num_steps: int = 8  # env steps per env in one rollout
     epochs: int = 4
     minibatch_size: int = 32  # samples per optimizer step (RL4VLM: 1 sample x 128 accumulation)
@@ -251,14 +251,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"env.name: {e}") from None
     positive = {
         "env.num_envs": cfg.env.num_envs, "env.image_size": cfg.env.image_size, "env.threads": cfg.env.threads,
-        "ppo.updates": cfg.ppo.updates, "ppo.num_steps": cfg.ppo.num_steps, "ppo.epochs": cfg.ppo.epochs,
+        "ppo.num_steps": cfg.ppo.num_steps, "ppo.epochs": cfg.ppo.epochs,
         "ppo.minibatch_size": cfg.ppo.minibatch_size, "sampling.max_new_tokens": cfg.sampling.max_new_tokens,
         "sft.batch_size": cfg.sft.batch_size, "sft.demos": cfg.sft.demos, "eval.episodes": cfg.eval.episodes,
     }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
-    for key, value in {"sft.steps": cfg.sft.steps, "log.checkpoint_every": cfg.log.checkpoint_every,
+    for key, value in {"sft.steps": cfg.sft.steps, "ppo.updates": cfg.ppo.updates,
+                       "log.checkpoint_every": cfg.log.checkpoint_every,
                        "run.threads": cfg.run.threads}.items():
         if value < 0:
             raise ConfigError(f"{key} must be 0 or more, got {value}")
@@ -279,6 +280,8 @@ def validate(cfg: Config) -> None:
     for key in ("clip", "value_clip", "lr", "gamma", "gae_lambda"):
         if getattr(cfg.ppo, key) <= 0:
             raise ConfigError(f"ppo.{key} must be positive, got {getattr(cfg.ppo, key)}")
+    if cfg.ppo.updates == 0 and cfg.sft.steps == 0:
+        raise ConfigError("nothing to train: set sft.steps or ppo.updates above 0")
     if cfg.ppo.gamma > 1 or cfg.ppo.gae_lambda > 1:
         raise ConfigError("ppo.gamma and ppo.gae_lambda must be at most 1")
     if cfg.model.path is not None and not Path(cfg.model.path).is_dir():

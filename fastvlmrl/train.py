@@ -117,7 +117,7 @@ def train(cfg: Config) -> Path:
     player = Player(policy, engine, encoder, envs, cot=cfg.prompt.cot, style=cfg.prompt.style, sampling=cfg.sampling,
                     illegal_action=cfg.env.illegal_action, illegal_penalty=cfg.env.illegal_penalty,
                     thought_coef=cfg.ppo.thought_coef, seed=cfg.run.seed)
-    if cfg.sft.steps:  # the warm-started model's success, for comparison with PPO's
+    if cfg.sft.steps and cfg.ppo.updates:  # the warm-started model's success, to compare with PPO's
         policy.eval()
         sft_eval = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed, desc="eval sft")
         log.write({f"sft/eval_{k}": v for k, v in sft_eval.items()})

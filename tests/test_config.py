@@ -29,6 +29,7 @@ def test_yaml_then_overrides(tmp_path):
         ("clip=0.2", "keys look like section.name"),
         ("ppo.clip", "must look like key=value"),
         ("ppo.epochs=two", "ppo.epochs must be an integer"),
+        ("ppo.updates=-1", "ppo.updates must be 0 or more"),
         ("ppo.epochs=1.5", "ppo.epochs must be an integer"),
         ("prompt.cot=maybe", "prompt.cot must be true or false"),
         ("ppo.clip=-1", "ppo.clip must be positive"),
