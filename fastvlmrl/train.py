@@ -126,7 +126,7 @@ def train(cfg: Config) -> Path:
     generator = torch.Generator().manual_seed(cfg.run.seed)
     temperature = cfg.sampling.temperature if cfg.sampling.temperature > 0 else 1.0
 
-    obs, _ = envs.reset(seed=cfg.run.seed)
+    obs = player.reset(cfg.run.seed)
     env_steps = 0
     bar = tqdm(range(cfg.ppo.updates), desc="ppo")
     for update in bar:

@@ -136,12 +136,17 @@ class Player:
         last_values = self.values(obs, infos).cpu()
         return obs, stats, time.perf_counter() - start, last_values
 
-    @torch.no_grad()
-    def evaluate(self, episodes: int, temperature: float, seed: int, desc: str = "eval") -> dict[str, float]:
-        """Play until `episodes` episodes have ended (fresh seeds); RL4VLM's statistics."""
+    def reset(self, seed: int):
+        """New episodes in every env (from `seed`), and no partial episode counted from before."""
         obs, _ = self.envs.reset(seed=seed)
         self.episode_return[:] = 0
         self.episode_length[:] = 0
+        return obs
+
+    @torch.no_grad()
+    def evaluate(self, episodes: int, temperature: float, seed: int, desc: str = "eval") -> dict[str, float]:
+        """Play until `episodes` episodes have ended (fresh seeds); RL4VLM's statistics."""
+        obs = self.reset(seed)
         stats = EpisodeStats()
         with tqdm(total=episodes, desc=desc, leave=False) as bar:
             while len(stats.returns) < episodes:
