@@ -32,18 +32,29 @@ def test_train_writes_the_run_directory_then_eval_reloads_it(tmp_path, capsys):
     assert json.loads((run / "eval.json").read_text())["episodes"] == 3
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_one_ppo_update_from_a_saved_checkpoint_directory(tmp_path, lora):
+@pytest.fixture
+def saved_llava(tmp_path):
     from fastvlmrl.models import build_tiny_vlm
 
     model, processor = build_tiny_vlm(seed=1)
     model.save_pretrained(tmp_path / "llava")
     processor.save_pretrained(tmp_path / "llava")
+    return tmp_path / "llava"
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_one_ppo_update_from_a_saved_checkpoint_directory(tmp_path, request, family, lora):
+    """Real-size models go through the same code: a random-weight checkpoint saved to a directory,
+    trained for one PPO update from model.path, then evaluated from its saved checkpoint."""
+    path = request.getfixturevalue("saved_llava" if family == "llava" else "qwen2_vl_dir")
     args = [a for a in TOY if not a.startswith(("sft.", "ppo.updates"))] + ["sft.steps=0", "ppo.updates=1"]
-    assert main(["train", *args, f"model.path={tmp_path / 'llava'}", f"model.lora={lora}", "model.lora_r=4",
+    assert main(["train", *args, f"model.path={path}", f"model.lora={lora}", "model.lora_r=4",
                  "model.lora_alpha=8", f"run.out_dir={tmp_path}", "run.name=from-dir"]) == 0
-    lines = [json.loads(x) for x in (tmp_path / "from-dir" / "metrics.jsonl").read_text().splitlines()]
+    run = tmp_path / "from-dir"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["actor/optimizer_steps"] > 0
+    assert main(["eval", str(run), "eval.episodes=2"]) == 0
 
 
 def test_bad_settings_fail_before_any_work(tmp_path, capsys):

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import transformers
-from transformers import AutoImageProcessor, AutoProcessor
+from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 from transformers.utils import is_torchvision_available
 
 from fastvlmrl.models.char_tokenizer import CharTokenizer
@@ -29,7 +29,9 @@ def load_processor(path: str) -> Any:
     tok_cfg = _read_json(os.path.join(path, "tokenizer_config.json"))
     try:
         if tok_cfg.get("tokenizer_class") == CharTokenizer.__name__:
-            processor = _char_processor(path)
+            processor = _assembled_processor(path, lambda: CharTokenizer.from_pretrained(path))
+        elif not is_torchvision_available() and _processor_class(path) in _VIDEO_PROCESSOR_CLASSES:
+            processor = _assembled_processor(path, lambda: AutoTokenizer.from_pretrained(path, local_files_only=True))
         else:
             processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError, ImportError) as e:
@@ -52,21 +54,39 @@ def chat_prompt(processor: Any, task_text: str) -> str:
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def _char_processor(path: str) -> Any:
-    proc_cfg = _read_json(os.path.join(path, "processor_config.json"))
-    name = proc_cfg.get("processor_class", "LlavaProcessor")
+# Processors whose video processor needs torchvision in transformers 5 (Qwen2-VL, Qwen2.5-VL).
+# Frames are images: without torchvision they are assembled with no video processor.
+_VIDEO_PROCESSOR_CLASSES = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
+
+
+def _processor_class(path: str) -> str | None:
+    return _read_json(os.path.join(path, "processor_config.json")).get("processor_class") or _read_json(
+        os.path.join(path, "preprocessor_config.json")).get("processor_class")
+
+
+def _assembled_processor(path: str, load_tokenizer) -> Any:
+    """The directory's processor built from its parts: for a tokenizer AutoTokenizer cannot
+    resolve (the tiny VLM's CharTokenizer), and for image-only use where the processor's video
+    processor would need torchvision (that part is left out: ``processor(videos=...)`` is not
+    available, images work, and ``save_pretrained`` writes a directory ``AutoProcessor`` loads)."""
+    name = _processor_class(path) or "LlavaProcessor"
     cls = getattr(transformers, name, None)
     if cls is None:
         raise ValueError(f"unknown processor class {name!r} in {path}/processor_config.json")
     backend = "torchvision" if is_torchvision_available() else "pil"  # pil: no fallback warning
     parts = {
         "image_processor": lambda: AutoImageProcessor.from_pretrained(path, local_files_only=True, backend=backend),
-        "tokenizer": lambda: CharTokenizer.from_pretrained(path),
+        "tokenizer": load_tokenizer,
     }
-    missing = [a for a in cls.get_attributes() if a not in parts]
+    attributes = cls.get_attributes()
+    if "video_processor" in attributes and not is_torchvision_available():
+        attributes = [a for a in attributes if a != "video_processor"]
+        # Same class name, so saved directories still name the real processor class.
+        cls = type(name, (cls,), {"get_attributes": classmethod(lambda c: attributes)})
+    missing = [a for a in attributes if a not in parts]
     if missing:
-        raise ValueError(f"{name} with a CharTokenizer: cannot build its {missing}")
-    args = [parts[a]() for a in cls.get_attributes()]
+        raise ValueError(f"{name}: cannot build its {missing} here")
+    args = [parts[a]() for a in attributes]
     processor_dict, kwargs = cls.get_processor_dict(path, local_files_only=True)
     return cls.from_args_and_dict(args, processor_dict, **kwargs)
 

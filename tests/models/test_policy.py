@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from transformers.utils import is_torchvision_available
 
 from fastvlmrl.models import Policy, build_tiny_vlm, chat_prompt, load_policy, make_policy
 
@@ -182,11 +181,7 @@ def test_qwen_lora_and_freeze(helpers, family):
 
 
 def test_qwen2_vl_directory(qwen2_vl_dir, helpers):
-    if not is_torchvision_available():
-        # transformers 5.23's Qwen2VLProcessor needs a video processor, which needs torchvision.
-        with pytest.raises(ValueError, match="torchvision"):
-            load_policy(qwen2_vl_dir)
-        return
+    # Without torchvision, the processor is assembled with no video processor (frames are images).
     policy, processor = load_policy(qwen2_vl_dir, lora=True, lora_r=4, lora_alpha=8)
     enc = processor(images=[helpers.frames(1, 56, 56)[0]], text=[chat_prompt(processor, "hi")], return_tensors="pt")
     mm = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}

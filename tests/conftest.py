@@ -1,13 +1,14 @@
-"""Small checkpoints for the model tests, saved to temporary directories (nothing downloaded).
+"""Small checkpoints for the model and trainer tests, saved to temporary directories (nothing
+downloaded).
 
 - ``tiny_dir``: the built-in tiny VLM (LLaVA + character tokenizer) saved with ``save_pretrained``.
 - ``llava_dir``: a LLaVA-1.5-shaped checkpoint (CLIP 28px tower + Llama, the engine tests' sizes)
   with a CLIP image processor and the character tokenizer.
 - ``qwen2_vl_model`` / ``qwen2_vl_dir``: a tiny random Qwen2-VL (M-RoPE, patch merger) and its
   directory with a Qwen2-VL image processor, a byte-level BPE tokenizer that knows the vision
-  tokens, and a chat template. Constructing a ``Qwen2VLProcessor`` needs torchvision in
-  transformers 5.23 (its video processor), so without torchvision that directory is the
-  clear-error case of ``load_policy``.
+  tokens, and a chat template. It is written file by file because a ``Qwen2VLProcessor`` cannot
+  be constructed without torchvision (its video processor); ``load_processor`` assembles an
+  image-only one there.
 """
 
 from __future__ import annotations
