@@ -488,6 +488,93 @@ static PyObject *Batch_render(Batch *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---------------- snapshots: a resumed training run continues the same episodes ---------------- */
+
+#define SNAPSHOT_MAGIC 0x53455646u /* "FVES" */
+#define SNAPSHOT_VERSION 1u
+
+typedef struct {
+    uint32_t magic, version, game, num_envs, env_size, num_actions;
+} SnapshotHeader;
+
+static int is_formula_game(int game) { return game == GAME_EZPOINTS || game == GAME_POINTS24; }
+
+static PyObject *Batch_get_state(Batch *self, PyObject *unused) {
+    if (check_open(self)) return NULL;
+    SnapshotHeader h = {SNAPSHOT_MAGIC, SNAPSHOT_VERSION, (uint32_t)self->game, (uint32_t)self->num_envs,
+                        (uint32_t)sizeof(Env), (uint32_t)self->num_actions};
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(sizeof h + (size_t)self->num_envs * sizeof(Env)));
+    if (!out) return NULL;
+    char *p = PyBytes_AS_STRING(out);
+    memcpy(p, &h, sizeof h);
+    for (int i = 0; i < self->num_envs; i++) {
+        Env e;
+        memset(&e, 0, sizeof e);
+        e = self->envs[i];
+        if (is_formula_game(self->game)) e.g.fm.operators = NULL; /* an address: restored from the live batch */
+        memcpy(p + sizeof h + (size_t)i * sizeof(Env), &e, sizeof e);
+    }
+    return out;
+}
+
+static PyObject *Batch_set_state(Batch *self, PyObject *args) {
+    Py_buffer blob;
+    PyObject *obs_obj, *state_obj;
+    if (!PyArg_ParseTuple(args, "y*OO", &blob, &obs_obj, &state_obj)) return NULL;
+    if (check_open(self)) {
+        PyBuffer_Release(&blob);
+        return NULL;
+    }
+    SnapshotHeader h;
+    size_t want = sizeof h + (size_t)self->num_envs * sizeof(Env);
+    if ((size_t)blob.len < sizeof h) {
+        PyBuffer_Release(&blob);
+        PyErr_SetString(PyExc_ValueError, "not an env snapshot (too short)");
+        return NULL;
+    }
+    memcpy(&h, blob.buf, sizeof h);
+    const char *why = NULL;
+    if (h.magic != SNAPSHOT_MAGIC) why = "not an env snapshot";
+    else if (h.version != SNAPSHOT_VERSION || h.env_size != sizeof(Env)) why = "a snapshot from another version of fastvlmrl";
+    else if (h.game != (uint32_t)self->game || h.num_actions != (uint32_t)self->num_actions)
+        why = "a snapshot of another game (or other game options)";
+    else if (h.num_envs != (uint32_t)self->num_envs) why = "a snapshot of a batch with another number of envs";
+    else if ((size_t)blob.len != want) why = "a truncated snapshot";
+    if (why) {
+        PyErr_Format(PyExc_ValueError, "cannot restore the envs: %s (snapshot: game %u, %u envs; this batch: game %d, %d envs)",
+                     why, h.game, h.num_envs, self->game, self->num_envs);
+        PyBuffer_Release(&blob);
+        return NULL;
+    }
+    Py_ssize_t n = self->num_envs;
+    Py_ssize_t obs_shape[4] = {n, self->height, self->width, 3}, state_shape[2] = {n, STATE_DIM};
+    Py_buffer obs, state;
+    if (get_buffer(obs_obj, &obs, "obs", "B", 1, 1, 4, obs_shape)) {
+        PyBuffer_Release(&blob);
+        return NULL;
+    }
+    if (get_buffer(state_obj, &state, "state", "i", 4, 1, 2, state_shape)) {
+        PyBuffer_Release(&blob);
+        PyBuffer_Release(&obs);
+        return NULL;
+    }
+    for (int i = 0; i < self->num_envs; i++) {
+        Env e;
+        memcpy(&e, (const char *)blob.buf + sizeof h + (size_t)i * sizeof(Env), sizeof e);
+        if (is_formula_game(self->game)) e.g.fm.operators = self->envs[i].g.fm.operators;
+        e.stale = 1;
+        self->envs[i] = e;
+        env_state(self, &self->envs[i], (int32_t *)state.buf + (size_t)i * STATE_DIM);
+    }
+    Work w = {.b = self, .obs = (uint8_t *)obs.buf};
+    run_batch(self, render_range, &w);
+    remember_frames(self, obs_obj, obs.buf);
+    PyBuffer_Release(&blob);
+    PyBuffer_Release(&obs);
+    PyBuffer_Release(&state);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Batch_get_closed(Batch *self, void *unused) { return PyBool_FromLong(self->closed); }
 
 static PyMethodDef Batch_methods[] = {
@@ -498,6 +585,10 @@ static PyMethodDef Batch_methods[] = {
      "step(actions, obs, rewards, terminated, truncated, state, autoreset_mode, final_obs, final_state)."},
     {"render", (PyCFunction)Batch_render, METH_VARARGS, "render(obs): redraw every frame in full."},
     {"close", (PyCFunction)Batch_close, METH_NOARGS, "close(): free the envs and stop the threads."},
+    {"get_state", (PyCFunction)Batch_get_state, METH_NOARGS,
+     "get_state() -> bytes: every env's episode and random stream (a snapshot for set_state)."},
+    {"set_state", (PyCFunction)Batch_set_state, METH_VARARGS,
+     "set_state(snapshot, obs, state): restore a get_state() snapshot of a batch of the same game and size, and draw it."},
     {NULL, NULL, 0, NULL},
 };
 

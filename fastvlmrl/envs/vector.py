@@ -174,6 +174,27 @@ class CardsVectorEnv(VectorEnv):
             raise RuntimeError("describe_final needs autoreset_mode='SameStep'")
         return describe(self.game, self._final_state[i])
 
+    def get_state(self) -> dict:
+        """A snapshot of every env (its episode and its random stream), for `set_state`: a
+        resumed training run continues the very episodes it stopped in."""
+        self._check_open()
+        if not self._started:
+            raise RuntimeError("call reset() before get_state()")
+        return {"game": self.game.name, "height": self.single_observation_space.shape[0],
+                "width": self.single_observation_space.shape[1], "batch": self._batch.get_state()}
+
+    def set_state(self, snapshot: dict):
+        """Restore a `get_state` snapshot taken from a batch of the same game, size and options;
+        returns (observations, infos) as reset does."""
+        self._check_open()
+        h, w = self.single_observation_space.shape[:2]
+        if snapshot.get("game") != self.game.name or (snapshot.get("height"), snapshot.get("width")) != (h, w):
+            raise ValueError(f"cannot restore the envs: the snapshot is of {snapshot.get('game')} at "
+                             f"{snapshot.get('height')}x{snapshot.get('width')}, this batch is {self.game.name} at {h}x{w}")
+        self._batch.set_state(snapshot["batch"], self._obs, self._state)
+        self._started = True
+        return self._observations(), self._infos(self._state)
+
     # -- internals --
     def _check_open(self):
         if self.closed or self._batch.closed:

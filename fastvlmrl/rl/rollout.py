@@ -43,12 +43,13 @@ class EpisodeStats:
 
 class Player:
     def __init__(self, policy, engine, encoder, envs, *, cot: bool, style: str, sampling, illegal_action: str,
-                 illegal_penalty: float, thought_coef: float, seed: int):
+                 illegal_penalty: float, thought_coef: float, seed: int, ignore_eos: bool = False):
         self.policy, self.engine, self.encoder, self.envs = policy, engine, encoder, envs
         self.game = envs.game
         self.cot, self.style, self.sampling = cot, style, sampling
         self.illegal_action, self.illegal_penalty = illegal_action, illegal_penalty
         self.thought_coef = thought_coef
+        self.ignore_eos = ignore_eos  # benchmarks: every output runs to max_new_tokens
         self.rng = np.random.default_rng(seed)
         self.seed = seed
         self.calls = 0
@@ -66,7 +67,7 @@ class Player:
     def _generate(self, requests, temperature: float, max_new_tokens: int):
         params = SamplingParams(temperature=temperature, top_p=self.sampling.top_p,
                                 repetition_penalty=self.sampling.repetition_penalty, max_new_tokens=max_new_tokens,
-                                suppress_token_ids=self.encoder.suppressed_ids,
+                                suppress_token_ids=self.encoder.suppressed_ids, ignore_eos=self.ignore_eos,
                                 seed=self.seed * 1_000_003 + self.calls * len(requests))
         self.calls += 1
         gens = self.engine.generate_requests(requests, params)

@@ -1,0 +1,63 @@
+"""get_state / set_state: a restored batch continues exactly where the snapshot was taken (the
+trainer's resume depends on it), and a snapshot that does not fit is refused with a clear error."""
+
+import numpy as np
+import pytest
+
+from fastvlmrl.envs.vector import make_batch
+
+
+def _play(envs, rng, steps):
+    out = []
+    for _ in range(steps):
+        obs, rewards, terminated, truncated, _ = envs.step(rng.integers(envs.game.num_actions, size=envs.num_envs))
+        out.append((obs.copy(), rewards, terminated, truncated,
+                    [envs.describe(i) for i in range(envs.num_envs)]))
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_restored_batch_continues_the_same_episodes(game_name, threads):
+    kwargs = dict(height=48, width=64, autoreset_mode="SameStep")
+    original = make_batch(game_name, 6, num_threads=threads, **kwargs)
+    original.reset(seed=7)
+    _play(original, np.random.default_rng(0), 9)
+    snapshot = original.get_state()
+    restored = make_batch(game_name, 6, num_threads=threads, **kwargs)  # never reset: set_state starts it
+    obs, infos = restored.set_state(snapshot)
+    assert np.array_equal(obs, original._obs)
+    assert [restored.describe(i) for i in range(6)] == [original.describe(i) for i in range(6)]
+    a = _play(original, np.random.default_rng(1), 40)
+    b = _play(restored, np.random.default_rng(1), 40)
+    for x, y in zip(a, b):
+        for u, v in zip(x, y):
+            assert np.array_equal(u, v) if isinstance(u, np.ndarray) else u == v
+    original.close()
+    restored.close()
+
+
+def test_snapshot_of_another_batch_is_refused():
+    envs = make_batch("EZPoints", 4, height=48, width=48)
+    envs.reset(seed=0)
+    snapshot = envs.get_state()
+    for other, match in [
+        (make_batch("Points24", 4, height=48, width=48), "EZPoints at 48x48, this batch is Points24"),
+        (make_batch("EZPoints", 5, height=48, width=48), "another number of envs"),
+        (make_batch("EZPoints", 4, height=48, width=64), "48x48, this batch is EZPoints at 48x64"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            other.set_state(snapshot)
+    with pytest.raises(ValueError, match="truncated"):
+        envs.set_state({**snapshot, "batch": snapshot["batch"][:-3]})
+    with pytest.raises(ValueError, match="not an env snapshot"):
+        envs.set_state({**snapshot, "batch": b"\0" * len(snapshot["batch"])})
+    with pytest.raises(RuntimeError, match="reset"):
+        make_batch("EZPoints", 4, height=48, width=48).get_state()
+
+
+def test_points24_options_must_match():
+    a = make_batch("Points24", 2, height=48, width=48, face_cards_as_10=True)
+    a.reset(seed=0)
+    b = make_batch("Points24", 2, height=48, width=48, face_cards_as_10=False)
+    with pytest.raises(ValueError, match="game options"):
+        b.set_state(a.get_state())
