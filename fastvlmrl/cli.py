@@ -1,6 +1,7 @@
 """The `fastvlmrl` command.
 
     fastvlmrl train [config.yaml | preset] [section.key=value ...]   (default preset: tiny/numberline)
+    fastvlmrl train resume=RUN_DIR [section.key=value ...]           (continue from its latest checkpoint)
     fastvlmrl sft [config.yaml | preset] [section.key=value ...]     (SFT on oracle demonstrations only)
     fastvlmrl eval RUN_DIR [eval.episodes=N ...]
     fastvlmrl envs [--game NAME] [--policy oracle|random] [--episodes N] [--num-envs N] [--threads T]
@@ -118,10 +119,23 @@ def _config_from(args):
 
 
 def cmd_train(args) -> int:
-    """Train with PPO (after the SFT warm start if sft.steps > 0); print where the run went."""
+    """Train with PPO (after the SFT warm start if sft.steps > 0), or continue a stopped run with
+    resume=RUN_DIR; print where the run went."""
+    from pathlib import Path
+
+    from fastvlmrl.config import load_config
     from fastvlmrl.train import train
 
-    return _report(train(_config_from(args)))
+    resumes = [a for a in args.settings if a.startswith("resume=")]
+    if not resumes:
+        return _report(train(_config_from(args)))
+    overrides = [a for a in args.settings if not a.startswith("resume=")]
+    if len(resumes) > 1 or (overrides and "=" not in overrides[0]):
+        raise ValueError("resume=RUN_DIR takes the run's own config: give one run directory and only key=value overrides")
+    run_dir = Path(resumes[0].removeprefix("resume="))
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
+    return _report(train(load_config(run_dir / "config.yaml", overrides), run_dir=run_dir, resume=True))
 
 
 def _report(run_dir) -> int:
@@ -158,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="fine-tune a VLM agent with PPO (the tiny VLM on NumberLine by default)")
     train.add_argument("settings", nargs="*",
                        help="a YAML config file or a preset (tiny/numberline, rl4vlm/points24, ...; default "
-                            "tiny/numberline), then section.key=value overrides")
+                            "tiny/numberline), then section.key=value overrides; or resume=RUN_DIR to continue "
+                            "a stopped run from its latest checkpoint")
     train.set_defaults(func=cmd_train)
 
     sft = sub.add_parser("sft", help="supervised fine-tuning on (optionally noisy) oracle demonstrations only")

@@ -108,7 +108,7 @@ class EvalConfig:
 @dataclass
 class LogConfig:
     tensorboard: bool = False
-    checkpoint_every: int = 0  # updates; 0 = only at the end
+    checkpoint_every: int = 10  # updates between checkpoints (resume points); 0 = only at the end
 
 
 @dataclass

@@ -3,7 +3,10 @@ evaluation on fresh seeds. Everything a run writes goes to runs/<name>/:
 
     config.yaml       the resolved configuration
     metrics.jsonl     one JSON object per update (and "sft/..." lines for the warm start)
-    checkpoints/      step_N/ (model or LoRA adapters, value head, optimizer) and `latest`
+    curves.png        the curves of metrics.jsonl, redrawn at every checkpoint
+    tensorboard/      the same scalars as TensorBoard events (log.tensorboard=true)
+    checkpoints/      step_N/ (model or LoRA adapters, value head, optimizer, RNG and env state)
+                      and `latest`: `fastvlmrl train resume=runs/<name>` continues from there
     eval.json         success_rate, episode_return, legal_action_rate, episodes
 """
 
@@ -18,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastvlmrl.config import Config, save_config
+from fastvlmrl.metrics_log import MetricsLog, read_metrics
 
 
 def resolve_device(cfg: Config) -> torch.device:
@@ -35,24 +39,10 @@ def resolve_dtype(cfg: Config, device: torch.device) -> torch.dtype:
     return getattr(torch, cfg.model.dtype)
 
 
-class MetricsLog:
-    """metrics.jsonl, one JSON object per line, flushed as written (a killed run keeps its lines)."""
-
-    def __init__(self, path: Path):
-        self.file = path.open("a")
-
-    def write(self, record: dict) -> None:
-        clean = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in record.items()}
-        self.file.write(json.dumps(clean) + "\n")
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor) -> Path:
+def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor, resume_state: dict | None = None) -> Path:
     """checkpoints/step_N/ written to a temporary folder first, then renamed: a run killed while
-    saving leaves the previous checkpoint and `latest` intact."""
+    saving leaves the previous checkpoint and `latest` intact. `resume_state` (RNG states, the
+    envs' snapshot, counters) is what `train(..., resume=True)` needs to continue exactly."""
     from safetensors.torch import save_file
 
     root = run_dir / "checkpoints"
@@ -63,7 +53,7 @@ def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor) ->
     processor.save_pretrained(tmp / "model")
     save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
               tmp / "value_head.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "update": update}, tmp / "trainer_state.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "update": update, **(resume_state or {})}, tmp / "trainer_state.pt")
     if final.exists():
         import shutil
 
@@ -74,8 +64,13 @@ def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor) ->
     return final
 
 
-def train(cfg: Config) -> Path:
-    """Run a whole training run; returns its directory."""
+def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Path:
+    """Run a whole training run; returns its directory (default <run.out_dir>/<run.name>).
+
+    resume=True continues the run in `run_dir` from its latest checkpoint: weights, optimizer,
+    learning-rate schedule, RNG states and the envs' episodes are restored, metrics.jsonl keeps
+    the lines up to that checkpoint, and the updates that follow are the ones the uninterrupted
+    run would have made."""
     from fastvlmrl.engine import Engine
     from fastvlmrl.engine.families import family_for
     from fastvlmrl.envs.vector import make_batch
@@ -90,21 +85,38 @@ def train(cfg: Config) -> Path:
     dtype = resolve_dtype(cfg, device)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    torch.manual_seed(cfg.run.seed)
-    run_dir = Path(cfg.run.out_dir) / cfg.run.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.out_dir) / cfg.run.name
+    if resume:
+        checkpoint = latest_checkpoint(run_dir)
+        state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)
+        if "envs" not in state:
+            raise ValueError(f"{checkpoint} has no resume state (written by an older fastvlmrl): start a new run")
+        _truncate_metrics(run_dir / "metrics.jsonl", state["update"])
+    else:
+        if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
+            raise ValueError(f"{run_dir} already holds a run: continue it with `fastvlmrl train resume={run_dir}`, "
+                             "or pick another run.name (or delete the directory)")
+        torch.manual_seed(cfg.run.seed)
+        run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    log = MetricsLog(run_dir / "metrics.jsonl")
+    if cfg.log.tensorboard:
+        from fastvlmrl.metrics_log import tensorboard_writer
 
-    policy, processor = load_policy(cfg.model.path, lora=cfg.model.lora, lora_r=cfg.model.lora_r,
-                                    lora_alpha=cfg.model.lora_alpha, lora_dropout=cfg.model.lora_dropout,
-                                    freeze_vision=cfg.model.freeze_vision, dtype=dtype, device=device,
-                                    seed=cfg.run.seed)
+        tensorboard_writer(run_dir / "tensorboard").close()  # fail now, not after SFT, if it is missing
+    log = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.log.tensorboard else None)
+
+    if resume:
+        policy, processor = load_checkpoint(cfg, checkpoint, device, dtype, trainable=True)
+    else:
+        policy, processor = load_policy(cfg.model.path, lora=cfg.model.lora, lora_r=cfg.model.lora_r,
+                                        lora_alpha=cfg.model.lora_alpha, lora_dropout=cfg.model.lora_dropout,
+                                        freeze_vision=cfg.model.freeze_vision, dtype=dtype, device=device,
+                                        seed=cfg.run.seed)
     encoder = PromptEncoder(processor, family_for(policy.model).mm_keys, dtype,
                             placeholder_token_ids(policy.hf_model.config))
     logit_bias = encoder.logit_bias(policy.lm_head_weight().shape[0], device, policy.lm_head_weight().dtype)
 
-    if cfg.sft.steps:
+    if cfg.sft.steps and not resume:
         demos = make_demos(cfg.env.name, cfg.sft.demos, noise=cfg.sft.noise, seed=cfg.run.seed, cot=cfg.prompt.cot,
                            style=cfg.prompt.style,
                            image_size=cfg.env.image_size, face_cards_as_10=cfg.env.face_cards_as_10)
@@ -117,7 +129,7 @@ def train(cfg: Config) -> Path:
     player = Player(policy, engine, encoder, envs, cot=cfg.prompt.cot, style=cfg.prompt.style, sampling=cfg.sampling,
                     illegal_action=cfg.env.illegal_action, illegal_penalty=cfg.env.illegal_penalty,
                     thought_coef=cfg.ppo.thought_coef, seed=cfg.run.seed)
-    if cfg.sft.steps and cfg.ppo.updates:  # the warm-started model's success, to compare with PPO's
+    if cfg.sft.steps and cfg.ppo.updates and not resume:  # the warm-started model's success, to compare with PPO's
         policy.eval()
         sft_eval = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed, desc="eval sft")
         log.write({f"sft/eval_{k}": v for k, v in sft_eval.items()})
@@ -126,9 +138,15 @@ def train(cfg: Config) -> Path:
     generator = torch.Generator().manual_seed(cfg.run.seed)
     temperature = cfg.sampling.temperature if cfg.sampling.temperature > 0 else 1.0
 
-    obs = player.reset(cfg.run.seed)
-    env_steps = 0
-    bar = tqdm(range(cfg.ppo.updates), desc="ppo")
+    if resume:
+        optimizer.load_state_dict(state["optimizer"])
+        obs = _restore(state, generator, player)
+        first, env_steps = state["update"], state["env_steps"]
+        print(f"resuming {run_dir} from {checkpoint.name} (update {first} of {cfg.ppo.updates})")
+    else:
+        obs = player.reset(cfg.run.seed)
+        first, env_steps = 0, 0
+    bar = tqdm(range(first, cfg.ppo.updates), desc="ppo", initial=first, total=cfg.ppo.updates)
     for update in bar:
         lr = cosine_lr(update, cfg.ppo.updates, cfg.ppo.lr, cfg.ppo.lr_end)
         for group in optimizer.param_groups:
@@ -147,27 +165,80 @@ def train(cfg: Config) -> Path:
                   "throughput/tokens_per_s": stats.tokens / max(rollout_s, 1e-9)}
         log.write(record)
         bar.set_postfix(success=f"{record['rollout/success_rate']:.3f}")
-        if cfg.log.checkpoint_every and (update + 1) % cfg.log.checkpoint_every == 0:
-            save_checkpoint(run_dir, update + 1, policy, optimizer, processor)
+        done = update + 1
+        if done == cfg.ppo.updates or (cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0):
+            save_checkpoint(run_dir, done, policy, optimizer, processor,
+                            _resume_state(done, env_steps, generator, player))
+            _draw_curves(run_dir)
 
-    save_checkpoint(run_dir, cfg.ppo.updates, policy, optimizer, processor)
+    if cfg.ppo.updates == 0 or first >= cfg.ppo.updates:  # SFT only, or a finished run resumed
+        if not (run_dir / "checkpoints" / f"step_{cfg.ppo.updates}").is_dir():
+            save_checkpoint(run_dir, cfg.ppo.updates, policy, optimizer, processor,
+                            _resume_state(cfg.ppo.updates, env_steps, generator, player))
     policy.eval()
     result = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     log.close()
     envs.close()
+    _draw_curves(run_dir)
     return run_dir
+
+
+def _resume_state(update: int, env_steps: int, generator: torch.Generator, player) -> dict:
+    """What continues a run exactly, beyond the weights and the optimizer."""
+    return {
+        "env_steps": env_steps,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "minibatch_rng": generator.get_state(),
+        "player": player.get_state(),
+        "envs": player.envs.get_state(),
+    }
+
+
+def _restore(state: dict, generator: torch.Generator, player):
+    """Put the RNGs, the player and the envs back as they were; returns the current frames."""
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    generator.set_state(state["minibatch_rng"])
+    player.set_state(state["player"])
+    obs, _ = player.envs.set_state(state["envs"])
+    return obs
+
+
+def _truncate_metrics(path: Path, update: int) -> None:
+    """Keep the lines a resumed run stands on: the SFT lines and the updates before `update`
+    (a run killed after a checkpoint may have logged updates it will now redo)."""
+    if not path.is_file():
+        return
+    keep = [r for r in read_metrics(path) if r.get("update", -1) < update]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    tmp.replace(path)
+
+
+def _draw_curves(run_dir: Path) -> None:
+    """curves.png; a plotting failure is reported, never fatal to the run."""
+    from fastvlmrl.curves import plot_curves
+
+    try:
+        plot_curves(run_dir)
+    except Exception as error:  # noqa: BLE001 - the run's results matter more than its picture
+        print(f"warning: could not draw {run_dir / 'curves.png'}: {error}")
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
     pointer = run_dir / "checkpoints" / "latest"
     if not pointer.is_file():
-        raise ValueError(f"{run_dir} has no checkpoint (no checkpoints/latest): train first, or check the path")
+        raise ValueError(f"{run_dir} has no checkpoint (no checkpoints/latest; a run stopped before its first "
+                         "checkpoint cannot be resumed): train first, or check the path")
     return run_dir / "checkpoints" / pointer.read_text().strip()
 
 
-def load_checkpoint(cfg: Config, checkpoint: Path, device, dtype):
-    """(policy, processor) from a checkpoint: full weights, or the base model plus LoRA adapters."""
+def load_checkpoint(cfg: Config, checkpoint: Path, device, dtype, trainable: bool = False):
+    """(policy, processor) from a checkpoint: full weights, or the base model plus LoRA adapters
+    (trainable: the adapters take gradients, to resume training)."""
     from safetensors.torch import load_file
 
     from fastvlmrl.models import load_policy
@@ -177,7 +248,7 @@ def load_checkpoint(cfg: Config, checkpoint: Path, device, dtype):
 
         policy, processor = load_policy(cfg.model.path, lora=False, freeze_vision=cfg.model.freeze_vision,
                                         dtype=dtype, device=device, seed=cfg.run.seed)
-        policy.model = PeftModel.from_pretrained(policy.model, checkpoint / "model").to(device)
+        policy.model = PeftModel.from_pretrained(policy.model, checkpoint / "model", is_trainable=trainable).to(device)
     else:
         policy, processor = load_policy(str(checkpoint / "model"), lora=False, freeze_vision=cfg.model.freeze_vision,
                                         dtype=dtype, device=device, seed=cfg.run.seed)

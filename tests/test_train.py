@@ -62,3 +62,59 @@ def test_bad_settings_fail_before_any_work(tmp_path, capsys):
     assert "unknown config key 'ppo.clipp'" in capsys.readouterr().err
     assert main(["train", f"model.path={tmp_path / 'missing'}", f"run.out_dir={tmp_path}"]) == 2
     assert not any(tmp_path.iterdir())
+
+
+def _comparable(records):
+    """Metrics without the wall-clock ones."""
+    return [{k: v for k, v in r.items() if not k.startswith(("timing/", "throughput/"))} for r in records]
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch):
+    import fastvlmrl.train as train_module
+
+    args = [*TOY, "ppo.updates=4", "log.checkpoint_every=2", "sampling.temperature=1.0", "model.lora_dropout=0.5"]
+    assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=whole"]) == 0
+
+    save = train_module.save_checkpoint
+
+    def killed_after_step_2(run_dir, update, *a, **k):
+        path = save(run_dir, update, *a, **k)
+        if update == 2:
+            # an update logged after the checkpoint, then the process dies: resume must redo it
+            (run_dir / "metrics.jsonl").open("a").write(json.dumps({"update": 2, "env_steps": -1}) + "\n")
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(train_module, "save_checkpoint", killed_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", *args, f"run.out_dir={tmp_path}", "run.name=stopped"])
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    stopped = tmp_path / "stopped"
+    assert not (stopped / "eval.json").exists()
+    assert main(["train", "resume=" + str(stopped)]) == 0
+
+    whole = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x) for x in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("update") for r in resumed if "update" in r] == [0, 1, 2, 3]
+    assert _comparable(resumed) == _comparable(whole)
+    assert (stopped / "eval.json").read_text() == (tmp_path / "whole" / "eval.json").read_text()
+    assert (stopped / "curves.png").stat().st_size > 0
+
+
+def test_resume_with_lora_and_errors(tmp_path, capsys):
+    args = [*TOY, "sft.steps=0", "ppo.updates=1", "model.lora=true", "model.lora_r=4", "model.lora_alpha=8"]
+    assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=lora"]) == 0
+    run = tmp_path / "lora"
+    # a finished run resumed with more updates planned continues with trainable adapters
+    assert main(["train", f"resume={run}", "ppo.updates=2"]) == 0
+    updates = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"update"' in x]
+    assert [r["update"] for r in updates] == [0, 1] and updates[1]["actor/optimizer_steps"] > 0
+    capsys.readouterr()
+    assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=lora"]) == 2
+    assert "already holds a run: continue it with `fastvlmrl train resume=" in capsys.readouterr().err
+    assert main(["train", f"resume={tmp_path / 'nothing'}"]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "config.yaml").write_text((run / "config.yaml").read_text())
+    assert main(["train", f"resume={tmp_path / 'early'}"]) == 2
+    assert "cannot be resumed" in capsys.readouterr().err

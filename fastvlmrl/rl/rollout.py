@@ -144,6 +144,18 @@ class Player:
         self.episode_length[:] = 0
         return obs
 
+    def get_state(self) -> dict:
+        """The player's own state (its RNG, sampling-seed counter, the episodes' running returns),
+        saved in checkpoints so a resumed run samples and counts exactly as the original."""
+        return {"rng": self.rng.bit_generator.state, "calls": self.calls,
+                "episode_return": self.episode_return.copy(), "episode_length": self.episode_length.copy()}
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.calls = int(state["calls"])
+        self.episode_return[:] = state["episode_return"]
+        self.episode_length[:] = state["episode_length"]
+
     @torch.no_grad()
     def evaluate(self, episodes: int, temperature: float, seed: int, desc: str = "eval") -> dict[str, float]:
         """Play until `episodes` episodes have ended (fresh seeds); RL4VLM's statistics."""
