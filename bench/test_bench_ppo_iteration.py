@@ -225,6 +225,16 @@ def _run(benchmark, case: Case, path: str, fn) -> None:
     seconds, steps, tokens = result["v"]
     _record(case.name, path, seconds, steps, tokens)
     benchmark.extra_info.update({"env_steps_per_s": steps / seconds, "tokens_per_s": tokens / seconds})
+    paths = RESULTS[case.name]
+    if set(paths) == {"fast", "reference"}:  # the second of the pair: print the comparison
+        fast, ref = paths["fast"], paths["reference"]
+        benchmark.extra_info["fast_over_reference"] = fast["steps_per_s"] / ref["steps_per_s"]
+        print(f"\nPPO iteration, {case.name}: {case.num_envs} envs x {case.num_steps} steps, "
+              f"{case.new_tokens} new tokens per step")
+        print(f"{'path':<10} {'seconds':>9} {'env steps/s':>12} {'tokens/s':>10}")
+        for label, r in (("fast", fast), ("reference", ref)):
+            print(f"{label:<10} {r['s']:>9.2f} {r['steps_per_s']:>12.2f} {r['tokens_per_s']:>10.0f}")
+        print(f"ratio (fast / reference): {fast['steps_per_s'] / ref['steps_per_s']:.2f}x")
 
 
 @pytest.mark.parametrize("path", ["fast", "reference"])
@@ -236,16 +246,3 @@ def test_ppo_iteration_cpu(benchmark, path):
 @pytest.mark.parametrize("path", ["fast", "reference"])
 def test_ppo_iteration_gpu(benchmark, path):
     _run(benchmark, GPU, path, fast_iteration if path == "fast" else reference_iteration)
-
-
-def test_report():
-    """Print the table: one iteration's time, env steps/s and tokens/s for each path, and the ratio."""
-    for name, paths in RESULTS.items():
-        if set(paths) != {"fast", "reference"}:
-            continue
-        fast, ref = paths["fast"], paths["reference"]
-        print(f"\nPPO iteration, {name}")
-        print(f"{'path':<10} {'seconds':>9} {'env steps/s':>12} {'tokens/s':>10}")
-        for label, r in (("fast", fast), ("reference", ref)):
-            print(f"{label:<10} {r['s']:>9.2f} {r['steps_per_s']:>12.2f} {r['tokens_per_s']:>10.0f}")
-        print(f"ratio (fast/reference): {fast['steps_per_s'] / ref['steps_per_s']:.2f}x")

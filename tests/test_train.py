@@ -15,9 +15,11 @@ METRICS = ["update", "env_steps", "rollout/success_rate", "rollout/episode_retur
 
 
 def test_train_writes_the_run_directory_then_eval_reloads_it(tmp_path, capsys):
-    assert main(["train", *TOY, f"run.out_dir={tmp_path}", "run.name=toy"]) == 0
+    assert main(["train", *TOY, "log.tensorboard=true", f"run.out_dir={tmp_path}", "run.name=toy"]) == 0
     run = tmp_path / "toy"
     assert (run / "config.yaml").is_file()
+    assert (run / "curves.png").stat().st_size > 0
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     updates = [r for r in lines if "update" in r]
     assert [r["update"] for r in updates] == [0, 1]
