@@ -25,8 +25,8 @@ class MetricsLog:
 
     def __init__(self, path: Path, tensorboard_dir: Path | None = None):
         self.path = path
-        self.file = path.open("a")
         self.writer = tensorboard_writer(tensorboard_dir) if tensorboard_dir is not None else None
+        self.file = path.open("a")
 
     def write(self, record: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in record.items()}
