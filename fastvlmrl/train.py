@@ -99,10 +99,6 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         torch.manual_seed(cfg.run.seed)
         run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    if cfg.log.tensorboard:
-        from fastvlmrl.metrics_log import tensorboard_writer
-
-        tensorboard_writer(run_dir / "tensorboard").close()  # fail now, not after SFT, if it is missing
     log = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.log.tensorboard else None)
 
     if resume:
