@@ -284,9 +284,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError("nothing to train: set sft.steps or ppo.updates above 0")
     if cfg.ppo.gamma > 1 or cfg.ppo.gae_lambda > 1:
         raise ConfigError("ppo.gamma and ppo.gae_lambda must be at most 1")
-    if cfg.model.path is not None and not Path(cfg.model.path).is_dir():
-        raise ConfigError(f"model.path {cfg.model.path!r} is not a directory: give a local Hugging Face model "
-                          "directory, or leave it out for the built-in tiny VLM")
+    if cfg.model.path is not None:
+        path = Path(cfg.model.path)
+        if not path.is_dir():
+            raise ConfigError(f"model.path {cfg.model.path!r} is not a directory: give a local Hugging Face model "
+                              "directory, or leave it out for the built-in tiny VLM")
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.path {cfg.model.path!r} has no config.json: it is not a Hugging Face model "
+                              "directory (save one with model.save_pretrained)")
+        from fastvlmrl.models.processor import has_image_processor
+
+        if not has_image_processor(str(path)):
+            raise ConfigError(f"model.path {cfg.model.path!r} has no image processor (no preprocessor_config.json): "
+                              "save the model's processor into it (processor.save_pretrained)")
 
 
 def to_dict(cfg: Config) -> dict:

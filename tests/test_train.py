@@ -64,6 +64,19 @@ def test_bad_settings_fail_before_any_work(tmp_path, capsys):
     assert "unknown config key 'ppo.clipp'" in capsys.readouterr().err
     assert main(["train", f"model.path={tmp_path / 'missing'}", f"run.out_dir={tmp_path}"]) == 2
     assert not any(tmp_path.iterdir())
+    from fastvlmrl.models import build_tiny_vlm
+
+    model, _ = build_tiny_vlm(seed=0)
+    model.save_pretrained(tmp_path / "no-processor")  # weights and config, no processor files
+    capsys.readouterr()
+    assert main(["train", f"model.path={tmp_path / 'no-processor'}", f"run.out_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err
+    assert "has no image processor" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", f"model.path={tmp_path}", f"run.out_dir={tmp_path / 'runs'}"]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+    assert main(["train", "env.name=Chess", f"run.out_dir={tmp_path / 'runs'}"]) == 2
+    assert "unknown game 'Chess'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def _comparable(records):

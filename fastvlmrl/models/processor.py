@@ -21,7 +21,7 @@ def load_processor(path: str) -> Any:
     tokenizers by model type and would not find it. Raises ValueError when the directory has no
     processor or no image processor.
     """
-    if not _has_image_processor(path):
+    if not has_image_processor(path):
         raise ValueError(
             f"{path} has no image processor (no preprocessor_config.json, no 'image_processor' in "
             "processor_config.json): save the model's processor into it (processor.save_pretrained)"
@@ -91,7 +91,8 @@ def _assembled_processor(path: str, load_tokenizer) -> Any:
     return cls.from_args_and_dict(args, processor_dict, **kwargs)
 
 
-def _has_image_processor(path: str) -> bool:
+def has_image_processor(path: str) -> bool:
+    """Whether a model directory holds image-processor settings (cheap: reads two small files)."""
     if os.path.isfile(os.path.join(path, "preprocessor_config.json")):
         return True
     return "image_processor" in _read_json(os.path.join(path, "processor_config.json"))
