@@ -6,8 +6,9 @@ measured in the same run on the same model with the same settings.
   `fused_linear_logprob` + `ppo_clip_loss` on mini-batches.
 - **reference** (RL4VLM's way): the Python reference games stepped one at a time, Hugging Face
   `generate` one env at a time followed by a forward for the value and the output's log-prob, and
-  an update one sample at a time (full logits, eager `log_softmax` + `gather`, eager clipped
-  loss), gradients accumulated over the mini-batch.
+  an update one sample at a time (full `[L, V]` logits, eager `log_softmax` + `gather`, the eager
+  PyTorch PPO loss of `fastvlmrl.kernels.reference`), gradients accumulated over the mini-batch.
+  Both suppress the same special and image tokens when sampling and in the log-probs.
 
 Both generate exactly `new_tokens` tokens per env step (EOS ignored), at temperature 1 from a
 random-weight model, so they do the same work. Printed: env steps/s and generated tokens/s of the
@@ -36,6 +37,7 @@ from fastvlmrl.envs import reference
 from fastvlmrl.envs.parse import choose_action, parse_action
 from fastvlmrl.envs.prompts import task_prompt
 from fastvlmrl.envs.vector import make_batch
+from fastvlmrl.kernels.reference import ppo_clip_loss as reference_ppo_loss
 from fastvlmrl.models import TinyVLMConfig, build_tiny_vlm, load_policy, make_policy
 from fastvlmrl.models.encoder import PromptEncoder, placeholder_token_ids
 from fastvlmrl.rl.gae import compute_gae
@@ -62,7 +64,10 @@ CPU = Case("tiny VLM (cpu)", num_envs=16, num_steps=2, new_tokens=48, device="cp
 GPU = Case("LLaVA layout, CLIP ViT-L/14-336 + 1.1B Llama (bf16)", num_envs=16, num_steps=2, new_tokens=128,
            device="cuda", dtype=torch.bfloat16)
 # TinyLlama-1.1B's decoder behind CLIP ViT-L/14-336 (LLaVA-1.5's tower), with the character
-# tokenizer: real-size compute without a tokenizer download.
+# tokenizer: real-size vision and decoder compute without a tokenizer download. Not real size: the
+# vocabulary (101 tokens), so the LM head and the full-vocabulary log_softmax the reference pays
+# for are far smaller than at 32k-152k tokens; the fused log-prob's own gain is measured in
+# bench/test_bench_kernels.py.
 GPU_MODEL = TinyVLMConfig(image_size=336, patch_size=14, vision_hidden_size=1024, vision_layers=24, vision_heads=16,
                           vision_mlp_size=4096, hidden_size=2048, layers=22, heads=32, kv_heads=4, mlp_size=5632)
 
@@ -109,9 +114,10 @@ def fast_iteration(case: Case):
     obs = player.reset(0)
 
     def iteration():
+        nonlocal obs
         storage = RolloutStorage(cfg.num_steps, case.num_envs)
         policy.eval()
-        _, stats, _, last_values = player.collect(obs, storage, cfg.gamma)
+        obs, stats, _, last_values = player.collect(obs, storage, cfg.gamma)
         storage.finish(last_values, cfg.gamma, cfg.gae_lambda, cfg.normalize_advantages)
         ppo_update(policy, optimizer, storage, cfg, temperature=1.0, pad_id=encoder.pad_id, device=case.device,
                    generator=torch.Generator().manual_seed(0), logit_bias=bias)
@@ -139,13 +145,16 @@ def reference_iteration(case: Case):
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr)
     game = envs[0].game
 
-    def sequence_logp_and_value(prompt_ids, mm, out_ids, weights):
+    suppressed = list(encoder.suppressed_ids)  # as the fast path: special and image tokens are never sampled
+    bias = encoder.logit_bias(policy.lm_head_weight().shape[0], case.device, torch.float32)
+
+    def token_logp_and_value(prompt_ids, mm, out_ids):
         ids = torch.cat([prompt_ids, out_ids])[None].to(case.device)
         hidden = policy.hidden_states(ids, torch.ones_like(ids), **{k: v.to(case.device) for k, v in mm.items()})[0]
-        logits = (hidden @ policy.lm_head_weight().T).float()  # [L, V]: the whole vocabulary
+        logits = (hidden @ policy.lm_head_weight().T).float() + bias  # [L, V]: the whole vocabulary
         p = len(prompt_ids)
         token_logp = torch.log_softmax(logits[p - 1: -1], -1).gather(-1, out_ids[:, None].to(case.device))[:, 0]
-        return (token_logp * weights.to(case.device)).sum(), policy.value(hidden[p - 1][None]).float()[0]
+        return token_logp, policy.value(hidden[p - 1][None]).float()
 
     def value_of(i):
         prompt_ids, mm = encoder.encode(obs[i], task_prompt(game, infos[i], cot=True))
@@ -166,10 +175,12 @@ def reference_iteration(case: Case):
                                                                    device=case.device),
                                          **{k: v.to(case.device) for k, v in mm.items()}, do_sample=True,
                                          temperature=1.0, top_p=1.0, max_new_tokens=case.new_tokens,
-                                         min_new_tokens=case.new_tokens, pad_token_id=encoder.pad_id)
+                                         min_new_tokens=case.new_tokens, pad_token_id=encoder.pad_id,
+                                         suppress_tokens=suppressed)
                     out_ids = out[0, len(prompt_ids):].cpu()
                     weights = torch.tensor(action_token_weights(tokenizer, out_ids.tolist(), cfg.thought_coef))
-                    logp, value = sequence_logp_and_value(prompt_ids, mm, out_ids, weights)
+                    token_logp, value = token_logp_and_value(prompt_ids, mm, out_ids)
+                    logp = (token_logp * weights.to(case.device)).sum()
                 tokens += len(out_ids)
                 parsed = parse_action(game, tokenizer.decode(out_ids, skip_special_tokens=True))
                 action, extra = choose_action(parsed, game.num_actions, rng, "random", -1.0)
@@ -190,14 +201,15 @@ def reference_iteration(case: Case):
                 chunk = range(start, min(start + cfg.minibatch_size, len(samples)))
                 for j in chunk:  # one sample at a time, gradient accumulation
                     prompt_ids, mm, out_ids, weights, old_logp, old_value = samples[j]
-                    logp, value = sequence_logp_and_value(prompt_ids, mm, out_ids, weights)
-                    ratio = torch.exp(logp - old_logp).clamp(max=cfg.ratio_cap)
-                    adv = advantages[j].to(case.device)
-                    pg = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv)
-                    ret = returns[j].to(case.device)
-                    v_clipped = old_value + (value - old_value).clamp(-cfg.value_clip, cfg.value_clip)
-                    vf = 0.5 * torch.max((value - ret) ** 2, (v_clipped - ret) ** 2)
-                    ((pg + cfg.value_coef * vf) / len(chunk)).backward()
+                    token_logp, value = token_logp_and_value(prompt_ids, mm, out_ids)
+                    out = reference_ppo_loss(
+                        token_logp, weights.to(case.device), torch.tensor([0, len(out_ids)], device=case.device),
+                        torch.tensor([old_logp], device=case.device), advantages[j:j + 1].to(case.device),
+                        clip_eps=cfg.clip, ratio_cap=cfg.ratio_cap, values=value,
+                        old_values=torch.tensor([old_value], device=case.device),
+                        returns=returns[j:j + 1].to(case.device), value_clip=cfg.value_clip,
+                        value_coef=cfg.value_coef)
+                    (out.loss / len(chunk)).backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                 optimizer.step()
         return tokens

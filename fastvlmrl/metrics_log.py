@@ -1,6 +1,6 @@
 """The run's metrics: `metrics.jsonl` (one JSON object per line, flushed as written, so a killed
 run keeps its lines) and, with `log.tensorboard=true`, the same scalars as TensorBoard events in
-`runs/<name>/tensorboard/`."""
+`runs/<name>/tensorboard/sft/` (by SFT step) and `runs/<name>/tensorboard/ppo/` (by env step)."""
 
 from __future__ import annotations
 
@@ -10,41 +10,46 @@ from pathlib import Path
 import numpy as np
 
 
-def tensorboard_writer(log_dir: Path):
-    """A TensorBoard SummaryWriter, or a ValueError saying what to install."""
+def tensorboard_writer(log_dir: Path, purge_step: int | None = None):
+    """A TensorBoard SummaryWriter, or a ValueError saying what to install. purge_step: events at
+    or after it are dropped (a resumed run redoes them)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
         raise ValueError("log.tensorboard=true needs the tensorboard package: "
                          "pip install 'fastvlmrl[tensorboard]' (or set log.tensorboard=false)") from e
-    return SummaryWriter(log_dir=str(log_dir))
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
 
 class MetricsLog:
     """Appends records to metrics.jsonl; non-finite numbers are written as null (valid JSON)."""
 
-    def __init__(self, path: Path, tensorboard_dir: Path | None = None):
+    def __init__(self, path: Path, tensorboard_dir: Path | None = None, purge_step: int | None = None):
         self.path = path
-        self.writer = tensorboard_writer(tensorboard_dir) if tensorboard_dir is not None else None
+        self.writers = {}
+        if tensorboard_dir is not None:  # SFT and PPO count steps differently: one writer each
+            self.writers = {"sft": tensorboard_writer(tensorboard_dir / "sft"),
+                            "ppo": tensorboard_writer(tensorboard_dir / "ppo", purge_step)}
         self.file = path.open("a")
 
     def write(self, record: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in record.items()}
         self.file.write(json.dumps(clean) + "\n")
         self.file.flush()
-        if self.writer is not None:
-            # PPO records are placed by env steps, SFT records by SFT step
-            step = record.get("env_steps", record.get("sft/step", 0))
+        if self.writers:
+            ppo = "env_steps" in record
+            writer = self.writers["ppo" if ppo else "sft"]
+            step = record["env_steps"] if ppo else record.get("sft/step", 0)
             for key, value in record.items():
                 if key not in ("update", "env_steps", "sft/step") and isinstance(value, (int, float)) \
                         and not isinstance(value, bool) and np.isfinite(value):
-                    self.writer.add_scalar(key, value, step)
-            self.writer.flush()
+                    writer.add_scalar(key, value, step)
+            writer.flush()
 
     def close(self) -> None:
         self.file.close()
-        if self.writer is not None:
-            self.writer.close()
+        for writer in self.writers.values():
+            writer.close()
 
 
 def read_metrics(path: Path) -> list[dict]:

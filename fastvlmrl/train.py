@@ -13,6 +13,7 @@ evaluation on fresh seeds. Everything a run writes goes to runs/<name>/:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastvlmrl.config import Config, save_config
-from fastvlmrl.metrics_log import MetricsLog, read_metrics
+from fastvlmrl.metrics_log import MetricsLog
 
 
 def resolve_device(cfg: Config) -> torch.device:
@@ -48,15 +49,15 @@ def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor, re
     root = run_dir / "checkpoints"
     final = root / f"step_{update}"
     tmp = root / f".step_{update}.partial"
-    tmp.mkdir(parents=True, exist_ok=True)
+    if tmp.exists():  # left by a run killed while saving
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     policy.model.save_pretrained(tmp / "model")
     processor.save_pretrained(tmp / "model")
     save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
               tmp / "value_head.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "update": update, **(resume_state or {})}, tmp / "trainer_state.pt")
     if final.exists():
-        import shutil
-
         shutil.rmtree(final)
     tmp.rename(final)
     (root / "latest.tmp").write_text(final.name)
@@ -86,20 +87,27 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.out_dir) / cfg.run.name
+    tensorboard_dir = run_dir / "tensorboard" if cfg.log.tensorboard else None
     if resume:
         checkpoint = latest_checkpoint(run_dir)
         state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)
         if "envs" not in state:
             raise ValueError(f"{checkpoint} has no resume state (written by an older fastvlmrl): start a new run")
-        _truncate_metrics(run_dir / "metrics.jsonl", state["update"])
+        if cfg.ppo.updates < state["update"]:
+            raise ValueError(f"ppo.updates={cfg.ppo.updates} is below the {state['update']} updates {checkpoint} "
+                             "already made: give ppo.updates >= that to resume")
+        log = None  # opened once the run is restored: a failed resume leaves the directory as it was
     else:
         if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
-            raise ValueError(f"{run_dir} already holds a run: continue it with `fastvlmrl train resume={run_dir}`, "
-                             "or pick another run.name (or delete the directory)")
+            hint = (f"continue it with `fastvlmrl train resume={run_dir}`, or pick another run.name"
+                    if (run_dir / "checkpoints" / "latest").is_file() else
+                    "it stopped before its first checkpoint, so it cannot be resumed: delete the directory or "
+                    "pick another run.name")
+            raise ValueError(f"{run_dir} already holds a run: {hint}")
         torch.manual_seed(cfg.run.seed)
         run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    log = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.log.tensorboard else None)
+        save_config(cfg, run_dir / "config.yaml")
+        log = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir)
 
     if resume:
         policy, processor = load_checkpoint(cfg, checkpoint, device, dtype, trainable=True)
@@ -138,13 +146,19 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         optimizer.load_state_dict(state["optimizer"])
         obs = _restore(state, generator, player)
         first, env_steps = state["update"], state["env_steps"]
+        planned = state["planned_updates"]
+        del state  # the optimizer's CPU copy: as large as the optimizer state itself
+        _truncate_metrics(run_dir / "metrics.jsonl", first)
+        save_config(cfg, run_dir / "config.yaml")
+        log = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir, purge_step=env_steps + 1)
         print(f"resuming {run_dir} from {checkpoint.name} (update {first} of {cfg.ppo.updates})")
     else:
         obs = player.reset(cfg.run.seed)
-        first, env_steps = 0, 0
+        first, env_steps, planned = 0, 0, cfg.ppo.updates
     bar = tqdm(range(first, cfg.ppo.updates), desc="ppo", initial=first, total=cfg.ppo.updates)
     for update in bar:
-        lr = cosine_lr(update, cfg.ppo.updates, cfg.ppo.lr, cfg.ppo.lr_end)
+        # over the updates the run first planned: a run extended by resume holds lr_end after them
+        lr = cosine_lr(update, planned, cfg.ppo.lr, cfg.ppo.lr_end)
         for group in optimizer.param_groups:
             group["lr"] = lr
         storage = RolloutStorage(cfg.ppo.num_steps, cfg.env.num_envs)
@@ -164,13 +178,13 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         done = update + 1
         if done == cfg.ppo.updates or (cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0):
             save_checkpoint(run_dir, done, policy, optimizer, processor,
-                            _resume_state(done, env_steps, generator, player))
+                            _resume_state(planned, env_steps, generator, player))
             _draw_curves(run_dir)
 
     if cfg.ppo.updates == 0 or first >= cfg.ppo.updates:  # SFT only, or a finished run resumed
         if not (run_dir / "checkpoints" / f"step_{cfg.ppo.updates}").is_dir():
             save_checkpoint(run_dir, cfg.ppo.updates, policy, optimizer, processor,
-                            _resume_state(cfg.ppo.updates, env_steps, generator, player))
+                            _resume_state(planned, env_steps, generator, player))
     policy.eval()
     result = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -180,9 +194,10 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     return run_dir
 
 
-def _resume_state(update: int, env_steps: int, generator: torch.Generator, player) -> dict:
+def _resume_state(planned_updates: int, env_steps: int, generator: torch.Generator, player) -> dict:
     """What continues a run exactly, beyond the weights and the optimizer."""
     return {
+        "planned_updates": planned_updates,
         "env_steps": env_steps,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -196,7 +211,8 @@ def _restore(state: dict, generator: torch.Generator, player):
     """Put the RNGs, the player and the envs back as they were; returns the current frames."""
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+        for device, rng in enumerate(state["cuda_rng"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(rng, device)
     generator.set_state(state["minibatch_rng"])
     player.set_state(state["player"])
     obs, _ = player.envs.set_state(state["envs"])
@@ -208,7 +224,15 @@ def _truncate_metrics(path: Path, update: int) -> None:
     (a run killed after a checkpoint may have logged updates it will now redo)."""
     if not path.is_file():
         return
-    keep = [r for r in read_metrics(path) if r.get("update", -1) < update]
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):  # only the last line can be torn by a kill
+                raise ValueError(f"{path} line {number} is not JSON: repair or remove it, then resume") from None
+    keep = [r for r in records if r.get("update", -1) < update]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
     tmp.replace(path)
@@ -280,4 +304,5 @@ def evaluate_run(run_dir, overrides: list[str]) -> tuple[dict, Path]:
     envs.close()
     path = run_dir / "eval.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
+    _draw_curves(run_dir)
     return result, path

@@ -29,18 +29,28 @@ def test_lines_are_json_and_a_torn_line_is_skipped(tmp_path):
     assert out == tmp_path / "curves.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_tensorboard_events(tmp_path):
-    pytest.importorskip("tensorboard")
-    log = MetricsLog(tmp_path / "metrics.jsonl", tmp_path / "tb")
-    log.write({"update": 0, "env_steps": 64, "rollout/success_rate": 0.5, "actor/approx_kl": math.inf})
-    log.close()
+def _scalars(log_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(tmp_path / "tb"))
+    events = EventAccumulator(str(log_dir))
     events.Reload()
-    assert events.Tags()["scalars"] == ["rollout/success_rate"]
-    (scalar,) = events.Scalars("rollout/success_rate")
-    assert (scalar.step, scalar.value) == (64, 0.5)
+    return {tag: [(e.step, round(e.value, 6)) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_events_and_purge_on_resume(tmp_path):
+    pytest.importorskip("tensorboard")
+    log = MetricsLog(tmp_path / "metrics.jsonl", tmp_path / "tb")
+    log.write({"sft/step": 500, "sft/loss": 0.25})
+    for update, success in enumerate([0.5, 0.75, 0.9]):
+        log.write({"update": update, "env_steps": 64 * (update + 1), "rollout/success_rate": success,
+                   "actor/approx_kl": math.inf})
+    log.close()
+    # resumed from the checkpoint at 64 env steps: the updates after it are redone
+    log = MetricsLog(tmp_path / "metrics.jsonl", tmp_path / "tb", purge_step=65)
+    log.write({"update": 1, "env_steps": 128, "rollout/success_rate": 0.6})
+    log.close()
+    assert _scalars(tmp_path / "tb" / "ppo") == {"rollout/success_rate": [(64, 0.5), (128, 0.6)]}
+    assert _scalars(tmp_path / "tb" / "sft") == {"sft/loss": [(500, 0.25)]}
 
 
 def test_missing_tensorboard_is_a_clear_error(tmp_path, monkeypatch):

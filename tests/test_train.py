@@ -19,7 +19,8 @@ def test_train_writes_the_run_directory_then_eval_reloads_it(tmp_path, capsys):
     run = tmp_path / "toy"
     assert (run / "config.yaml").is_file()
     assert (run / "curves.png").stat().st_size > 0
-    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
+    for phase in ("sft", "ppo"):
+        assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard" / phase).iterdir())
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     updates = [r for r in lines if "update" in r]
     assert [r["update"] for r in updates] == [0, 1]
@@ -84,10 +85,13 @@ def _comparable(records):
     return [{k: v for k, v in r.items() if not k.startswith(("timing/", "throughput/"))} for r in records]
 
 
-def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch):
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, lora):
+    """With LoRA, dropout draws from torch's RNG during the update: its state must be restored too."""
     import fastvlmrl.train as train_module
 
-    args = [*TOY, "ppo.updates=4", "log.checkpoint_every=2", "sampling.temperature=1.0", "model.lora_dropout=0.5"]
+    args = [*TOY, "ppo.updates=4", "log.checkpoint_every=2", "sampling.temperature=1.0", f"model.lora={lora}",
+            "model.lora_r=4", "model.lora_alpha=8", "model.lora_dropout=0.5"]
     assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=whole"]) == 0
 
     save = train_module.save_checkpoint
@@ -129,7 +133,14 @@ def test_resume_with_lora_and_errors(tmp_path, capsys):
     assert "already holds a run: continue it with `fastvlmrl train resume=" in capsys.readouterr().err
     assert main(["train", f"resume={tmp_path / 'nothing'}"]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+    assert main(["train", f"resume={run}", "env.num_envs=4"]) == 2
+    assert "only ppo.updates, eval., log., run.threads... can be changed, not env.num_envs" in capsys.readouterr().err
+    assert main(["train", f"resume={run}", "ppo.updates=1"]) == 2
+    assert "ppo.updates=1 is below the 2 updates" in capsys.readouterr().err
     (tmp_path / "early").mkdir()
     (tmp_path / "early" / "config.yaml").write_text((run / "config.yaml").read_text())
     assert main(["train", f"resume={tmp_path / 'early'}"]) == 2
     assert "cannot be resumed" in capsys.readouterr().err
+    (tmp_path / "early" / "metrics.jsonl").write_text("")
+    assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=early"]) == 2
+    assert "stopped before its first checkpoint, so it cannot be resumed" in capsys.readouterr().err

@@ -30,7 +30,7 @@ def load_processor(path: str) -> Any:
     try:
         if tok_cfg.get("tokenizer_class") == CharTokenizer.__name__:
             processor = _assembled_processor(path, lambda: CharTokenizer.from_pretrained(path))
-        elif not is_torchvision_available() and _processor_class(path) in _VIDEO_PROCESSOR_CLASSES:
+        elif not is_torchvision_available() and _needs_video_processor(path):
             processor = _assembled_processor(path, lambda: AutoTokenizer.from_pretrained(path, local_files_only=True))
         else:
             processor = AutoProcessor.from_pretrained(path, local_files_only=True)
@@ -54,14 +54,19 @@ def chat_prompt(processor: Any, task_text: str) -> str:
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-# Processors whose video processor needs torchvision in transformers 5 (Qwen2-VL, Qwen2.5-VL).
-# Frames are images: without torchvision they are assembled with no video processor.
-_VIDEO_PROCESSOR_CLASSES = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
-
-
 def _processor_class(path: str) -> str | None:
-    return _read_json(os.path.join(path, "processor_config.json")).get("processor_class") or _read_json(
-        os.path.join(path, "preprocessor_config.json")).get("processor_class")
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        found = _read_json(os.path.join(path, name)).get("processor_class")
+        if found:
+            return found
+    return None
+
+
+def _needs_video_processor(path: str) -> bool:
+    """Whether the directory's processor class has a video processor (in transformers 5 those need
+    torchvision: Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT-Video, ...)."""
+    cls = getattr(transformers, _processor_class(path) or "", None)
+    return cls is not None and "video_processor" in cls.get_attributes()
 
 
 def _assembled_processor(path: str, load_tokenizer) -> Any:
