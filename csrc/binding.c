@@ -495,14 +495,53 @@ static PyObject *Batch_render(Batch *self, PyObject *args) {
 
 typedef struct {
     uint32_t magic, version, game, num_envs, env_size, num_actions;
+    uint32_t layout[3]; /* sizes of the game structs: a build with another layout is refused */
 } SnapshotHeader;
 
 static int is_formula_game(int game) { return game == GAME_EZPOINTS || game == GAME_POINTS24; }
 
+static int in_range(int v, int lo, int hi) { return v >= lo && v <= hi; }
+
+/* Whether a restored env holds values the game code can index with safely (a damaged checkpoint
+ * file must give an error, not out-of-bounds writes). */
+static int snapshot_env_ok(const Batch *b, const Env *e) {
+    if (!(e->rng.inc & 1u) || !in_range(e->needs_reset, 0, 1)) return 0;
+    switch (b->game) {
+        case GAME_NUMBERLINE:
+            return in_range(e->g.nl.target, 0, NUMBERLINE_MAX_POSITION) &&
+                   in_range(e->g.nl.current, 0, NUMBERLINE_MAX_POSITION) && in_range(e->g.nl.steps, 0, 1 << 20);
+        case GAME_BLACKJACK: {
+            const Blackjack *g = &e->g.bj;
+            if (!in_range(g->ndealer, 0, BLACKJACK_MAX_DEALER) || !in_range(g->nplayer, 0, BLACKJACK_MAX_PLAYER) ||
+                !in_range(g->steps, 0, 1 << 20))
+                return 0;
+            for (int i = 0; i < g->ndealer; i++)
+                if (!in_range(g->dealer[i], 0, 51)) return 0;
+            for (int i = 0; i < g->nplayer; i++)
+                if (!in_range(g->player[i], 0, 51)) return 0;
+            return 1;
+        }
+        default: {
+            const Formula *f = &e->g.fm;
+            if (!in_range(f->ncards, 0, MAX_CARDS) || !in_range(f->flen, 0, MAX_FORMULA) ||
+                !in_range(f->used, 0, f->ncards) || !in_range(f->text_len, 0, 4 * MAX_FORMULA) ||
+                !in_range(f->steps, 0, 1 << 20))
+                return 0;
+            for (int i = 0; i < f->ncards; i++)
+                if (!in_range(f->rank[i], 1, 13) || !in_range(f->suit[i], 0, 3) || !in_range(f->value[i], 1, 13))
+                    return 0;
+            for (int i = 0; i < f->flen; i++)
+                if (!in_range(f->tokens[i], TOK_EQUALS, 13) || f->tokens[i] == 0) return 0;
+            return 1;
+        }
+    }
+}
+
 static PyObject *Batch_get_state(Batch *self, PyObject *unused) {
     if (check_open(self)) return NULL;
     SnapshotHeader h = {SNAPSHOT_MAGIC, SNAPSHOT_VERSION, (uint32_t)self->game, (uint32_t)self->num_envs,
-                        (uint32_t)sizeof(Env), (uint32_t)self->num_actions};
+                        (uint32_t)sizeof(Env), (uint32_t)self->num_actions,
+                        {(uint32_t)sizeof(NumberLine), (uint32_t)sizeof(Formula), (uint32_t)sizeof(Blackjack)}};
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(sizeof h + (size_t)self->num_envs * sizeof(Env)));
     if (!out) return NULL;
     char *p = PyBytes_AS_STRING(out);
@@ -535,7 +574,9 @@ static PyObject *Batch_set_state(Batch *self, PyObject *args) {
     memcpy(&h, blob.buf, sizeof h);
     const char *why = NULL;
     if (h.magic != SNAPSHOT_MAGIC) why = "not an env snapshot";
-    else if (h.version != SNAPSHOT_VERSION || h.env_size != sizeof(Env)) why = "a snapshot from another version of fastvlmrl";
+    else if (h.version != SNAPSHOT_VERSION || h.env_size != sizeof(Env) || h.layout[0] != sizeof(NumberLine) ||
+             h.layout[1] != sizeof(Formula) || h.layout[2] != sizeof(Blackjack))
+        why = "a snapshot from another version of fastvlmrl";
     else if (h.game != (uint32_t)self->game || h.num_actions != (uint32_t)self->num_actions)
         why = "a snapshot of another game (or other game options)";
     else if (h.num_envs != (uint32_t)self->num_envs) why = "a snapshot of a batch with another number of envs";
@@ -558,14 +599,40 @@ static PyObject *Batch_set_state(Batch *self, PyObject *args) {
         PyBuffer_Release(&obs);
         return NULL;
     }
+    Env *restored = (Env *)PyMem_Malloc((size_t)n * sizeof(Env));
+    if (!restored) {
+        PyBuffer_Release(&blob);
+        PyBuffer_Release(&obs);
+        PyBuffer_Release(&state);
+        return PyErr_NoMemory();
+    }
+    for (int i = 0; i < self->num_envs; i++) { /* all checked before any is replaced */
+        Env *e = &restored[i];
+        memcpy(e, (const char *)blob.buf + sizeof h + (size_t)i * sizeof(Env), sizeof *e);
+        if (is_formula_game(self->game)) { /* the game's settings come from this batch, not the file */
+            const Formula *live = &self->envs[i].g.fm;
+            e->g.fm.operators = live->operators;
+            e->g.fm.num_operators = live->num_operators;
+            e->g.fm.num_numbers = live->num_numbers;
+            e->g.fm.target = live->target;
+            e->g.fm.max_len = live->max_len;
+        }
+        e->stale = 1;
+        if (!snapshot_env_ok(self, e)) {
+            PyErr_Format(PyExc_ValueError, "cannot restore the envs: env %d of the snapshot holds impossible values "
+                         "(a damaged checkpoint?)", i);
+            PyMem_Free(restored);
+            PyBuffer_Release(&blob);
+            PyBuffer_Release(&obs);
+            PyBuffer_Release(&state);
+            return NULL;
+        }
+    }
     for (int i = 0; i < self->num_envs; i++) {
-        Env e;
-        memcpy(&e, (const char *)blob.buf + sizeof h + (size_t)i * sizeof(Env), sizeof e);
-        if (is_formula_game(self->game)) e.g.fm.operators = self->envs[i].g.fm.operators;
-        e.stale = 1;
-        self->envs[i] = e;
+        self->envs[i] = restored[i];
         env_state(self, &self->envs[i], (int32_t *)state.buf + (size_t)i * STATE_DIM);
     }
+    PyMem_Free(restored);
     Work w = {.b = self, .obs = (uint8_t *)obs.buf};
     run_batch(self, render_range, &w);
     remember_frames(self, obs_obj, obs.buf);

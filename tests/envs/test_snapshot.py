@@ -61,3 +61,22 @@ def test_points24_options_must_match():
     b = make_batch("Points24", 2, height=48, width=48, face_cards_as_10=False)
     with pytest.raises(ValueError, match="game options"):
         b.set_state(a.get_state())
+
+
+@pytest.mark.parametrize("game", ["NumberLine", "EZPoints", "Blackjack"])
+def test_damaged_snapshot_is_refused_and_the_batch_is_unchanged(game):
+    """Impossible values (a damaged file) give an error before any env is replaced."""
+    envs = make_batch(game, 3, height=48, width=48)
+    envs.reset(seed=0)
+    good = envs.get_state()
+    before = [envs.describe(i) for i in range(3)]
+    header = 36  # 9 uint32
+    env_size = (len(good["batch"]) - header) // 3
+    damaged = bytearray(good["batch"])
+    # the last env's game fields start after its RNG (16 bytes) and two ints: fill them with 0x7f
+    start = header + 2 * env_size + 24
+    damaged[start:start + 16] = b"\x7f" * 16
+    with pytest.raises(ValueError, match="env 2 of the snapshot holds impossible values"):
+        envs.set_state({**good, "batch": bytes(damaged)})
+    assert [envs.describe(i) for i in range(3)] == before
+    envs.set_state(good)
