@@ -87,6 +87,7 @@ class PPOConfig:
     minibatch_size: int = 32  # samples per optimizer step (RL4VLM: 1 sample x 128 accumulation)
     lr: float = 1e-5
     lr_end: float = 0.0  # cosine decay to this over the planned updates (no restart)
+    warmup_updates: int = 0  # linear ramp of the learning rate over the first updates
     clip: float = 0.1
     ratio_cap: float = 10.0
     value_clip: float = 0.1
@@ -259,7 +260,7 @@ def validate(cfg: Config) -> None:
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
     for key, value in {"sft.steps": cfg.sft.steps, "ppo.updates": cfg.ppo.updates,
-                       "log.checkpoint_every": cfg.log.checkpoint_every,
+                       "log.checkpoint_every": cfg.log.checkpoint_every, "ppo.warmup_updates": cfg.ppo.warmup_updates,
                        "run.threads": cfg.run.threads}.items():
         if value < 0:
             raise ConfigError(f"{key} must be 0 or more, got {value}")

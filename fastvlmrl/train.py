@@ -158,7 +158,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     bar = tqdm(range(first, cfg.ppo.updates), desc="ppo", initial=first, total=cfg.ppo.updates)
     for update in bar:
         # over the updates the run first planned: a run extended by resume holds lr_end after them
-        lr = cosine_lr(update, planned, cfg.ppo.lr, cfg.ppo.lr_end)
+        lr = cosine_lr(update, planned, cfg.ppo.lr, cfg.ppo.lr_end, cfg.ppo.warmup_updates)
         for group in optimizer.param_groups:
             group["lr"] = lr
         storage = RolloutStorage(cfg.ppo.num_steps, cfg.env.num_envs)

@@ -73,10 +73,14 @@ def forward_logp_and_values(policy, batch: PackedBatch, temperature: float, logi
     return token_logp, policy.value(last_prompt)
 
 
-def cosine_lr(update: int, total: int, lr: float, lr_end: float) -> float:
-    """Cosine decay from lr to lr_end over the planned updates, held at lr_end after (no restart)."""
+def cosine_lr(update: int, total: int, lr: float, lr_end: float, warmup: int = 0) -> float:
+    """Cosine decay from lr to lr_end over the planned updates, held at lr_end after (no restart).
+    With warmup > 0 the first `warmup` updates ramp linearly up to the schedule (Adam's first
+    steps move every weight by about lr whatever its gradient: a ramp keeps them from undoing
+    the warm start)."""
     progress = min(update / max(total, 1), 1.0)
-    return lr_end + 0.5 * (lr - lr_end) * (1 + math.cos(math.pi * progress))
+    value = lr_end + 0.5 * (lr - lr_end) * (1 + math.cos(math.pi * progress))
+    return value * min(1.0, (update + 1) / warmup) if warmup > 0 else value
 
 
 def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: float, pad_id: int,

@@ -111,3 +111,10 @@ def test_cosine_schedule_decays_without_restart():
     assert cosine_lr(10, 10, 1e-3, 1e-6) == pytest.approx(1e-6)
     assert cosine_lr(15, 10, 1e-3, 1e-6) == pytest.approx(1e-6)
     assert math.isclose(cosine_lr(2, 10, 1.0, 0.0), 0.5 * (1 + math.cos(math.pi * 0.2)))
+
+
+def test_warmup_ramps_into_the_cosine_schedule():
+    assert cosine_lr(0, 10, 1.0, 0.0, warmup=4) == pytest.approx(0.25 * cosine_lr(0, 10, 1.0, 0.0))
+    assert cosine_lr(2, 10, 1.0, 0.0, warmup=4) == pytest.approx(0.75 * cosine_lr(2, 10, 1.0, 0.0))
+    assert cosine_lr(3, 10, 1.0, 0.0, warmup=4) == pytest.approx(cosine_lr(3, 10, 1.0, 0.0))
+    assert cosine_lr(7, 10, 1.0, 0.0, warmup=4) == pytest.approx(cosine_lr(7, 10, 1.0, 0.0))
