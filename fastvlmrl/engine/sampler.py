@@ -54,7 +54,7 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleOutput:
         for i, s in enumerate(seqs):
             if s.sampling.suppress_token_ids:
                 logits[i, list(s.sampling.suppress_token_ids)] = float("-inf")
-    temps = torch.tensor([s.sampling.temperature or 1.0 for s in seqs], device=device)
+    temps = torch.tensor([s.sampling.logprob_temperature for s in seqs], device=device)
     base_logprobs = torch.log_softmax(logits / temps[:, None], dim=-1)
 
     processed = apply_repetition_penalty(logits, seqs)

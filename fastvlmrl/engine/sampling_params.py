@@ -57,6 +57,12 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    @property
+    def logprob_temperature(self) -> float:
+        """The temperature the reported (and trained) log-probs are taken at: the sampling
+        temperature, or 1 for greedy decoding, whose argmax has no temperature of its own."""
+        return self.temperature or 1.0
+
     def for_index(self, i: int) -> SamplingParams:
         """The params of request ``i`` of a batch that shares this object (seed + i)."""
         if self.seed is None or i == 0:
