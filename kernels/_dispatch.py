@@ -122,12 +122,42 @@ _TWINS: dict[int, object] = {}
 _SWAP_LOCK = threading.RLock()
 
 
+#
+# The interpreter also patches triton.language itself while a kernel runs (tl.load, tensor
+# methods, tl.range, dtype.to_ir, ...). It undoes that for the kernel, but not for @triton.jit
+# helper functions the kernel calls (InterpretedFunction.__call__ never restores its patches), so
+# one interpreted run would leave triton.language patched for the whole process and every later
+# compiled kernel fails to build. The namespaces the interpreter patches are therefore
+# snapshotted before an interpreted run and put back after it.
+def _language_namespaces() -> list:
+    import triton.language as tl
+
+    return [tl, tl.core, tl.math, tl.standard, tl.core.tensor, tl.core.dtype, tl.core.condition,
+            tl.core.tensor_descriptor_base]
+
+
+def _snapshot(namespaces: list) -> list[tuple[object, dict]]:
+    return [(ns, dict(vars(ns))) for ns in namespaces]
+
+
+def _restore(snapshot: list[tuple[object, dict]]) -> None:
+    """Put back every member that was replaced. Names the interpreter added stay: its rewritten
+    helper functions look up names it injects into their module's globals, and an added name
+    shadows nothing a compiled kernel uses."""
+    for ns, before in snapshot:
+        now = vars(ns)
+        for name, member in before.items():
+            if now.get(name) is not member:
+                setattr(ns, name, member)
+
+
 @contextlib.contextmanager
 def _interpreted_triton_language():
     import triton.language as tl
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
+    snapshot = _snapshot(_language_namespaces())
     swapped = []
     for namespace in (tl, tl.standard, tl.math, tl.core):
         for name, member in list(vars(namespace).items()):
@@ -142,6 +172,7 @@ def _interpreted_triton_language():
     finally:
         for namespace, name, member in reversed(swapped):
             setattr(namespace, name, member)
+        _restore(snapshot)
 
 
 def _in_interpreter_scope(run):

@@ -51,6 +51,23 @@ def test_cpu_with_env_var_runs_the_triton_kernels(monkeypatch):
 
 
 @pytest.mark.skipif(not K.HAS_TRITON, reason="triton not installed")
+def test_interpreted_kernels_leave_triton_language_as_they_found_it():
+    """Triton's interpreter patches triton.language while a kernel runs and does not undo it for
+    @triton.jit helpers (the PPO kernels call two, tl.sum/tl.max are others): left patched, every
+    later compiled kernel in the process failed to build (tests/kernels/test_compile.py after
+    tests/engine's interpreter test)."""
+    from fastvlmrl.kernels._dispatch import _language_namespaces
+
+    namespaces = _language_namespaces()
+    before = [dict(vars(ns)) for ns in namespaces]
+    small_calls()  # TRITON_INTERPRET=1 (tests/kernels/conftest.py): every op through the interpreter
+    for ns, members in zip(namespaces, before):
+        now = vars(ns)
+        changed = sorted(n for n in set(members) | set(now) if members.get(n) is not now.get(n))
+        assert not changed, f"{ns.__name__} changed: {changed[:8]}"
+
+
+@pytest.mark.skipif(not K.HAS_TRITON, reason="triton not installed")
 def test_float64_always_takes_the_reference(monkeypatch):
     for module in OP_MODULES:
         monkeypatch.setattr(module, "load_jit", lambda name: pytest.fail("float64 reached Triton"))
