@@ -123,6 +123,7 @@ def cmd_train(args) -> int:
     resume=RUN_DIR; print where the run went."""
     from pathlib import Path
 
+    from fastvlmrl.checkpoint import check_resume_overrides
     from fastvlmrl.config import load_config
     from fastvlmrl.train import train
 
@@ -132,19 +133,11 @@ def cmd_train(args) -> int:
     overrides = [a for a in args.settings if not a.startswith("resume=")]
     if len(resumes) > 1 or (overrides and "=" not in overrides[0]):
         raise ValueError("resume=RUN_DIR takes the run's own config: give one run directory and only key=value overrides")
-    changed = [o.split("=", 1)[0] for o in overrides if not o.split("=", 1)[0].startswith(RESUMABLE)]
-    if changed:
-        raise ValueError(f"resume continues a run with its own settings: only {', '.join(RESUMABLE)}... can be "
-                         f"changed, not {', '.join(changed)}")
+    check_resume_overrides(overrides)
     run_dir = Path(resumes[0].removeprefix("resume="))
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
     return _report(train(load_config(run_dir / "config.yaml", overrides), run_dir=run_dir, resume=True))
-
-
-# What `train resume=` may change: the length of the run and how it is logged and evaluated; the
-# rest would make the continuation a different run.
-RESUMABLE = ("ppo.updates", "eval.", "log.", "run.threads")
 
 
 def _report(run_dir) -> int:
@@ -166,7 +159,7 @@ def cmd_sft(args) -> int:
 
 def cmd_eval(args) -> int:
     """Evaluate a run's latest checkpoint on fresh seeds; writes eval.json into the run directory."""
-    from fastvlmrl.train import evaluate_run
+    from fastvlmrl.evaluate import evaluate_run
 
     result, path = evaluate_run(args.run_dir, list(args.settings))
     print(json.dumps(result))

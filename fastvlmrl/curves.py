@@ -59,3 +59,12 @@ def plot_curves(run_dir: Path, out: Path | None = None) -> Path:
     plt.close(fig)
     tmp.replace(out)
     return out
+
+
+def redraw_curves(run_dir: Path) -> None:
+    """curves.png during a run or after an evaluation: a plotting failure is reported, never
+    fatal (the run's results matter more than its picture)."""
+    try:
+        plot_curves(run_dir)
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        print(f"warning: could not draw {Path(run_dir) / 'curves.png'}: {error}")

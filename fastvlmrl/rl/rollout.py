@@ -19,7 +19,7 @@ from fastvlmrl.engine import Request, SamplingParams
 from fastvlmrl.envs.parse import choose_action, parse_action
 from fastvlmrl.envs.prompts import task_prompt
 from fastvlmrl.rl.storage import RolloutStorage, Transition
-from fastvlmrl.rl.token_weights import action_token_weights
+from fastvlmrl.rl.token_weights import action_token_mask
 
 
 @dataclass
@@ -43,12 +43,11 @@ class EpisodeStats:
 
 class Player:
     def __init__(self, policy, engine, encoder, envs, *, cot: bool, style: str, sampling, illegal_action: str,
-                 illegal_penalty: float, thought_coef: float, seed: int, ignore_eos: bool = False):
+                 illegal_penalty: float, seed: int, ignore_eos: bool = False):
         self.policy, self.engine, self.encoder, self.envs = policy, engine, encoder, envs
         self.game = envs.game
         self.cot, self.style, self.sampling = cot, style, sampling
         self.illegal_action, self.illegal_penalty = illegal_action, illegal_penalty
-        self.thought_coef = thought_coef
         self.ignore_eos = ignore_eos  # benchmarks: every output runs to max_new_tokens
         self.rng = np.random.default_rng(seed)
         self.seed = seed
@@ -87,8 +86,9 @@ class Player:
         return self.policy.value(torch.stack([g.hidden_state for g in gens]).to(head_dtype)).float()
 
     @torch.no_grad()
-    def step(self, obs, temperature: float, stats: EpisodeStats):
-        """One env step for every env: (transitions, rewards for PPO, dones, new obs, step infos)."""
+    def step(self, obs, temperature: float, stats: EpisodeStats, record: bool = True):
+        """One env step for every env: (transitions, rewards for PPO, dones, new obs, step infos).
+        record=False (evaluation) keeps no transitions and skips the action/thought token split."""
         infos = [self.envs.describe(i) for i in range(self.envs.num_envs)]
         requests = self._requests(obs, infos)
         gens = self._generate(requests, temperature, self.sampling.max_new_tokens)
@@ -103,12 +103,13 @@ class Player:
             stats.legal += int(parsed.legal)
             stats.outputs += 1
             stats.tokens += len(gen.token_ids)
-            out = torch.tensor(gen.token_ids, dtype=torch.long)
-            weights = torch.tensor(action_token_weights(self.encoder.tokenizer, gen.token_ids, self.thought_coef),
-                                   dtype=torch.float32)
-            logp = float((torch.tensor(gen.logprobs, dtype=torch.float32) * weights).sum())
-            transitions.append(Transition(torch.as_tensor(req.prompt_token_ids).long(), req.mm_inputs, out, weights,
-                                          logp, float(values[i])))
+            if record:
+                is_action = action_token_mask(self.encoder.tokenizer, gen.token_ids)
+                transitions.append(Transition(
+                    torch.as_tensor(req.prompt_token_ids).long(), req.mm_inputs,
+                    torch.tensor(gen.token_ids, dtype=torch.long),
+                    logprobs=torch.tensor(gen.logprobs, dtype=torch.float32),
+                    is_action=torch.tensor(is_action, dtype=torch.bool), value=float(values[i])))
         obs, rewards, terminated, truncated, step_infos = self.envs.step(actions)
         self.episode_return += rewards
         self.episode_length += 1
@@ -164,7 +165,7 @@ class Player:
         with tqdm(total=episodes, desc=desc, leave=False) as bar:
             while len(stats.returns) < episodes:
                 done_before = len(stats.returns)
-                _, _, _, _, obs, _ = self.step(obs, temperature, stats)
+                _, _, _, _, obs, _ = self.step(obs, temperature, stats, record=False)
                 bar.update(min(len(stats.returns), episodes) - min(done_before, episodes))
                 bar.set_postfix(success=f"{stats.summary()['rollout/success_rate']:.3f}")
         summary = stats.summary()

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from fastvlmrl.envs.oracles import oracle_step
 from fastvlmrl.envs.prompts import task_prompt
 from fastvlmrl.envs.vector import make_batch
-from fastvlmrl.rl.ppo import forward_logp_and_values, pack
+from fastvlmrl.rl.batch import forward_logp_and_values, pack
 from fastvlmrl.rl.storage import Transition
 
 
@@ -55,10 +55,12 @@ def make_demos(game: str, count: int, *, noise: float = 0.0, seed: int = 0, cot:
 
 
 def demo_transition(encoder, demo: Demo) -> Transition:
-    """A demonstration as a packed-batch sample: the prompt, and the reply plus EOS as the output."""
+    """A demonstration as a packed-batch sample: the prompt, and the reply plus EOS as the output
+    (no rollout log-probs or value: SFT's loss is the cross-entropy of every reply token)."""
     prompt_ids, mm = encoder.encode(demo.frame, demo.task)
     reply_ids = encoder.reply_ids(demo.reply)
-    return Transition(prompt_ids, mm, reply_ids, torch.ones(len(reply_ids)), 0.0, 0.0)
+    return Transition(prompt_ids, mm, reply_ids, logprobs=torch.zeros(len(reply_ids)),
+                      is_action=torch.ones(len(reply_ids), dtype=torch.bool), value=0.0)
 
 
 def sft_lr(step: int, total: int, lr: float, warmup: int) -> float:
@@ -72,7 +74,7 @@ def sft_lr(step: int, total: int, lr: float, warmup: int) -> float:
 def sft_train(policy, encoder, demos: list[Demo], cfg, *, device, seed: int = 0, log=None,
               logit_bias: torch.Tensor | None = None) -> list[float]:
     """cfg.steps steps of cross-entropy on the replies (prompt tokens carry no loss); losses per step.
-    logit_bias: see ppo.forward_logp_and_values (tokens the sampler never emits)."""
+    logit_bias: see rl.batch.forward_logp_and_values (tokens the sampler never emits)."""
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
     rng = np.random.default_rng(seed)

@@ -16,8 +16,8 @@ class Transition:
     prompt_ids: torch.Tensor  # [P] int64, image placeholder tokens included
     mm: dict  # the sample's image inputs (e.g. pixel_values [1, 3, S, S]), batched by concatenation
     output_ids: torch.Tensor  # [O] int64
-    token_weight: torch.Tensor  # [O] float32: λ on thought tokens, 1 on action tokens
-    logp: float  # λ-weighted sequence log-prob at the sampling temperature, at rollout time
+    logprobs: torch.Tensor  # [O] float32: each output token's log-prob at rollout time (sampling temperature)
+    is_action: torch.Tensor  # [O] bool: the token belongs to the action part of the reply (the rest is thought)
     value: float  # V(state) at rollout time
 
 

@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from fastvlmrl.config import PPOConfig
-from fastvlmrl.rl.ppo import cosine_lr, forward_logp_and_values, pack, ppo_update
+from fastvlmrl.rl.batch import forward_logp_and_values, pack
+from fastvlmrl.rl.ppo import cosine_lr, ppo_update, sequence_logp
 from fastvlmrl.rl.storage import RolloutStorage, Transition
+from fastvlmrl.rl.token_weights import token_weights
 
 V, H = 23, 16
 
@@ -39,19 +41,25 @@ class TinyPolicy(nn.Module):
         return self.value_head(h).squeeze(-1).float()
 
 
-def _rollout(policy, n=6, temperature=0.7, weights=0.5):
+LAMBDA = PPOConfig().thought_coef  # the λ ppo_update weights thoughts by in these tests
+
+
+def _rollout(policy, n=6, temperature=0.7):
+    """Transitions whose rollout log-probs are the policy's own; the last output token is the action."""
     g = torch.Generator().manual_seed(1)
     transitions = []
     for i in range(n):
         prompt = torch.randint(1, V, (3 + i % 3,), generator=g)
         out = torch.randint(1, V, (1 + i % 4,), generator=g)
-        w = torch.full((len(out),), weights)
-        w[-1] = 1.0
-        t = Transition(prompt, {"pixel_values": torch.randn(1, 3, 2, 2, generator=g)}, out, w, 0.0, 0.0)
+        is_action = torch.zeros(len(out), dtype=torch.bool)
+        is_action[-1] = True
+        t = Transition(prompt, {"pixel_values": torch.randn(1, 3, 2, 2, generator=g)}, out,
+                       logprobs=torch.zeros(len(out)), is_action=is_action, value=0.0)
         batch = pack([t], 0, "cpu")
         with torch.no_grad():
             lp, v = forward_logp_and_values(policy, batch, temperature)
-        t.logp, t.value = float((lp * w).sum()), float(v[0])
+        t.logprobs, t.value = lp, float(v[0])
+        t.logp = float(sequence_logp(t, LAMBDA))  # the λ-weighted sequence log-prob, for the assertions
         transitions.append(t)
     return transitions
 
@@ -64,7 +72,7 @@ def test_training_forward_reproduces_rollout_logprobs_in_a_padded_batch():
         lp, values = forward_logp_and_values(policy, batch, 0.7)
     seq = torch.zeros(len(transitions)).index_add_(
         0, torch.repeat_interleave(torch.arange(len(transitions)), torch.diff(batch.cu_seqlens).long()),
-        lp * batch.token_weight)
+        lp * token_weights(batch.is_action, LAMBDA))
     torch.testing.assert_close(seq, torch.tensor([t.logp for t in transitions]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(values, torch.tensor([t.value for t in transitions]), atol=1e-5, rtol=1e-5)
 
@@ -94,7 +102,7 @@ def test_positive_advantage_raises_the_output_probability():
 def test_non_finite_minibatch_is_skipped_and_counted():
     policy = TinyPolicy()
     transitions = _rollout(policy, n=4)
-    transitions[0].logp = float("nan")
+    transitions[0].logprobs[0] = float("nan")  # a NaN rollout log-prob: the old sequence log-prob is NaN
     before = [p.detach().clone() for p in policy.parameters()]
     cfg = PPOConfig(epochs=1, minibatch_size=4)
     opt = torch.optim.Adam(policy.parameters(), lr=1e-2)

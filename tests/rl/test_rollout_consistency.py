@@ -11,9 +11,11 @@ from fastvlmrl.envs.vector import make_batch
 from fastvlmrl.kernels import ppo_clip_loss
 from fastvlmrl.models import load_policy
 from fastvlmrl.models.encoder import PromptEncoder
-from fastvlmrl.rl.ppo import forward_logp_and_values, pack
+from fastvlmrl.rl.batch import forward_logp_and_values, pack
+from fastvlmrl.rl.ppo import sequence_logp
 from fastvlmrl.rl.rollout import Player
 from fastvlmrl.rl.storage import RolloutStorage
+from fastvlmrl.rl.token_weights import token_weights
 
 
 def test_first_ratio_is_one_and_values_match():
@@ -25,7 +27,7 @@ def test_first_ratio_is_one_and_values_match():
                             image_token_ids=(policy.hf_model.config.image_token_id,))
     envs = make_batch("Points24", 5, autoreset_mode="SameStep", height=96, width=96)
     player = Player(policy, Engine(policy.model, processor), encoder, envs, cot=True, style="short",
-                    sampling=cfg.sampling, illegal_action="random", illegal_penalty=-1.0, thought_coef=0.5, seed=3)
+                    sampling=cfg.sampling, illegal_action="random", illegal_penalty=-1.0, seed=3)
     envs.reset(seed=0)
     obs, *_ = envs.step(np.array([0, 10, 10, 14, 16]))  # different formulas: prompts of different lengths
     storage = RolloutStorage(2, 5)
@@ -37,8 +39,9 @@ def test_first_ratio_is_one_and_values_match():
     with torch.no_grad():
         bias = encoder.logit_bias(policy.lm_head_weight().shape[0], "cpu", torch.float32)
         token_logp, values = forward_logp_and_values(policy, batch, 0.7, bias)
-    old = torch.tensor([t.logp for t in transitions])
-    out = ppo_clip_loss(token_logp, batch.token_weight, batch.cu_seqlens, old, torch.randn(len(transitions)))
+    old = torch.stack([sequence_logp(t, 0.5) for t in transitions])
+    out = ppo_clip_loss(token_logp, token_weights(batch.is_action, 0.5), batch.cu_seqlens, old,
+                        torch.randn(len(transitions)))
     assert abs(float(out.ratio_mean) - 1) < 1e-4 and float(out.approx_kl) < 1e-6
     torch.testing.assert_close(values, torch.tensor([t.value for t in transitions]), atol=1e-4, rtol=1e-4)
     envs.close()

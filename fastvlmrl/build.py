@@ -1,0 +1,56 @@
+"""A run's parts put together from its config, the same way for training, evaluation and the
+benchmarks: the device and dtype, the prompt encoder, and the player (the rollout engine over
+the policy's own weights, the C batch of games, the encoder)."""
+
+from __future__ import annotations
+
+import torch
+
+from fastvlmrl.config import Config
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    if cfg.run.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(cfg.run.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("run.device is cuda but no CUDA device is available: use run.device=cpu")
+    return device
+
+
+def resolve_dtype(cfg: Config, device: torch.device) -> torch.dtype:
+    if cfg.model.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, cfg.model.dtype)
+
+
+def build_encoder(policy, processor, dtype: torch.dtype):
+    """The PromptEncoder for this policy: its family's image inputs, its placeholder tokens suppressed."""
+    from fastvlmrl.engine.families import family_for
+    from fastvlmrl.models.encoder import PromptEncoder, placeholder_token_ids
+
+    return PromptEncoder(processor, family_for(policy.model).mm_keys, dtype,
+                         placeholder_token_ids(policy.hf_model.config))
+
+
+def build_player(cfg: Config, policy, processor, encoder, *, ignore_eos: bool = False):
+    """The Player of cfg's game: an Engine over `policy`'s weights and a batch of cfg.env.num_envs
+    C envs (SameStep autoreset, for the truncation bootstrap). Close it with `player.envs.close()`.
+    ignore_eos: every reply runs to sampling.max_new_tokens (benchmarks)."""
+    from fastvlmrl.engine import Engine
+    from fastvlmrl.envs.vector import make_batch
+    from fastvlmrl.rl.rollout import Player
+
+    engine = Engine(policy.model, processor)
+    envs = make_batch(cfg.env.name, cfg.env.num_envs, height=cfg.env.image_size, width=cfg.env.image_size,
+                      num_threads=cfg.env.threads, autoreset_mode="SameStep", face_cards_as_10=cfg.env.face_cards_as_10)
+    return Player(policy, engine, encoder, envs, cot=cfg.prompt.cot, style=cfg.prompt.style,
+                  sampling=cfg.sampling, illegal_action=cfg.env.illegal_action,
+                  illegal_penalty=cfg.env.illegal_penalty, seed=cfg.run.seed, ignore_eos=ignore_eos)
+
+
+def logprob_temperature(cfg: Config) -> float:
+    """The temperature of the rollout's log-probs, which PPO's training log-probs must match."""
+    from fastvlmrl.engine import SamplingParams
+
+    return SamplingParams(temperature=cfg.sampling.temperature).logprob_temperature

@@ -1,0 +1,151 @@
+"""A run's checkpoints and how a stopped run continues exactly.
+
+    runs/<name>/checkpoints/step_N/   model/ (weights or LoRA adapters + processor),
+                                      value_head.safetensors, trainer_state.pt (optimizer, update,
+                                      RNG states, the envs' snapshot, the player's counters)
+    runs/<name>/checkpoints/latest    the name of the newest complete step_N
+
+`fastvlmrl train resume=RUN_DIR` reloads the latest checkpoint and continues as if the run had
+not stopped: only the settings in RESUMABLE may change, metrics.jsonl keeps the lines up to the
+checkpoint, and nothing is written before the restore has succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from fastvlmrl.config import Config
+
+# What `train resume=` may change: the length of the run and how it is logged and evaluated; the
+# rest would make the continuation a different run.
+RESUMABLE = ("ppo.updates", "eval.", "log.", "run.threads")
+
+
+def check_resume_overrides(overrides: list[str]) -> None:
+    """Refuse (ValueError) any override of a setting a resumed run may not change."""
+    changed = [o.split("=", 1)[0] for o in overrides if not o.split("=", 1)[0].startswith(RESUMABLE)]
+    if changed:
+        raise ValueError(f"resume continues a run with its own settings: only {', '.join(RESUMABLE)}... can be "
+                         f"changed, not {', '.join(changed)}")
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run never writes into a directory that already holds one."""
+    if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
+        hint = (f"continue it with `fastvlmrl train resume={run_dir}`, or pick another run.name"
+                if (run_dir / "checkpoints" / "latest").is_file() else
+                "it stopped before its first checkpoint, so it cannot be resumed: delete the directory or "
+                "pick another run.name")
+        raise ValueError(f"{run_dir} already holds a run: {hint}")
+
+
+def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor, resume_state: dict | None = None) -> Path:
+    """checkpoints/step_N/ written to a temporary folder first, then renamed: a run killed while
+    saving leaves the previous checkpoint and `latest` intact. `resume_state` (see `capture`) is
+    what a resumed run needs to continue exactly."""
+    from safetensors.torch import save_file
+
+    root = run_dir / "checkpoints"
+    final = root / f"step_{update}"
+    tmp = root / f".step_{update}.partial"
+    if tmp.exists():  # left by a run killed while saving
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    policy.model.save_pretrained(tmp / "model")
+    processor.save_pretrained(tmp / "model")
+    save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
+              tmp / "value_head.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "update": update, **(resume_state or {})}, tmp / "trainer_state.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    (root / "latest.tmp").write_text(final.name)
+    (root / "latest.tmp").replace(root / "latest")
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    pointer = run_dir / "checkpoints" / "latest"
+    if not pointer.is_file():
+        raise ValueError(f"{run_dir} has no checkpoint (no checkpoints/latest; a run stopped before its first "
+                         "checkpoint cannot be resumed): train first, or check the path")
+    return run_dir / "checkpoints" / pointer.read_text().strip()
+
+
+def load_checkpoint(cfg: Config, checkpoint: Path, device, dtype, trainable: bool = False):
+    """(policy, processor) from a checkpoint: full weights, or the base model plus LoRA adapters
+    (trainable: the adapters take gradients, to resume training)."""
+    from safetensors.torch import load_file
+
+    from fastvlmrl.models import load_policy
+
+    if cfg.model.lora:
+        from peft import PeftModel
+
+        policy, processor = load_policy(cfg.model.path, lora=False, freeze_vision=cfg.model.freeze_vision,
+                                        dtype=dtype, device=device, seed=cfg.run.seed)
+        policy.model = PeftModel.from_pretrained(policy.model, checkpoint / "model", is_trainable=trainable).to(device)
+    else:
+        policy, processor = load_policy(str(checkpoint / "model"), lora=False, freeze_vision=cfg.model.freeze_vision,
+                                        dtype=dtype, device=device, seed=cfg.run.seed)
+    policy.value_head.load_state_dict(load_file(checkpoint / "value_head.safetensors"))
+    return policy, processor
+
+
+def read_trainer_state(checkpoint: Path, planned_updates: int) -> dict:
+    """The checkpoint's trainer state, checked before anything is restored from it."""
+    state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)
+    if "envs" not in state:
+        raise ValueError(f"{checkpoint} has no resume state (written by an older fastvlmrl): start a new run")
+    if planned_updates < state["update"]:
+        raise ValueError(f"ppo.updates={planned_updates} is below the {state['update']} updates {checkpoint} "
+                         "already made: give ppo.updates >= that to resume")
+    return state
+
+
+def capture(planned_updates: int, env_steps: int, generator: torch.Generator, player) -> dict:
+    """What continues a run exactly, beyond the weights and the optimizer."""
+    return {
+        "planned_updates": planned_updates,
+        "env_steps": env_steps,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "minibatch_rng": generator.get_state(),
+        "player": player.get_state(),
+        "envs": player.envs.get_state(),
+    }
+
+
+def restore(state: dict, generator: torch.Generator, player):
+    """Put the RNGs, the player and the envs back as they were; returns the current frames."""
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        for device, rng in enumerate(state["cuda_rng"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(rng, device)
+    generator.set_state(state["minibatch_rng"])
+    player.set_state(state["player"])
+    obs, _ = player.envs.set_state(state["envs"])
+    return obs
+
+
+def truncate_metrics(path: Path, update: int) -> None:
+    """Keep the lines a resumed run stands on: the SFT lines and the updates before `update`
+    (a run killed after a checkpoint may have logged updates it will now redo)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):  # only the last line can be torn by a kill
+                raise ValueError(f"{path} line {number} is not JSON: repair or remove it, then resume") from None
+    keep = [r for r in records if r.get("update", -1) < update]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    tmp.replace(path)

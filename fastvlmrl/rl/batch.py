@@ -1,0 +1,67 @@
+"""Packing samples into one padded batch, and the training forward shared by SFT and PPO: one
+pass of the model to final hidden states, then per-token log-probs through the fused LM-head
+kernel (no [T, V] logits) and the value head on the last prompt token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastvlmrl.kernels import fused_linear_logprob
+from fastvlmrl.rl.storage import Transition
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # [B, L] right-padded prompt + output
+    attention_mask: torch.Tensor  # [B, L]
+    mm: dict  # image inputs, concatenated along dim 0
+    prompt_lens: torch.Tensor  # [B]
+    rows: torch.Tensor  # [T]: flat index (b * L + position) of the hidden state predicting each output token
+    targets: torch.Tensor  # [T] output token ids
+    is_action: torch.Tensor  # [T] bool: the token belongs to the reply's action part
+    cu_seqlens: torch.Tensor  # [B + 1] int32
+
+
+def pack(transitions: list[Transition], pad_id: int, device) -> PackedBatch:
+    """Right-pad prompt+output sequences and index the hidden states that predict output tokens."""
+    seqs = [torch.cat([t.prompt_ids, t.output_ids]) for t in transitions]
+    L = max(len(s) for s in seqs)
+    B = len(seqs)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(B, L, dtype=torch.long)
+    rows, lens = [], [0]
+    for b, (t, s) in enumerate(zip(transitions, seqs)):
+        input_ids[b, : len(s)] = s
+        attention_mask[b, : len(s)] = 1
+        p, o = len(t.prompt_ids), len(t.output_ids)
+        rows.append(b * L + torch.arange(p - 1, p - 1 + o))  # position k predicts token k + 1
+        lens.append(lens[-1] + o)
+    mm = {}
+    for key in transitions[0].mm:
+        mm[key] = torch.cat([t.mm[key] for t in transitions]).to(device)
+    return PackedBatch(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        mm=mm,
+        prompt_lens=torch.tensor([len(t.prompt_ids) for t in transitions], device=device),
+        rows=torch.cat(rows).to(device),
+        targets=torch.cat([t.output_ids for t in transitions]).to(device),
+        is_action=torch.cat([t.is_action for t in transitions]).to(device),
+        cu_seqlens=torch.tensor(lens, dtype=torch.int32, device=device),
+    )
+
+
+def forward_logp_and_values(policy, batch: PackedBatch, temperature: float, logit_bias: torch.Tensor | None = None):
+    """(per-token log-probs [T] at `temperature`, values [B]) in one forward.
+
+    logit_bias [V] (large negative at tokens the sampler never emits, 0 elsewhere) makes the
+    log-probs those of the distribution the rollout sampled from."""
+    hidden = policy.hidden_states(batch.input_ids, batch.attention_mask, **batch.mm)  # [B, L, H]
+    B, L, H = hidden.shape
+    flat = hidden.reshape(B * L, H)
+    token_logp = fused_linear_logprob(flat[batch.rows], policy.lm_head_weight(), batch.targets, bias=logit_bias,
+                                      temperature=temperature)
+    last_prompt = flat[torch.arange(B, device=flat.device) * L + batch.prompt_lens - 1]
+    return token_logp, policy.value(last_prompt)
