@@ -11,16 +11,14 @@ says what to fix, before any work starts.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from fastvlmrl.config_io import ConfigError, parse_override, read_yaml, set_value
 
-class ConfigError(ValueError):
-    """A configuration the user can fix: the message says how."""
+__all__ = ["Config", "ConfigError", "load_config", "parse_override", "save_config", "validate"]
 
 
 @dataclass
@@ -125,119 +123,14 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-def _field_types(cls) -> dict[str, type]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _coerce(value, kind, key: str):
-    """value (from YAML or an override string) as `kind`, or a ConfigError naming the key."""
-    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-        options = typing.get_args(kind)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in options:
-                return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-            if number is not None and number.is_integer():
-                return int(number)
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if kind is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key} must be a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {kind}")
-
-
-def _set(cfg: Config, dotted: str, value) -> None:
-    parts = dotted.split(".")
-    if len(parts) != 2:
-        raise ConfigError(f"unknown config key {dotted!r}: keys look like section.name, e.g. ppo.clip")
-    section_name, name = parts
-    sections = {f.name for f in dataclasses.fields(Config)}
-    if section_name not in sections:
-        raise ConfigError(f"unknown config section {section_name!r} in {dotted!r}: choose one of {', '.join(sorted(sections))}")
-    section = getattr(cfg, section_name)
-    kinds = _field_types(type(section))
-    if name not in kinds:
-        raise ConfigError(f"unknown config key {dotted!r}: {section_name} has {', '.join(kinds)}")
-    setattr(section, name, _coerce(value, kinds[name], dotted))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    """'ppo.clip=0.2' -> ('ppo.clip', 0.2); the value is read as YAML (numbers, true/false, null)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key=value, e.g. ppo.clip=0.2")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file (if any), then the overrides; validated."""
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
-        for key, value in _flatten(tree).items():
-            _set(cfg, key, value)
+        for key, value in read_yaml(path).items():
+            set_value(cfg, key, value)
     for text in overrides:
-        _set(cfg, *parse_override(text))
+        set_value(cfg, *parse_override(text))
     validate(cfg)
     return cfg
 
