@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -26,8 +28,13 @@ def game_name(request):
 
 
 def fresh_seed() -> int:
-    """A new seed every run (printed by pytest on failure through the test's locals)."""
-    return int(np.random.SeedSequence().generate_state(1)[0])
+    """The seed of a randomized test. Fixed by default, so the suite never passes or fails by
+    chance; ENV_TEST_SEED=<n> replays another seed, ENV_TEST_SEED=random draws a new one (pytest
+    shows it on failure through the test's locals)."""
+    chosen = os.environ.get("ENV_TEST_SEED", "20261201")
+    if chosen == "random":
+        return int(np.random.SeedSequence().generate_state(1)[0])
+    return int(chosen)
 
 
 def find_seed(name: str, predicate, *, count: int = 4096, start: int = 0, **kwargs) -> int:

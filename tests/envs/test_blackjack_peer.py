@@ -6,7 +6,7 @@ import numpy as np
 
 from fastvlmrl.envs.games import blackjack_total
 
-from .conftest import VECTOR
+from .conftest import VECTOR, fresh_seed
 
 
 def _ours(episodes, seed):
@@ -38,7 +38,7 @@ def _gymnasium(episodes, seed):
 
 def test_outcome_frequencies_match_gymnasium_blackjack_v1():
     n = 100_000
-    seed = int(np.random.SeedSequence().entropy % 2**32)
+    seed = fresh_seed() % 2**32
     ours, theirs = _ours(n, seed), _gymnasium(n, seed)
     for outcome in (-1.0, 0.0, 1.0):
         p, q = (ours == outcome).mean(), (theirs == outcome).mean()

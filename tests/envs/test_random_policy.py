@@ -5,6 +5,7 @@ estimates (3.5 standard errors)."""
 import numpy as np
 import pytest
 
+from .conftest import fresh_seed
 from .play import play_episodes
 
 SPEC_EPISODES = 300
@@ -24,7 +25,7 @@ def _close(ours: np.ndarray, expected: float, what: str):
 
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_random_policy_statistics(name):
-    rng = np.random.default_rng(np.random.SeedSequence().entropy)
+    rng = np.random.default_rng(fresh_seed())
     returns, lengths, _ = play_episodes(name, lambda game, info: rng.integers(game.num_actions), EPISODES,
                                         seed=int(rng.integers(2**32)))
     success, mean_return, mean_length = EXPECTED[name]
