@@ -64,15 +64,14 @@ def test_reference_sync_vector_env(benchmark, game):
     envs.close()
 
 
-def test_report(capsys):
-    """Print the table: steps/s, the C/reference ratio, and the 2-thread scaling."""
+def test_report(report):
+    """Print the table (at the end of the session, whatever the flags: bench/conftest.py): steps/s,
+    the C/reference ratio, and the 2-thread scaling."""
     lines = [
-        "",
         "env steps/s, 300x300 frames rendered (C batch of 256 envs; reference: SyncVectorEnv of 8)",
         f"{'game':<11} {'C 1 thread':>12} {'C 2 threads':>12} {'reference':>11} {'C1/ref':>8} {'2t/1t':>6}",
     ]
     for game in GAMES:
         c1, c2, ref = (RESULTS.get((game, k), float("nan")) for k in ("c1", "c2", "ref"))  # nan: not run
         lines.append(f"{game:<11} {c1:>12,.0f} {c2:>12,.0f} {ref:>11,.0f} {c1 / ref:>7.0f}x {c2 / c1:>5.2f}x")
-    with capsys.disabled():
-        print("\n".join(lines))
+    report(*lines)

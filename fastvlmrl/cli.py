@@ -13,72 +13,49 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import numpy as np
 
 
-def _policy(name: str, seed: int):
-    """policy(game, info) -> OracleStep: the oracle, or uniformly random actions."""
-    from fastvlmrl.envs.oracles import OracleStep, oracle_step
-
-    if name == "oracle":
-        return oracle_step
-    rng = np.random.default_rng(seed)
-
-    def random_step(game, info):
-        action = int(rng.integers(game.num_actions))
-        return OracleStep(action, "", json.dumps({"action": game.actions[action]}))
-
-    return random_step
-
-
 def cmd_envs(args) -> int:
-    """Play episodes of each game with a policy on the C batch; print success, return, length, speed."""
+    """Play episodes of each game with a policy on the C batch; print success, return, length and
+    steps/s, both as played (SameStep, final frames copied) and zero-copy (NextStep, copy=False)."""
     from tqdm import tqdm
 
     from fastvlmrl.envs import GAMES, get_game
+    from fastvlmrl.envs.play import play, reply_policy, zero_copy_steps_per_second
     from fastvlmrl.envs.vector import make_batch
 
     names = [get_game(args.game).name] if args.game else list(GAMES)
-    policy = _policy(args.policy, args.seed)
-    print(f"{'game':<11} {'success':>8} {'return':>8} {'length':>7} {'episodes':>9} {'steps/s':>10}")
+    policy = reply_policy(args.policy, args.seed)
+    print(f"{'game':<11} {'success':>8} {'return':>8} {'length':>7} {'episodes':>9} {'steps/s':>10} {'zero-copy':>10}")
     for name in names:
         envs = make_batch(name, args.num_envs, copy=False, num_threads=args.threads, autoreset_mode="SameStep")
-        envs.reset(seed=args.seed)
-        ret = np.zeros(args.num_envs)
-        length = np.zeros(args.num_envs, int)
-        returns, lengths = [], []
-        actions = np.zeros(args.num_envs, np.int64)
-        steps, env_time = 0, 0.0
         with tqdm(total=args.episodes, desc=name, leave=False, disable=not sys.stderr.isatty()) as bar:
-            while len(returns) < args.episodes:
-                for i in range(args.num_envs):
-                    actions[i] = policy(envs.game, envs.describe(i)).action
-                start = time.perf_counter()
-                _, rewards, terminated, truncated, _ = envs.step(actions)
-                env_time += time.perf_counter() - start
-                steps += args.num_envs
-                ret += rewards
-                length += 1
-                for i in np.flatnonzero(terminated | truncated):
-                    returns.append(ret[i])
-                    lengths.append(length[i])
-                    ret[i], length[i] = 0, 0
-                    bar.update(1)
-                if returns:
-                    bar.set_postfix(success=f"{np.mean(np.array(returns) > 0):.3f}")
+            wins = []
+
+            def on_episode(ret, length):
+                wins.append(ret > 0)
+                bar.update(1)
+                bar.set_postfix(success=f"{sum(wins) / len(wins):.3f}")
+
+            result = play(envs, lambda game, info: policy(game, info).action, args.episodes, seed=args.seed,
+                          on_episode=on_episode)
         envs.close()
-        r = np.array(returns[: args.episodes])
-        print(f"{name:<11} {np.mean(r > 0):>8.3f} {r.mean():>8.2f} {np.mean(lengths[: args.episodes]):>7.2f} "
-              f"{len(r):>9} {steps / env_time:>10,.0f}")
+        zero_copy = zero_copy_steps_per_second(name, args.num_envs, num_threads=args.threads, seed=args.seed)
+        n = args.episodes
+        print(f"{name:<11} {result.success_rate(n):>8.3f} {result.mean_return(n):>8.2f} {result.mean_length(n):>7.2f} "
+              f"{len(result.returns[:n]):>9} {result.steps_per_second:>10,.0f} {zero_copy:>10,.0f}")
+    print(f"steps/s of step() alone, {args.num_envs} envs, 300x300 frames: as played (SameStep, final frames copied "
+          "out); zero-copy: NextStep, copy=False, random actions (the trainer's path, bench/test_bench_envs.py)")
     return 0
 
 
 def cmd_render(args) -> int:
     """Play one episode and write its frames with the policy's reply under each one."""
     from fastvlmrl.envs import get_game
-    from fastvlmrl.envs.render import episode_strip
+    from fastvlmrl.envs.play import reply_policy
+    from fastvlmrl.envs.strip import episode_strip
     from fastvlmrl.envs.vector import make_batch
 
     game = get_game(args.game)
@@ -86,7 +63,7 @@ def cmd_render(args) -> int:
         raise ValueError(f"--out must end in .png or .gif, got {args.out!r}")
     envs = make_batch(game.name, 1, autoreset_mode="Disabled", height=args.size, width=args.size)
     obs, _ = envs.reset(seed=args.seed)
-    policy = _policy(args.policy, args.seed)
+    policy = reply_policy(args.policy, args.seed)
     frames, texts, total = [obs[0]], [], 0.0
     for _ in range(args.max_steps):
         step = policy(game, envs.describe(0))

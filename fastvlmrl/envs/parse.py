@@ -2,9 +2,9 @@
 
 JSON first: the first JSON object in the text with an "action" key whose value names a legal
 action exactly (case and surrounding spaces ignored). Otherwise RL4VLM's substring rule: take the
-lowercased text after the last `"action":` (only the last character if there is none); for the
-card games a "10" counts as the action "10" and is removed before the other numbers are looked
-for (so "10" is not also read as "1"); exactly one distinct legal action string must occur.
+lowercased text after the last `"action":` (only the last character if there is none); a game's
+`whole_actions` (the card games' "10") are read whole and removed before the other actions are
+looked for (so "10" is not also read as "1"); exactly one distinct legal action string must occur.
 """
 
 from __future__ import annotations
@@ -66,9 +66,10 @@ def _from_substrings(text: str, game: Game) -> int | None:
     at = lowered.rfind(_ACTION_MARKER)
     tail = lowered[at:] if at != -1 else lowered[-1:]
     found: set[str] = set()
-    if game.name in ("EZPoints", "Points24") and "10" in tail:
-        found.add("10")
-        tail = tail.replace("10", "")
+    for whole in game.whole_actions:  # the card games' "10" (not also "1")
+        if whole in tail:
+            found.add(whole)
+            tail = tail.replace(whole, "")
     for action in game.actions:
         if action in tail:
             found.add(action)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from fastvlmrl.envs.games import GAMES, RANK_NAMES, SUIT_LETTERS, blackjack_total, card_rank, card_suit, card_value
+from fastvlmrl.envs.games.base import state_fields
 from fastvlmrl.envs.reference.base import ReferenceGame
 from fastvlmrl.envs.reference.draw import FELT, WHITE
+
+
+_F = state_fields("Blackjack")
 
 
 def _draw_card(rng) -> int:
@@ -56,8 +60,8 @@ class Blackjack(ReferenceGame):
         return {"Dealer Card": [card(self.dealer[0])], "Player Card": [card(c) for c in self.player]}
 
     def _state_row(self, row):
-        row[:3] = (len(self.dealer), len(self.player), self.steps)
-        row[3:15] = -1
-        row[15:37] = -1
-        row[3 : 3 + len(self.dealer)] = self.dealer
-        row[15 : 15 + len(self.player)] = self.player
+        row[_F["dealer_count"]], row[_F["player_count"]], row[_F["steps"]] = len(self.dealer), len(self.player), self.steps
+        dealer, player = row[_F["dealer_cards"]], row[_F["player_cards"]]  # views: -1 pads
+        dealer[:], player[:] = -1, -1
+        dealer[: len(self.dealer)] = self.dealer
+        player[: len(self.player)] = self.player

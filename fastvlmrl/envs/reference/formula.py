@@ -5,10 +5,12 @@ from __future__ import annotations
 from fractions import Fraction
 
 from fastvlmrl.envs.games import BLANK, GAMES, SUIT_LETTERS, RANK_NAMES, formula_text, get_game, token_text
+from fastvlmrl.envs.games.base import state_fields
 from fastvlmrl.envs.reference.base import ReferenceGame
 from fastvlmrl.envs.reference.draw import FELT, WHITE
 
 PLUS, MINUS, TIMES, DIVIDE, LPAREN, RPAREN, EQUALS = -1, -2, -3, -4, -5, -6, -8
+_F = state_fields("EZPoints")  # Points24's is the same
 
 
 def evaluate(tokens) -> Fraction | None:
@@ -102,11 +104,13 @@ class _FormulaGame(ReferenceGame):
 
     def _state_row(self, row):
         k = len(self.ranks)
-        row[:4] = -1
-        row[:k] = [(r - 1) * 4 + s for r, s in zip(self.ranks, self.suits)]
-        row[4 : 4 + k] = self.values
-        row[8:12] = (k, len(self.tokens), sum(1 for t in self.tokens if t >= 1), self.steps)
-        row[12 : 12 + len(self.tokens)] = self.tokens
+        cards, numbers, formula = row[_F["cards"]], row[_F["numbers"]], row[_F["formula"]]  # views
+        cards[:] = -1
+        cards[:k] = [(r - 1) * 4 + s for r, s in zip(self.ranks, self.suits)]
+        numbers[:k] = self.values
+        row[_F["num_cards"]], row[_F["formula_len"]] = k, len(self.tokens)
+        row[_F["numbers_used"]], row[_F["steps"]] = sum(1 for t in self.tokens if t >= 1), self.steps
+        formula[: len(self.tokens)] = self.tokens
 
 
 class EZPoints(_FormulaGame):

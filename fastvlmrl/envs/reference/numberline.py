@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from fastvlmrl.envs.games import GAMES
+from fastvlmrl.envs.games.base import state_fields
 from fastvlmrl.envs.reference.base import ReferenceGame
 from fastvlmrl.envs.reference.draw import BLACK, WHITE
 
 MAX_POSITION = 5
+_F = state_fields("NumberLine")
 
 
 class NumberLine(ReferenceGame):
@@ -42,4 +44,4 @@ class NumberLine(ReferenceGame):
         return {"Target": self.target, "Current": self.current}
 
     def _state_row(self, row):
-        row[:3] = (self.target, self.current, self.steps)
+        row[_F["target"]], row[_F["current"]], row[_F["steps"]] = self.target, self.current, self.steps

@@ -8,15 +8,12 @@
 
 static const int EZPOINTS_OPERATORS[3] = {TOK_PLUS, TOK_TIMES, TOK_EQUALS};
 
-static void ezpoints_init(Formula *f) {
-    f->target = 12;
-    f->max_len = 5;
-    f->num_numbers = 10;
-    f->operators = EZPOINTS_OPERATORS;
-    f->num_operators = 3;
+static void ezpoints_init(void *f, const GameOptions *options) {
+    formula_settings(f, 12, 5, 10, EZPOINTS_OPERATORS, 3);
 }
 
-static void ezpoints_reset(Formula *f, Rng *rng) {
+static void ezpoints_reset(void *fv, Rng *rng) {
+    Formula *f = fv;
     formula_clear(f);
     f->ncards = 2;
     int rank = 2 + rng_below(rng, 12);
@@ -57,7 +54,8 @@ static void ezpoints_draw_text(const Formula *f, Canvas *c, int from, int to) {
     draw_wrapped(c, x, y, text, from, to, per_line, s, COLOR_WHITE);
 }
 
-static void ezpoints_render(const Formula *f, Canvas *c) {
+static void ezpoints_render(const void *fv, Canvas *c) {
+    const Formula *f = fv;
     fill_canvas(c, COLOR_FELT);
     for (int i = 0; i < 2; i++)
         draw_card(c, layout_x(c, i == 0 ? 5 : 153), layout_y(c, 55), layout_x(c, 135), layout_y(c, 189), f->rank[i],
@@ -68,7 +66,8 @@ static void ezpoints_render(const Formula *f, Canvas *c) {
 
 /* A new hand over an EZPoints frame: erase the old text, redraw the cards and the label; the
  * order (text area, cards, text) is the full render's, so overlaps at small sizes match too. */
-static void ezpoints_render_reset(const Formula *old, const Formula *f, Canvas *c) {
+static void ezpoints_render_reset(const void *oldv, const void *fv, Canvas *c) {
+    const Formula *old = oldv, *f = fv;
     int x, y, s, per_line;
     ezpoints_text_layout(c, &x, &y, &s, &per_line);
     int label = (int)sizeof(EZPOINTS_LABEL) - 1;
@@ -80,9 +79,25 @@ static void ezpoints_render_reset(const Formula *old, const Formula *f, Canvas *
 }
 
 /* After a step only new formula characters appear: draw just those. */
-static void ezpoints_render_step(const Formula *f, Canvas *c, int added) {
+static void ezpoints_render_step(const void *fv, Canvas *c, int added) {
+    const Formula *f = fv;
     int label = (int)sizeof(EZPOINTS_LABEL) - 1;
     if (added > 0) ezpoints_draw_text(f, c, label + f->text_len - added, label + f->text_len);
 }
+
+static const GameOps EZPOINTS_OPS = {
+    .name = "EZPoints",
+    .init = ezpoints_init,
+    .num_actions = formula_num_actions,
+    .reset = ezpoints_reset,
+    .step = formula_step,
+    .render = ezpoints_render,
+    .render_step = ezpoints_render_step,
+    .render_reset = ezpoints_render_reset,
+    .state = formula_state,
+    .valid = formula_valid,
+    .keep_settings = formula_keep_settings,
+    .layout = FORMULA_LAYOUT,
+};
 
 #endif

@@ -13,11 +13,11 @@
 #define FASTVLMRL_FORMULA_H
 #include <stdint.h>
 #include <stdlib.h>
-#include "draw.h"
-#include "rng.h"
+#include "game.h"
 
 #define MAX_CARDS 4
 #define MAX_FORMULA 24
+#define MAX_OPERATORS 7
 /* Token codes: 1..13 are numbers; operators and the blank are negative. */
 enum { TOK_PLUS = -1, TOK_MINUS = -2, TOK_TIMES = -3, TOK_DIVIDE = -4, TOK_LPAREN = -5, TOK_RPAREN = -6,
        TOK_BLANK = -7, TOK_EQUALS = -8 };
@@ -33,11 +33,49 @@ typedef struct {
     int target;     /* 12 or 24 */
     int max_len;    /* 5 or 20 */
     int num_numbers;        /* number actions: 10, or 13 when face cards keep 11/12/13 */
-    const int *operators;   /* token of each operator action */
+    int operators[MAX_OPERATORS]; /* token of each operator action */
     int num_operators;
 } Formula;
 
-static int formula_num_actions(const Formula *f) { return f->num_numbers + f->num_operators; }
+/* State row: card codes (rank-1)*4+suit (-1 pads), card values (0 pads), ncards, flen, used,
+ * steps, then the tokens (0 pads). */
+enum {
+    FORMULA_CARDS = 0,
+    FORMULA_NUMBERS = FORMULA_CARDS + MAX_CARDS,
+    FORMULA_NCARDS = FORMULA_NUMBERS + MAX_CARDS,
+    FORMULA_LEN,
+    FORMULA_USED,
+    FORMULA_STEPS,
+    FORMULA_TOKENS,
+    FORMULA_STATE_LEN = FORMULA_TOKENS + MAX_FORMULA,
+};
+_Static_assert(FORMULA_STATE_LEN <= STATE_DIM, "the formula state row must fit STATE_DIM");
+
+static const StateField FORMULA_LAYOUT[] = {
+    {"cards", FORMULA_CARDS, MAX_CARDS},
+    {"numbers", FORMULA_NUMBERS, MAX_CARDS},
+    {"num_cards", FORMULA_NCARDS, 1},
+    {"formula_len", FORMULA_LEN, 1},
+    {"numbers_used", FORMULA_USED, 1},
+    {"steps", FORMULA_STEPS, 1},
+    {"formula", FORMULA_TOKENS, MAX_FORMULA},
+    {NULL, 0, 0},
+};
+
+/* The game's settings (target, length limit, actions), set once by the game's init. */
+static void formula_settings(Formula *f, int target, int max_len, int num_numbers, const int *operators,
+                             int num_operators) {
+    f->target = target;
+    f->max_len = max_len;
+    f->num_numbers = num_numbers;
+    memcpy(f->operators, operators, (size_t)num_operators * sizeof(int));
+    f->num_operators = num_operators;
+}
+
+static int formula_num_actions(const void *fv) {
+    const Formula *f = fv;
+    return f->num_numbers + f->num_operators;
+}
 
 static const char *token_text(int tok) {
     static const char *numbers[14] = {"?", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13"};
@@ -188,7 +226,8 @@ static int formula_number_valid(const Formula *f, int number) {
 }
 
 /* One step. Returns the number of characters appended to the formula text (0 if none). */
-static int formula_step(Formula *f, int action, float *reward, int *terminated, int *truncated) {
+static int formula_step(void *fv, Rng *rng, int action, float *reward, int *terminated, int *truncated) {
+    Formula *f = fv;
     f->steps++;
     *reward = 0.0f;
     *terminated = 0;
@@ -225,18 +264,34 @@ static int formula_text(const Formula *f, char *out, int cap) {
     return n;
 }
 
-/* State row: card codes (rank-1)*4+suit, values, ncards, flen, used, steps, then the tokens. */
-#define FORMULA_STATE_TOKENS 12
-static void formula_state(const Formula *f, int32_t *out) {
+static void formula_state(const void *fv, int32_t *out) {
+    const Formula *f = fv;
     for (int i = 0; i < MAX_CARDS; i++) {
-        out[i] = i < f->ncards ? (f->rank[i] - 1) * 4 + f->suit[i] : -1;
-        out[MAX_CARDS + i] = i < f->ncards ? f->value[i] : 0;
+        out[FORMULA_CARDS + i] = i < f->ncards ? (f->rank[i] - 1) * 4 + f->suit[i] : -1;
+        out[FORMULA_NUMBERS + i] = i < f->ncards ? f->value[i] : 0;
     }
-    out[8] = f->ncards;
-    out[9] = f->flen;
-    out[10] = f->used;
-    out[11] = f->steps;
-    for (int i = 0; i < MAX_FORMULA; i++) out[FORMULA_STATE_TOKENS + i] = i < f->flen ? f->tokens[i] : 0;
+    out[FORMULA_NCARDS] = f->ncards;
+    out[FORMULA_LEN] = f->flen;
+    out[FORMULA_USED] = f->used;
+    out[FORMULA_STEPS] = f->steps;
+    for (int i = 0; i < MAX_FORMULA; i++) out[FORMULA_TOKENS + i] = i < f->flen ? f->tokens[i] : 0;
+}
+
+static int formula_valid(const void *fv) {
+    const Formula *f = fv;
+    if (!in_range(f->ncards, 0, MAX_CARDS) || !in_range(f->flen, 0, MAX_FORMULA) || !in_range(f->used, 0, f->ncards) ||
+        !in_range(f->text_len, 0, 4 * MAX_FORMULA) || !in_range(f->steps, 0, MAX_STEPS_RESTORED))
+        return 0;
+    for (int i = 0; i < f->ncards; i++)
+        if (!in_range(f->rank[i], 1, 13) || !in_range(f->suit[i], 0, 3) || !in_range(f->value[i], 1, 13)) return 0;
+    for (int i = 0; i < f->flen; i++)
+        if (!in_range(f->tokens[i], TOK_EQUALS, 13) || f->tokens[i] == 0) return 0;
+    return 1;
+}
+
+static void formula_keep_settings(void *restored, const void *live) {
+    const Formula *l = live;
+    formula_settings(restored, l->target, l->max_len, l->num_numbers, l->operators, l->num_operators);
 }
 
 #endif

@@ -5,8 +5,7 @@
  * the dealer's first card and a card back, and the player's cards in rows of five. */
 #ifndef FASTVLMRL_BLACKJACK_H
 #define FASTVLMRL_BLACKJACK_H
-#include "draw.h"
-#include "rng.h"
+#include "game.h"
 
 #define BLACKJACK_MAX_DEALER 12 /* the dealer stops at 17: at most 12 cards (6 aces, a 6, 4 aces, one more) */
 #define BLACKJACK_MAX_PLAYER 22 /* 21 aces and one more card */
@@ -16,6 +15,28 @@ typedef struct {
     int player[BLACKJACK_MAX_PLAYER], nplayer;
     int steps;
 } Blackjack;
+
+/* State row: ndealer, nplayer, steps, dealer codes (12), player codes (22); -1 pads. */
+enum {
+    BLACKJACK_NDEALER,
+    BLACKJACK_NPLAYER,
+    BLACKJACK_STEPS,
+    BLACKJACK_DEALER,
+    BLACKJACK_PLAYER = BLACKJACK_DEALER + BLACKJACK_MAX_DEALER,
+    BLACKJACK_STATE_LEN = BLACKJACK_PLAYER + BLACKJACK_MAX_PLAYER,
+};
+_Static_assert(BLACKJACK_STATE_LEN <= STATE_DIM, "the Blackjack state row must fit STATE_DIM");
+
+static const StateField BLACKJACK_LAYOUT[] = {
+    {"dealer_count", BLACKJACK_NDEALER, 1},
+    {"player_count", BLACKJACK_NPLAYER, 1},
+    {"steps", BLACKJACK_STEPS, 1},
+    {"dealer_cards", BLACKJACK_DEALER, BLACKJACK_MAX_DEALER},
+    {"player_cards", BLACKJACK_PLAYER, BLACKJACK_MAX_PLAYER},
+    {NULL, 0, 0},
+};
+
+static int blackjack_num_actions(const void *g) { return 2; }
 
 static inline int card_code_rank(int code) { return code / 4 + 1; }
 static inline int card_code_suit(int code) { return code % 4; }
@@ -41,13 +62,16 @@ static int blackjack_score(const int *cards, int n) {
     return s > 21 ? 0 : s;
 }
 
-static void blackjack_reset(Blackjack *g, Rng *rng) {
+static void blackjack_reset(void *gv, Rng *rng) {
+    Blackjack *g = gv;
     g->ndealer = g->nplayer = g->steps = 0;
     for (int i = 0; i < 2; i++) g->dealer[g->ndealer++] = blackjack_draw(rng);
     for (int i = 0; i < 2; i++) g->player[g->nplayer++] = blackjack_draw(rng);
 }
 
-static void blackjack_step(Blackjack *g, Rng *rng, int action, float *reward, int *terminated, int *truncated) {
+/* Returns 1 when a card was dealt to the player (a hit), else 0. */
+static int blackjack_step(void *gv, Rng *rng, int action, float *reward, int *terminated, int *truncated) {
+    Blackjack *g = gv;
     g->steps++;
     *truncated = 0;
     if (action == 1) {
@@ -55,12 +79,13 @@ static void blackjack_step(Blackjack *g, Rng *rng, int action, float *reward, in
         int bust = blackjack_sum(g->player, g->nplayer) > 21;
         *terminated = bust;
         *reward = bust ? -1.0f : 0.0f;
-        return;
+        return 1;
     }
     while (blackjack_sum(g->dealer, g->ndealer) < 17) g->dealer[g->ndealer++] = blackjack_draw(rng);
     int p = blackjack_score(g->player, g->nplayer), d = blackjack_score(g->dealer, g->ndealer);
     *reward = (float)((p > d) - (p < d));
     *terminated = 1;
+    return 0;
 }
 
 /* Layout at 300x300: "Dealer" at (5, 5), its first card at (5, 25) and a card back at (78, 25);
@@ -71,7 +96,8 @@ static void blackjack_player_card(const Blackjack *g, Canvas *c, int i) {
               card_code_suit(g->player[i]));
 }
 
-static void blackjack_render(const Blackjack *g, Canvas *c) {
+static void blackjack_render(const void *gv, Canvas *c) {
+    const Blackjack *g = gv;
     fill_canvas(c, COLOR_FELT);
     int s = layout_scale(c, 2);
     draw_text(c, layout_x(c, 5), layout_y(c, 5), "Dealer", s, COLOR_WHITE);
@@ -84,7 +110,8 @@ static void blackjack_render(const Blackjack *g, Canvas *c) {
 
 /* A new deal over a Blackjack frame: erase the old hand's extra cards, then redraw the dealer's
  * card, the "Player" label and the two new cards (the full render's order for what overlaps). */
-static void blackjack_render_reset(const Blackjack *old, const Blackjack *g, Canvas *c) {
+static void blackjack_render_reset(const void *oldv, const void *gv, Canvas *c) {
+    const Blackjack *old = oldv, *g = gv;
     for (int i = 2; i < old->nplayer; i++) {
         int x = 5 + (i % 5) * 74, y = 150 + (i / 5) * 102;
         fill_rect(c, layout_x(c, x), layout_y(c, y), layout_x(c, 70), layout_y(c, 98), COLOR_FELT);
@@ -96,18 +123,43 @@ static void blackjack_render_reset(const Blackjack *old, const Blackjack *g, Can
 }
 
 /* A hit adds one card; a stand changes nothing visible (the dealer's card stays face down). */
-static void blackjack_render_step(const Blackjack *g, Canvas *c, int action) {
-    if (action == 1) blackjack_player_card(g, c, g->nplayer - 1);
+static void blackjack_render_step(const void *gv, Canvas *c, int hit) {
+    const Blackjack *g = gv;
+    if (hit) blackjack_player_card(g, c, g->nplayer - 1);
 }
 
-/* State row: ndealer, nplayer, steps, dealer codes (12), player codes (22); -1 pads. */
-static void blackjack_state(const Blackjack *g, int32_t *out) {
-    out[0] = g->ndealer;
-    out[1] = g->nplayer;
-    out[2] = g->steps;
-    for (int i = 0; i < BLACKJACK_MAX_DEALER; i++) out[3 + i] = i < g->ndealer ? g->dealer[i] : -1;
-    for (int i = 0; i < BLACKJACK_MAX_PLAYER; i++)
-        out[3 + BLACKJACK_MAX_DEALER + i] = i < g->nplayer ? g->player[i] : -1;
+static void blackjack_state(const void *gv, int32_t *out) {
+    const Blackjack *g = gv;
+    out[BLACKJACK_NDEALER] = g->ndealer;
+    out[BLACKJACK_NPLAYER] = g->nplayer;
+    out[BLACKJACK_STEPS] = g->steps;
+    for (int i = 0; i < BLACKJACK_MAX_DEALER; i++) out[BLACKJACK_DEALER + i] = i < g->ndealer ? g->dealer[i] : -1;
+    for (int i = 0; i < BLACKJACK_MAX_PLAYER; i++) out[BLACKJACK_PLAYER + i] = i < g->nplayer ? g->player[i] : -1;
 }
+
+static int blackjack_valid(const void *gv) {
+    const Blackjack *g = gv;
+    if (!in_range(g->ndealer, 0, BLACKJACK_MAX_DEALER) || !in_range(g->nplayer, 0, BLACKJACK_MAX_PLAYER) ||
+        !in_range(g->steps, 0, MAX_STEPS_RESTORED))
+        return 0;
+    for (int i = 0; i < g->ndealer; i++)
+        if (!in_range(g->dealer[i], 0, 51)) return 0;
+    for (int i = 0; i < g->nplayer; i++)
+        if (!in_range(g->player[i], 0, 51)) return 0;
+    return 1;
+}
+
+static const GameOps BLACKJACK_OPS = {
+    .name = "Blackjack",
+    .num_actions = blackjack_num_actions,
+    .reset = blackjack_reset,
+    .step = blackjack_step,
+    .render = blackjack_render,
+    .render_step = blackjack_render_step,
+    .render_reset = blackjack_render_reset,
+    .state = blackjack_state,
+    .valid = blackjack_valid,
+    .layout = BLACKJACK_LAYOUT,
+};
 
 #endif

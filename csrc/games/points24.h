@@ -9,15 +9,12 @@
 static const int POINTS24_OPERATORS[7] = {TOK_PLUS, TOK_MINUS, TOK_TIMES, TOK_DIVIDE, TOK_LPAREN, TOK_RPAREN,
                                           TOK_EQUALS};
 
-static void points24_init(Formula *f, int face_cards_as_10) {
-    f->target = 24;
-    f->max_len = 20;
-    f->num_numbers = face_cards_as_10 ? 10 : 13;
-    f->operators = POINTS24_OPERATORS;
-    f->num_operators = 7;
+static void points24_init(void *f, const GameOptions *options) {
+    formula_settings(f, 24, 20, options->face_cards_as_10 ? 10 : 13, POINTS24_OPERATORS, 7);
 }
 
-static void points24_reset(Formula *f, Rng *rng) {
+static void points24_reset(void *fv, Rng *rng) {
+    Formula *f = fv;
     formula_clear(f);
     f->ncards = 4;
     for (int i = 0; i < 4; i++) {
@@ -38,7 +35,8 @@ static void points24_draw_text(const Formula *f, Canvas *c, int from, int to) {
     draw_wrapped(c, x, layout_y(c, 240), text, from, to, (c->w - x) / (GLYPH_ADVANCE * s), s, COLOR_WHITE);
 }
 
-static void points24_render(const Formula *f, Canvas *c) {
+static void points24_render(const void *fv, Canvas *c) {
+    const Formula *f = fv;
     fill_canvas(c, COLOR_FELT);
     for (int i = 0; i < 4; i++)
         draw_card(c, layout_x(c, POINTS24_CARD_X[i]), layout_y(c, 103), layout_x(c, 67), layout_y(c, 93), f->rank[i],
@@ -49,7 +47,8 @@ static void points24_render(const Formula *f, Canvas *c) {
 
 /* A new hand over a Points24 frame: erase the old formula, redraw cards, label and text, in the
  * full render's order. */
-static void points24_render_reset(const Formula *old, const Formula *f, Canvas *c) {
+static void points24_render_reset(const void *oldv, const void *fv, Canvas *c) {
+    const Formula *old = oldv, *f = fv;
     int s = layout_scale(c, 2), x = layout_x(c, 10);
     clear_wrapped(c, x, layout_y(c, 240), old->text_len, (c->w - x) / (GLYPH_ADVANCE * s), s, COLOR_FELT);
     for (int i = 0; i < 4; i++)
@@ -59,8 +58,24 @@ static void points24_render_reset(const Formula *old, const Formula *f, Canvas *
     points24_draw_text(f, c, 0, f->text_len);
 }
 
-static void points24_render_step(const Formula *f, Canvas *c, int added) {
+static void points24_render_step(const void *fv, Canvas *c, int added) {
+    const Formula *f = fv;
     if (added > 0) points24_draw_text(f, c, f->text_len - added, f->text_len);
 }
+
+static const GameOps POINTS24_OPS = {
+    .name = "Points24",
+    .init = points24_init,
+    .num_actions = formula_num_actions,
+    .reset = points24_reset,
+    .step = formula_step,
+    .render = points24_render,
+    .render_step = points24_render_step,
+    .render_reset = points24_render_reset,
+    .state = formula_state,
+    .valid = formula_valid,
+    .keep_settings = formula_keep_settings,
+    .layout = FORMULA_LAYOUT,
+};
 
 #endif

@@ -1,0 +1,99 @@
+"""What every game is, as data plus its text protocol: the `Game` row (name, C id, actions), the
+state row layout it reads from the C binding (`_cards.LAYOUTS`), and the methods each game module
+fills in: named state and info dict, the game-specific part of the prompt, the oracle, and its
+parsing quirks. Card names are shared by the card games.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from fastvlmrl.envs import _cards
+
+STATE_DIM = _cards.STATE_DIM
+SUIT_LETTERS = "CDHS"  # suit index order used in C and Python
+RANK_NAMES = ("?", "A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K")
+
+
+def state_fields(name: str) -> dict[str, int | slice]:
+    """The C state row layout of game `name` as indices: a field of length 1 is a column index,
+    a longer one a slice (so `state[:, f]` is [N] or [N, length], `row[f]` a value or a list)."""
+    return {
+        key: start if length == 1 else slice(start, start + length)
+        for key, (start, length) in _cards.LAYOUTS[name].items()
+    }
+
+
+def game_id(name: str) -> int:
+    """The C binding's id of game `name`."""
+    return _cards.GAME_IDS[name]
+
+
+@dataclass(frozen=True)
+class Game(abc.ABC):
+    """One game. Each game module subclasses it; `GAMES` holds one row per game."""
+
+    name: str
+    game_id: int  # the C binding's id
+    actions: tuple[str, ...]  # the text of each action index, as the prompt lists them
+    num_cards: int = 0
+
+    # Parsing quirk of the substring rule (parse.py): action strings read whole, and removed from
+    # the text, before the other actions are looked for (the card games' "10", not also "1").
+    whole_actions: ClassVar[tuple[str, ...]] = ()
+    # The JSON keys before "thoughts" in the short prompt (prompts.short_prompt).
+    short_keys: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.actions)
+
+    def actions_text(self) -> str:
+        """The legal actions as the prompts list them: ['-', '+']."""
+        return "[" + ", ".join(f"'{a}'" for a in self.actions) + "]"
+
+    def with_options(self, *, face_cards_as_10: bool = True) -> Game:
+        """This game under the game options (only Points24 has one)."""
+        return self
+
+    @abc.abstractmethod
+    def named_state(self, state: np.ndarray) -> dict[str, np.ndarray]:
+        """Named views of a batch of state rows [N, STATE_DIM] (no copies)."""
+
+    @abc.abstractmethod
+    def describe(self, row: np.ndarray) -> dict:
+        """One env's state row as RL4VLM's info dict, the text the prompts and oracles read."""
+
+    @abc.abstractmethod
+    def prompt_parts(self, info: dict) -> tuple[str, list[tuple[str, str]], str]:
+        """The game's part of the full prompt: (head, JSON fields before "action", action value)."""
+
+    def short_state(self, info: dict) -> str:
+        """The text state the short prompt carries (" Formula: '...'." for the formula games)."""
+        return ""
+
+    @abc.abstractmethod
+    def oracle(self, info: dict) -> tuple[dict, str, str]:
+        """The expert's move: (JSON fields before "thoughts", action text, thoughts)."""
+
+
+def card_rank(code: int) -> int:
+    return int(code) // 4 + 1
+
+
+def card_suit(code: int) -> int:
+    return int(code) % 4
+
+
+def card_name(code: int) -> str:
+    """RL4VLM's card names: suit letter then rank, e.g. 'H7', 'S10', 'DA', 'CK'."""
+    return SUIT_LETTERS[card_suit(code)] + RANK_NAMES[card_rank(code)]
+
+
+def card_value(code: int) -> int:
+    """Blackjack value of a card: A = 1, J/Q/K = 10."""
+    return min(card_rank(code), 10)

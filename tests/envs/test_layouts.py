@@ -1,0 +1,31 @@
+"""The games' ids and state row layouts come from the C binding (`_cards.GAME_IDS`,
+`_cards.LAYOUTS`): every game has both, and the fields fit the row without overlapping."""
+
+import pytest
+
+from fastvlmrl.envs import _cards
+from fastvlmrl.envs.games import GAMES
+from fastvlmrl.envs.play import play
+from fastvlmrl.envs.vector import make_batch
+
+
+def test_every_game_has_its_c_id_and_layout():
+    assert list(_cards.GAME_IDS) == list(GAMES) == list(_cards.LAYOUTS)
+    for name, game_id in _cards.GAME_IDS.items():
+        assert GAMES[name].game_id == game_id == getattr(_cards, name.upper())
+
+
+@pytest.mark.parametrize("name", list(GAMES))
+def test_layout_fields_fit_the_row_and_do_not_overlap(name):
+    used = set()
+    for start, length in _cards.LAYOUTS[name].values():
+        columns = set(range(start, start + length))
+        assert length >= 1 and columns <= set(range(_cards.STATE_DIM)) and not columns & used
+        used |= columns
+
+
+def test_play_needs_a_same_step_batch():
+    envs = make_batch("NumberLine", 2, height=32, width=32)
+    with pytest.raises(ValueError, match="SameStep"):
+        play(envs, lambda game, info: 0, 1)
+    envs.close()
