@@ -58,13 +58,8 @@ def sync():
 
 
 def report(request, line: str) -> None:
-    """Print past pytest's output capture, so the ratios show in a plain ``pytest bench/`` run."""
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if capture is None:
-        print(line)
-        return
-    with capture.global_and_fixture_disabled():
-        print("\n" + line, end="", flush=True)
+    """Into the session's "bench report" (bench/conftest.py), printed whatever pytest's flags."""
+    request.getfixturevalue("report")(line)
 
 
 def run(benchmark, fn, rounds=ROUNDS) -> float:

@@ -18,7 +18,7 @@ whole iteration for each path (the fastest of 3 after a warm-up), and their rati
 - GPU (``-m gpu``): CLIP ViT-L/14-336 + a TinyLlama-1.1B-sized decoder in bf16, 16 envs x 2 steps,
   128 new tokens.
 
-    pytest bench/test_bench_ppo_iteration.py -q -s -p no:cacheprovider
+    pytest bench/test_bench_ppo_iteration.py -q -p no:cacheprovider   (the table is in the 'bench report')
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def _sync(case: Case) -> None:
         torch.cuda.synchronize()
 
 
-def _run(benchmark, case: Case, path: str, prepare) -> None:
+def _run(benchmark, report, case: Case, path: str, prepare) -> None:
     """Build the path's model and loop, warm it up once (allocations, kernel compilation, CUDA-graph
     capture), then time ROUNDS iterations: pytest-benchmark's table and the printed ratio both
     show one iteration, and the ratio uses the fastest."""
@@ -236,20 +236,20 @@ def _run(benchmark, case: Case, path: str, prepare) -> None:
     if set(paths) == {"fast", "reference"}:  # the second of the pair: print the comparison
         fast, ref = paths["fast"], paths["reference"]
         benchmark.extra_info["fast_over_reference"] = fast["steps_per_s"] / ref["steps_per_s"]
-        print(f"\nPPO iteration, {case.name}: {case.num_envs} envs x {case.num_steps} steps, "
-              f"{case.new_tokens} new tokens per step")
-        print(f"{'path':<10} {'seconds':>9} {'env steps/s':>12} {'tokens/s':>10}")
-        for label, r in (("fast", fast), ("reference", ref)):
-            print(f"{label:<10} {r['s']:>9.2f} {r['steps_per_s']:>12.2f} {r['tokens_per_s']:>10.0f}")
-        print(f"ratio (fast / reference): {fast['steps_per_s'] / ref['steps_per_s']:.2f}x")
+        report(f"PPO iteration, {case.name}: {case.num_envs} envs x {case.num_steps} steps, "
+               f"{case.new_tokens} new tokens per step (fastest of {ROUNDS} after a warm-up)",
+               f"{'path':<10} {'seconds':>9} {'env steps/s':>12} {'tokens/s':>10}",
+               *(f"{label:<10} {r['s']:>9.2f} {r['steps_per_s']:>12.2f} {r['tokens_per_s']:>10.0f}"
+                 for label, r in (("fast", fast), ("reference", ref))),
+               f"ratio (fast / reference): {fast['steps_per_s'] / ref['steps_per_s']:.2f}x")
 
 
 @pytest.mark.parametrize("path", ["fast", "reference"])
-def test_ppo_iteration_cpu(benchmark, path):
-    _run(benchmark, CPU, path, fast_iteration if path == "fast" else reference_iteration)
+def test_ppo_iteration_cpu(benchmark, report, path):
+    _run(benchmark, report, CPU, path, fast_iteration if path == "fast" else reference_iteration)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("path", ["fast", "reference"])
-def test_ppo_iteration_gpu(benchmark, path):
-    _run(benchmark, GPU, path, fast_iteration if path == "fast" else reference_iteration)
+def test_ppo_iteration_gpu(benchmark, report, path):
+    _run(benchmark, report, GPU, path, fast_iteration if path == "fast" else reference_iteration)
