@@ -11,16 +11,16 @@ import torch
 from torch import nn
 
 from fastvlmrl.engine.attention import flash_usable, select_backend
-from fastvlmrl.engine.block_manager import BlockManager
+from fastvlmrl.engine.block_manager import BlockManager, block_keys, mm_digest
 from fastvlmrl.engine.cuda_graphs import DecodeGraphs
-from fastvlmrl.engine.families import family_for
+from fastvlmrl.engine.families import eos_ids, family_for, sliding_window
 from fastvlmrl.engine.kv_cache import KVCache, cache_shape_for, num_blocks_for
 from fastvlmrl.engine.model_runner import ModelRunner
 from fastvlmrl.engine.nvtx import nvtx_range
 from fastvlmrl.engine.sampler import sample
 from fastvlmrl.engine.sampling_params import SamplingParams
 from fastvlmrl.engine.scheduler import Scheduler
-from fastvlmrl.engine.sequence import Generation, Sequence, mm_digest, prefix_keys
+from fastvlmrl.engine.sequence import Generation, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Engine:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         text_config = base.config.get_text_config()
         self.max_model_len = max_model_len or text_config.max_position_embeddings
-        window = _sliding_window(text_config)
+        window = sliding_window(text_config)
         if window is not None and window < self.max_model_len:
             # The paged attention is full attention: within the window it is the same thing, so cap
             # the context there instead of silently diverging from the model past it.
@@ -130,7 +130,7 @@ class Engine:
         self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.runner = ModelRunner(base, self.family, self.kv, self.attention, self.max_model_len)
-        self.eos_ids = _eos_ids(base, self.tokenizer)
+        self.eos_ids = eos_ids(base, self.tokenizer)
         self.stats = EngineStats()
         self._weights_version: list[tuple[int, int]] | None = None
         self._graph_params: list | None = None  # what the graphs were captured with (see _graph_key)
@@ -205,9 +205,7 @@ class Engine:
 
     def reset_prefix_cache(self) -> None:
         """Forget cached prompt blocks (done automatically when the weights change in place)."""
-        for block in self.block_manager.blocks:
-            block.key, block.token_ids = None, ()
-        self.block_manager.key_to_block.clear()
+        self.block_manager.reset_prefix_cache()
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -262,7 +260,7 @@ class Engine:
         self._next_seq_id += 1
         if self.block_manager.enable_prefix_caching:
             digest = mm_digest(mm) if mm else None
-            seq.prefix_keys = prefix_keys(ids, self.block_manager.block_size, self.family.image_token_id, digest)
+            seq.prefix_keys = block_keys(ids, self.block_manager.block_size, self.family.image_token_id, digest)
         positions, delta = self.family.prompt_positions(torch.tensor(ids, device=device), mm)
         seq.prompt_positions, seq.rope_delta = positions, delta
         return seq
@@ -448,25 +446,3 @@ def _adapter_state(model: nn.Module) -> list[tuple]:
         if isinstance(m, BaseTunerLayer)
     ]
 
-
-def _sliding_window(text_config) -> int | None:
-    """The attention window the HF layers would apply, if any (Mistral: always when set; Qwen2 and
-    others: only on layers typed ``sliding_attention``)."""
-    window = getattr(text_config, "sliding_window", None)
-    if not window:
-        return None
-    layer_types = getattr(text_config, "layer_types", None)
-    if layer_types is not None:
-        return int(window) if "sliding_attention" in layer_types else None
-    if getattr(text_config, "model_type", None) == "mistral":
-        return int(window)
-    return int(window) if getattr(text_config, "use_sliding_window", False) else None
-
-
-def _eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
-    """EOS ids as ``generate`` uses them: the generation config's, else the config's/tokenizer's."""
-    for source in (getattr(model, "generation_config", None), model.config.get_text_config(), model.config, tokenizer):
-        eos = getattr(source, "eos_token_id", None)
-        if eos is not None:
-            return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
-    return set()
