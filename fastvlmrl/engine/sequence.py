@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Callable
 
 import torch
 
@@ -86,3 +87,23 @@ class Sequence:
     def has_images(self) -> bool:
         return bool(self.mm_inputs)
 
+
+
+def finish_reason(
+    seq: Sequence, eos_ids: set[int], max_model_len: int, detokenize: Callable[[list[int]], str] | None
+) -> tuple[str | None, str | None]:
+    """Why ``seq`` ends after its newest token (None: it goes on), and its output text when it had
+    to be decoded to look for a stop string (cut before the first match)."""
+    sp = seq.sampling
+    reason = None
+    if not sp.ignore_eos and seq.token_ids[-1] in eos_ids:
+        reason = "eos"
+    elif seq.num_outputs >= sp.max_new_tokens or len(seq) >= max_model_len:
+        reason = "length"
+    text = None
+    if sp.stop and detokenize is not None:
+        text = detokenize(seq.output_ids)
+        cut = min((i for i in (text.find(s) for s in sp.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, reason = text[:cut], "stop"
+    return reason, text
