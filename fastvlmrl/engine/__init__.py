@@ -6,7 +6,8 @@ outs = engine.generate(frames, prompts, SamplingParams(temperature=0.2, max_new_
 outs[0].text, outs[0].token_ids, outs[0].logprobs, outs[0].hidden_state
 """
 
-from fastvlmrl.engine.engine import Engine, EngineStats, Request
+from fastvlmrl.engine.engine import Engine, EngineStats
+from fastvlmrl.engine.requests import Request
 from fastvlmrl.engine.sampling_params import SamplingParams
 from fastvlmrl.engine.sequence import Generation
 

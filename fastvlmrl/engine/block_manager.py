@@ -16,10 +16,41 @@ shared: at least one prompt token is always computed, which yields the first out
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import torch
+
 from fastvlmrl.engine.sequence import Sequence
+
+
+def mm_digest(mm_inputs: dict[str, torch.Tensor]) -> bytes:
+    """Content hash of a request's image inputs (pixel bytes, shapes, dtypes)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(mm_inputs):
+        t = mm_inputs[name].detach().contiguous().cpu()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.digest()
+
+
+def block_keys(
+    token_ids: list[int], block_size: int, image_token_id: int | None, image_digest: bytes | None
+) -> list[bytes]:
+    """Chained keys of the prompt's shareable blocks (full blocks ending before the last token):
+    what a sequence's ``prefix_keys`` holds and :meth:`BlockManager.allocate` looks up."""
+    keys: list[bytes] = []
+    prev = b""
+    for i in range((len(token_ids) - 1) // block_size):
+        tokens = token_ids[i * block_size : (i + 1) * block_size]
+        h = hashlib.blake2b(prev, digest_size=16)
+        h.update(torch.tensor(tokens, dtype=torch.int64).numpy().tobytes())
+        if image_digest is not None and image_token_id in tokens:
+            h.update(image_digest)
+        prev = h.digest()
+        keys.append(prev)
+    return keys
 
 
 @dataclass
@@ -52,6 +83,13 @@ class BlockManager:
 
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prompt block: their K/V was computed with weights that changed, or
+        by a step that failed before writing it. Blocks held by sequences stay allocated."""
+        for block in self.blocks:
+            block.key, block.token_ids = None, ()
+        self.key_to_block.clear()
 
     # -- prefill admission ---------------------------------------------------------------------
 

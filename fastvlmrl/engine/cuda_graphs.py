@@ -13,7 +13,7 @@ prefix of a contiguous buffer, so it stays contiguous.
 
 Graphs read the parameters by address: in-place optimizer steps are seen by the next replay;
 replaced modules or parameter tensors (and switched peft adapters) make the engine capture again at
-the next ``generate`` (:meth:`Engine._check_weights_version`).
+the next ``generate`` (see :mod:`fastvlmrl.engine.weights`).
 
 Testing: the padded static-buffer step runs on CPU in the tests (``capture=False``); capture and
 replay themselves run only in the GPU tests (tests/engine/test_gpu.py, scripts/bench_engine_gpu.sh).

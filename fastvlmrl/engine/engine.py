@@ -4,36 +4,26 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence as Seq
 
-import torch
 from torch import nn
 
 from fastvlmrl.engine.attention import flash_usable, select_backend
 from fastvlmrl.engine.block_manager import BlockManager
 from fastvlmrl.engine.cuda_graphs import DecodeGraphs
-from fastvlmrl.engine.families import family_for
+from fastvlmrl.engine.families import eos_ids, family_for, sliding_window
 from fastvlmrl.engine.kv_cache import KVCache, cache_shape_for, num_blocks_for
 from fastvlmrl.engine.model_runner import ModelRunner
 from fastvlmrl.engine.nvtx import nvtx_range
-from fastvlmrl.engine.sampler import sample
+from fastvlmrl.engine.requests import Request, SequenceBuilder, per_request, preprocess, with_sampling
+from fastvlmrl.engine.sampler import SampleOutput, sample
 from fastvlmrl.engine.sampling_params import SamplingParams
 from fastvlmrl.engine.scheduler import Scheduler
-from fastvlmrl.engine.sequence import Generation, Sequence, mm_digest, prefix_keys
+from fastvlmrl.engine.sequence import Generation, Sequence, Status, finish_reason
+from fastvlmrl.engine.weights import WeightVersions
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Request:
-    """A pre-processed request: prompt token ids (image placeholders expanded, as the model's
-    processor makes them) and this request's image tensors (e.g. ``pixel_values`` and, per family,
-    ``image_grid_thw`` or ``image_sizes``; empty for a text-only prompt)."""
-
-    prompt_token_ids: Seq[int] | torch.Tensor
-    mm_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
-    sampling: SamplingParams | None = None
 
 
 @dataclass
@@ -56,7 +46,9 @@ class Engine:
 
     The engine keeps a reference to ``model``: it reads the same parameter tensors the optimizer
     updates (LoRA layers included), so there is nothing to copy or sync between an update and the
-    next rollout. Arguments:
+    next rollout. A ``generate`` call checks and queues its requests (:mod:`.requests`), drops what
+    the weights' changes made stale (:mod:`.weights`), then runs :meth:`step` until the queue is
+    empty. Arguments:
 
     - ``block_size``: tokens per KV block, a power of two. None = 256 when flash-attn's paged
       decode can run (it needs a multiple of 256), else 16 (the project's paged-decode kernel).
@@ -108,7 +100,7 @@ class Engine:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         text_config = base.config.get_text_config()
         self.max_model_len = max_model_len or text_config.max_position_embeddings
-        window = _sliding_window(text_config)
+        window = sliding_window(text_config)
         if window is not None and window < self.max_model_len:
             # The paged attention is full attention: within the window it is the same thing, so cap
             # the context there instead of silently diverging from the model past it.
@@ -130,12 +122,11 @@ class Engine:
         self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.runner = ModelRunner(base, self.family, self.kv, self.attention, self.max_model_len)
-        self.eos_ids = _eos_ids(base, self.tokenizer)
+        self.requests = SequenceBuilder(self.family, self.block_manager, self.runner, self.max_model_len)
+        self.eos_ids = eos_ids(base, self.tokenizer)
         self.stats = EngineStats()
-        self._weights_version: list[tuple[int, int]] | None = None
-        self._graph_params: list | None = None  # what the graphs were captured with (see _graph_key)
+        self.weight_versions = WeightVersions(base)
         self._require_graphs = bool(use_cuda_graphs)
-        self._next_seq_id = 0
 
         if use_cuda_graphs and device.type != "cuda":
             raise ValueError("use_cuda_graphs=True needs a CUDA model")
@@ -161,11 +152,12 @@ class Engine:
         )
 
     def capture_cuda_graphs(self) -> None:
+        """(Re)capture the decode graphs; the engine calls it again when the weight tensors change."""
         with self.runner.engine_mode():
             self.runner.graphs = None
-            self._graph_params = None
+            self.weight_versions.graphs_dropped()
             self.runner.graphs = DecodeGraphs(self.runner, self.scheduler.max_num_seqs)
-            self._graph_params = self._graph_key()
+            self.weight_versions.graphs_captured()
 
     # -- public API --------------------------------------------------------------------------------
 
@@ -186,113 +178,74 @@ class Engine:
             raise ValueError("Engine.generate needs a processor; use generate_requests with token ids instead")
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
-        params = _per_request(sampling, len(prompts))
-        items: list[Request | str] = []
-        for image, prompt, sp in zip(images, prompts, params):
-            items.append(self._preprocess(image, prompt, sp))
+        params = per_request(sampling, len(prompts))
+        items = [preprocess(self.processor, self.family, im, p, sp) for im, p, sp in zip(images, prompts, params)]
         return self._generate(items)
 
     def generate_requests(
         self, requests: Seq[Request], sampling: SamplingParams | Seq[SamplingParams] | None = None
     ) -> list[Generation]:
         """Like :meth:`generate` for requests already turned into token ids and image tensors."""
-        params = _per_request(sampling, len(requests))
-        items = [
-            r if r.sampling is not None else Request(r.prompt_token_ids, r.mm_inputs, sp)
-            for r, sp in zip(requests, params)
-        ]
-        return self._generate(items)
+        return self._generate(with_sampling(requests, per_request(sampling, len(requests))))
 
     def reset_prefix_cache(self) -> None:
         """Forget cached prompt blocks (done automatically when the weights change in place)."""
-        for block in self.block_manager.blocks:
-            block.key, block.token_ids = None, ()
-        self.block_manager.key_to_block.clear()
+        self.block_manager.reset_prefix_cache()
+
+    def step(self) -> list[Generation]:
+        """One scheduling step, as nano-vllm's: encode the images of the sequences the next prefill
+        may admit, schedule, run a packed prefill or a batched decode, sample one token for each
+        scheduled sequence, append it and finish the sequences that are done.
+
+        Returns the generations that finished (or failed) in this step. ``generate`` calls it until
+        the queue is empty, inside the engine mode (paged attention switched on, inference mode):
+        it only runs there.
+        """
+        if not self.runner.in_engine_mode:
+            raise RuntimeError("Engine.step runs inside generate/generate_requests (the engine mode)")
+        sched, done = self.scheduler, []
+        candidates, errors = sched.prefill_candidates(), {}
+        if candidates:
+            t0 = time.perf_counter()
+            with nvtx_range("engine/vision"):
+                errors = self.runner.encode_images(candidates)
+            self.stats.vision_s += time.perf_counter() - t0
+            for seq in candidates:
+                if seq.seq_id in errors:
+                    sched.remove_waiting(seq)
+                    self._fail(seq, errors[seq.seq_id])
+                    done.append(seq.result)
+        seqs, is_prefill = sched.schedule()
+        if not seqs:
+            # Only failed candidates were removed this round; anything else is a scheduler bug
+            # (requests that can never fit the cache are rejected before they are queued).
+            assert errors, f"no progress: {len(sched.waiting)} waiting, {sched.block_manager.num_free} free"
+            return done
+        out = self._prefill(seqs) if is_prefill else self._decode(seqs)
+        bad = set(out.bad_rows)
+        for i, (seq, tok, lp, slp) in enumerate(zip(seqs, out.token_ids, out.logprobs, out.sampling_logprobs)):
+            if i in bad:
+                self._fail_running(seq, "the model produced non-finite logits (NaN/inf) for this request")
+            else:
+                self._append(seq, tok, lp, slp)
+        return done + [seq.result for seq in seqs if seq.status is Status.FINISHED]
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _preprocess(self, image: Any, prompt: str, sp: SamplingParams) -> Request | str:
-        if not isinstance(prompt, str) or not prompt.strip():
-            return f"empty prompt: {prompt!r}"
-        try:
-            if image is None:
-                enc = self.processor(text=[prompt], return_tensors="pt")
-            else:
-                enc = self.processor(
-                    images=image if isinstance(image, list) else [image], text=[prompt], return_tensors="pt"
-                )
-        except Exception as e:  # noqa: BLE001 - a processor error belongs to this request only
-            return f"preprocessing failed: {type(e).__name__}: {e}"
-        mm = {k: enc[k] for k in self.family.mm_keys if k in enc and enc[k] is not None}
-        return Request(enc["input_ids"][0], mm, sp)
-
-    def _make_sequence(self, req: Request) -> Sequence:
-        ids = req.prompt_token_ids
-        ids = ids.reshape(-1).tolist() if isinstance(ids, torch.Tensor) else [int(t) for t in ids]
-        sp = req.sampling
-        if not ids:
-            raise ValueError("empty prompt: no tokens")
-        if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt has {len(ids)} tokens; the model's context is {self.max_model_len}")
-        vocab = self.runner.embed.weight.shape[0]
-        if min(ids) < 0 or max(ids) >= vocab:
-            raise ValueError(
-                f"prompt token ids must be in the vocabulary [0, {vocab}), got range [{min(ids)}, {max(ids)}]"
-            )
-        total = min(len(ids) + sp.max_new_tokens, self.max_model_len)
-        if self.block_manager.blocks_needed(total) > self.block_manager.num_blocks:
-            raise ValueError(
-                f"prompt + max_new_tokens = {total} tokens need {self.block_manager.blocks_needed(total)} KV blocks; "
-                f"the cache has {self.block_manager.num_blocks}: raise num_blocks/memory_fraction"
-            )
-        has_image_tokens = self.family.image_token_id in ids
-        mm = {k: v for k, v in req.mm_inputs.items() if v is not None}
-        if mm and not has_image_tokens:
-            raise ValueError("images were given but the prompt has no image token")
-        if has_image_tokens and not mm:
-            raise ValueError("the prompt has image tokens but no images were given")
-        if mm:
-            mm = {k: v.to(self.runner.device) for k, v in self.family.check_mm(mm).items()}
-            if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in mm.values()):
-                raise ValueError("image inputs contain NaN or inf values")
-        device = self.runner.device
-        seed = sp.seed if sp.seed is not None else int(torch.randint(2**62, ()).item())
-        generator = None if sp.greedy else torch.Generator(device=device).manual_seed(seed)
-        seq = Sequence(self._next_seq_id, ids, len(ids), sp, mm, generator)
-        self._next_seq_id += 1
-        if self.block_manager.enable_prefix_caching:
-            digest = mm_digest(mm) if mm else None
-            seq.prefix_keys = prefix_keys(ids, self.block_manager.block_size, self.family.image_token_id, digest)
-        positions, delta = self.family.prompt_positions(torch.tensor(ids, device=device), mm)
-        seq.prompt_positions, seq.rope_delta = positions, delta
-        return seq
-
     def _generate(self, items: list[Request | str]) -> list[Generation]:
         self.stats = EngineStats()
-        results: list[Generation] = []
         with self.runner.engine_mode():
             self._check_weights_version()
+            results = []
             for item in items:
-                if isinstance(item, str):
-                    results.append(Generation(prompt_token_ids=[], finish_reason="error", error=item))
-                    continue
-                ids = item.prompt_token_ids
-                gen = Generation(prompt_token_ids=[])
+                gen, seq = self.requests.admit(item)
                 results.append(gen)
-                try:
-                    gen.prompt_token_ids = ids.reshape(-1).tolist() if isinstance(ids, torch.Tensor) else list(ids)
-                    seq = self._make_sequence(item)
-                except ValueError as e:
-                    gen.finish_reason, gen.error = "error", str(e)
-                    continue
-                except Exception as e:  # noqa: BLE001 - e.g. a family's position helper on odd input
-                    gen.finish_reason, gen.error = "error", f"{type(e).__name__}: {e}"
-                    continue
-                seq.result = gen
-                self.scheduler.add(seq)
+                if seq is not None:
+                    self.scheduler.add(seq)
             preempted_before = self.scheduler.num_preemptions
             try:
-                self._loop()
+                while not self.scheduler.is_finished():
+                    self.step()
             except BaseException:
                 self.scheduler.abort_all()  # leave the engine usable for the next call
                 # Blocks registered in the prefix cache by the failed step may never have been
@@ -306,83 +259,45 @@ class Engine:
                 gen.hidden_state = gen.hidden_state.clone()
         return results
 
-    def _graph_key(self, params: list[tuple[int, int]] | None = None, adapters: list | None = None) -> list:
-        """What captured graphs depend on: the parameter tensors' addresses and the adapter state."""
-        params = params if params is not None else [(p.data_ptr(), 0) for p in self.model.parameters()]
-        adapters = adapters if adapters is not None else _adapter_state(self.model)
-        return [ptr for ptr, _ in params] + adapters
-
     def _check_weights_version(self) -> None:
-        # In-place updates bump a tensor's version counter: cached prefix K/V computed with older
-        # weights must not be reused.
-        # peft adapters switched off/on (``disable_adapter()``, ``set_adapter``) change the function
-        # without touching a parameter: part of the version too.
-        params = [(p.data_ptr(), p._version) for p in self.model.parameters()]
-        adapters = _adapter_state(self.model)
-        version = params + adapters
-        if version != self._weights_version:
+        values_changed, graphs_stale = self.weight_versions.check()
+        if values_changed:
             self.reset_prefix_cache()
-            self._weights_version = version
-        # Captured graphs read parameters by address and bake in Python-level branches: in-place
-        # updates are seen, but new or moved parameters (LoRA injected after the engine was built,
-        # `.to()`, assigned state dicts) or a switched adapter would be silently ignored by the old
-        # graphs. Capture again.
-        if self._graph_params is not None and self._graph_key(params, adapters) != self._graph_params:
+        if graphs_stale:
             try:
                 self.capture_cuda_graphs()
             except Exception as e:  # noqa: BLE001 - as at construction: required = fail, else eager
-                self.runner.graphs, self._graph_params = None, None
+                self.runner.graphs = None
+                self.weight_versions.graphs_dropped()
                 if self._require_graphs:
                     raise
                 self.backend = f"{self.attention.name}; no CUDA graphs (re-capture failed: {type(e).__name__}: {e})"
                 logger.warning("fastvlmrl engine: CUDA graph re-capture failed, decoding eagerly: %s", e)
 
-    def _loop(self) -> None:
-        sched = self.scheduler
-        while not sched.is_finished():
-            candidates, errors = sched.prefill_candidates(), {}
-            if candidates:
-                t0 = time.perf_counter()
-                with nvtx_range("engine/vision"):
-                    errors = self.runner.encode_images(candidates)
-                self.stats.vision_s += time.perf_counter() - t0
-                for seq in candidates:
-                    if seq.seq_id in errors:
-                        sched.remove_waiting(seq)
-                        self._fail(seq, errors[seq.seq_id])
-            seqs, is_prefill = sched.schedule()
-            if not seqs:
-                # Only failed candidates were removed this round; anything else is a scheduler bug
-                # (requests that can never fit the cache are rejected before they are queued).
-                assert errors, f"no progress: {len(sched.waiting)} waiting, {sched.block_manager.num_free} free"
-                continue
-            t0 = time.perf_counter()
-            if is_prefill:
-                with nvtx_range("engine/prefill"):
-                    logits, hidden = self.runner.prefill(seqs)
-                    out = sample(logits, seqs)
-                self.stats.prefill_steps += 1
-                for seq, h in zip(seqs, hidden):
-                    computed = len(seq) - seq.num_cached_tokens
-                    self.stats.prefill_tokens += computed
-                    self.stats.cached_prompt_tokens += seq.num_cached_tokens
-                    seq.image_features = seq.image_token_positions = None
-                    if seq.result.hidden_state is None:  # not a recompute after preemption
-                        seq.result.hidden_state = h.clone()
-                        seq.result.num_cached_tokens = seq.num_cached_tokens
-                self.stats.prefill_s += time.perf_counter() - t0
-            else:
-                with nvtx_range("engine/decode"):
-                    logits = self.runner.decode(seqs)
-                    out = sample(logits, seqs)
-                self.stats.decode_steps += 1
-                self.stats.decode_s += time.perf_counter() - t0
-            bad = set(out.bad_rows)
-            for i, (seq, tok, lp, slp) in enumerate(zip(seqs, out.token_ids, out.logprobs, out.sampling_logprobs)):
-                if i in bad:
-                    self._fail_running(seq, "the model produced non-finite logits (NaN/inf) for this request")
-                else:
-                    self._append(seq, tok, lp, slp)
+    def _prefill(self, seqs: list[Sequence]) -> SampleOutput:
+        t0 = time.perf_counter()
+        with nvtx_range("engine/prefill"):
+            logits, hidden = self.runner.prefill(seqs)
+            out = sample(logits, seqs)
+        self.stats.prefill_steps += 1
+        for seq, h in zip(seqs, hidden):
+            self.stats.prefill_tokens += len(seq) - seq.num_cached_tokens
+            self.stats.cached_prompt_tokens += seq.num_cached_tokens
+            seq.image_features = seq.image_token_positions = None
+            if seq.result.hidden_state is None:  # not a recompute after preemption
+                seq.result.hidden_state = h.clone()
+                seq.result.num_cached_tokens = seq.num_cached_tokens
+        self.stats.prefill_s += time.perf_counter() - t0
+        return out
+
+    def _decode(self, seqs: list[Sequence]) -> SampleOutput:
+        t0 = time.perf_counter()
+        with nvtx_range("engine/decode"):
+            logits = self.runner.decode(seqs)
+            out = sample(logits, seqs)
+        self.stats.decode_steps += 1
+        self.stats.decode_s += time.perf_counter() - t0
+        return out
 
     def _append(self, seq: Sequence, token: int, logprob: float, sampling_logprob: float) -> None:
         seq.token_ids.append(token)
@@ -390,24 +305,14 @@ class Engine:
         gen.logprobs.append(logprob)
         gen.sampling_logprobs.append(sampling_logprob)
         self.stats.generated_tokens += 1
-        sp = seq.sampling
-        reason = None
-        if not sp.ignore_eos and token in self.eos_ids:
-            reason = "eos"
-        elif seq.num_outputs >= sp.max_new_tokens or len(seq) >= self.max_model_len:
-            reason = "length"
-        text = None
-        if sp.stop and self.tokenizer is not None:
-            text = self._decode(seq.output_ids)
-            cut = min((i for i in (text.find(s) for s in sp.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                text, reason = text[:cut], "stop"
+        detokenize = self._detokenize if self.tokenizer is not None else None
+        reason, text = finish_reason(seq, self.eos_ids, self.max_model_len, detokenize)
         if reason is None:
             return
         self.scheduler.finish(seq)
         gen.token_ids = seq.output_ids
         gen.finish_reason = reason
-        gen.text = text if text is not None else self._decode(gen.token_ids)
+        gen.text = text if text is not None else self._detokenize(gen.token_ids)
 
     def _fail(self, seq: Sequence, error: str) -> None:
         seq.result.finish_reason, seq.result.error = "error", error
@@ -419,54 +324,7 @@ class Engine:
         gen.token_ids, gen.logprobs, gen.sampling_logprobs, gen.text, gen.hidden_state = [], [], [], "", None
         self._fail(seq, error)
 
-    def _decode(self, ids: list[int]) -> str:
+    def _detokenize(self, ids: list[int]) -> str:
         if self.tokenizer is None or not hasattr(self.tokenizer, "decode"):
             return ""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def _per_request(sampling: SamplingParams | Seq[SamplingParams] | None, n: int) -> list[SamplingParams]:
-    if sampling is None:
-        sampling = SamplingParams()
-    if isinstance(sampling, SamplingParams):
-        return [sampling.for_index(i) for i in range(n)]
-    sampling = list(sampling)
-    if len(sampling) != n:
-        raise ValueError(f"got {len(sampling)} SamplingParams for {n} requests")
-    return sampling
-
-
-def _adapter_state(model: nn.Module) -> list[tuple]:
-    """(disabled, active adapters, merged) of every peft LoRA-style layer, in module order."""
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # peft is optional
-        return []
-    return [
-        (bool(m.disable_adapters), tuple(m.active_adapters), bool(m.merged))
-        for m in model.modules()
-        if isinstance(m, BaseTunerLayer)
-    ]
-
-
-def _sliding_window(text_config) -> int | None:
-    """The attention window the HF layers would apply, if any (Mistral: always when set; Qwen2 and
-    others: only on layers typed ``sliding_attention``)."""
-    window = getattr(text_config, "sliding_window", None)
-    if not window:
-        return None
-    layer_types = getattr(text_config, "layer_types", None)
-    if layer_types is not None:
-        return int(window) if "sliding_attention" in layer_types else None
-    if getattr(text_config, "model_type", None) == "mistral":
-        return int(window)
-    return int(window) if getattr(text_config, "use_sliding_window", False) else None
-
-
-def _eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
-    """EOS ids as ``generate`` uses them: the generation config's, else the config's/tokenizer's."""
-    for source in (getattr(model, "generation_config", None), model.config.get_text_config(), model.config, tokenizer):
-        eos = getattr(source, "eos_token_id", None)
-        if eos is not None:
-            return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
-    return set()

@@ -3,22 +3,26 @@
 The Hugging Face model does the work (vision tower, projector, embeddings, rotary, norms, MLPs);
 a family only says how to batch one request's image tensors with the others', how to check them
 (so a bad image fails its own request with a clear message), and which position ids a prompt's
-tokens get. Adding an architecture = adding a small class here and a parity test.
+tokens get. Adding an architecture = adding a small class here and a parity test. The few things
+the engine reads from a Hugging Face config (the EOS ids, a sliding window) are here too.
 """
 
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 from torch import nn
 
 
 class Family:
-    """LLaVA-1.5 (``LlavaForConditionalGeneration``): CLIP tower, plain 1-D positions."""
+    """What every family shares: the Hugging Face wrapper's layout (``model.model.language_model``,
+    ``get_image_features``) and plain 1-D positions. A subclass names its image tensors
+    (``mm_keys``) and says how to check, count and batch them."""
 
-    name = "llava"
-    mm_keys: tuple[str, ...] = ("pixel_values",)
+    name: str
+    mm_keys: tuple[str, ...]
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -38,6 +42,33 @@ class Family:
 
     # images
     def check_mm(self, mm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One request's image tensors, normalised; a ValueError that names the expected shape."""
+        raise NotImplementedError
+
+    def num_images(self, mm: dict[str, torch.Tensor]) -> int:
+        raise NotImplementedError
+
+    def batch_mm(self, mms: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Several requests' checked image tensors as one vision-tower input."""
+        raise NotImplementedError
+
+    # positions
+    @property
+    def position_rows(self) -> int:
+        return 1
+
+    def prompt_positions(self, token_ids: torch.Tensor, mm: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, int]:
+        """Position ids of the prompt (None = ``arange``) and the offset of later tokens."""
+        return None, 0
+
+
+class LlavaFamily(Family):
+    """LLaVA-1.5 (``LlavaForConditionalGeneration``): CLIP tower, one fixed-size image each."""
+
+    name = "llava"
+    mm_keys = ("pixel_values",)
+
+    def check_mm(self, mm):
         vc = self.config.vision_config
         pv = _require(mm, "pixel_values")
         want = (getattr(vc, "num_channels", 3), vc.image_size, vc.image_size)
@@ -49,20 +80,11 @@ class Family:
             )
         return {"pixel_values": pv}
 
-    def num_images(self, mm: dict[str, torch.Tensor]) -> int:
+    def num_images(self, mm):
         return mm["pixel_values"].shape[0]
 
-    def batch_mm(self, mms: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def batch_mm(self, mms):
         return {"pixel_values": torch.cat([m["pixel_values"] for m in mms])}
-
-    # positions
-    @property
-    def position_rows(self) -> int:
-        return 1
-
-    def prompt_positions(self, token_ids: torch.Tensor, mm: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, int]:
-        """Position ids of the prompt (None = ``arange``) and the offset of later tokens."""
-        return None, 0
 
 
 class LlavaNextFamily(Family):
@@ -177,7 +199,7 @@ class Qwen2VLFamily(Family):
 
 
 FAMILIES: dict[str, type[Family]] = {
-    "llava": Family,
+    "llava": LlavaFamily,
     "llava_next": LlavaNextFamily,
     "qwen2_vl": Qwen2VLFamily,
     "qwen2_5_vl": Qwen2VLFamily,
@@ -207,3 +229,29 @@ def _require(mm: dict[str, torch.Tensor], key: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         value = torch.as_tensor(value)
     return value
+
+
+# -- model-config helpers: what the engine reads from a Hugging Face config ------------------------
+
+
+def sliding_window(text_config) -> int | None:
+    """The attention window the HF layers would apply, if any (Mistral: always when set; Qwen2 and
+    others: only on layers typed ``sliding_attention``)."""
+    window = getattr(text_config, "sliding_window", None)
+    if not window:
+        return None
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types is not None:
+        return int(window) if "sliding_attention" in layer_types else None
+    if getattr(text_config, "model_type", None) == "mistral":
+        return int(window)
+    return int(window) if getattr(text_config, "use_sliding_window", False) else None
+
+
+def eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
+    """EOS ids as ``generate`` uses them: the generation config's, else the config's/tokenizer's."""
+    for source in (getattr(model, "generation_config", None), model.config.get_text_config(), model.config, tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        if eos is not None:
+            return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
+    return set()

@@ -53,6 +53,7 @@ class ModelRunner:
         self.device = model.get_input_embeddings().weight.device
         self.rows = family.position_rows
         self.graphs = None  # set by the engine when CUDA graphs are on
+        self.in_engine_mode = False
 
     # Looked up at every step, not kept: LoRA (peft) or modules_to_save wrappers may replace the
     # embedding or the LM head after the engine was built.
@@ -74,12 +75,15 @@ class ModelRunner:
         previous_impl = self.lm.config._attn_implementation
         # Per module: a trainer may keep parts in eval (a frozen vision tower) while the rest trains.
         modes = [(m, m.training) for m in self.model.modules()]
+        previous_mode = self.in_engine_mode  # nested: graph capture inside a generate call
         set_attn_implementation(self.lm, ATTN_IMPL)
         self.model.eval()
+        self.in_engine_mode = True
         try:
             with torch.inference_mode():
                 yield
         finally:
+            self.in_engine_mode = previous_mode
             set_attn_implementation(self.lm, previous_impl)
             for module, training in modes:
                 module.training = training

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Callable
 
 import torch
 
@@ -59,7 +59,7 @@ class Sequence:
     sampling: SamplingParams
     mm_inputs: dict[str, torch.Tensor]
     generator: torch.Generator | None
-    prefix_keys: list[bytes] = field(default_factory=list)
+    prefix_keys: list[bytes] = field(default_factory=list)  # block_manager.block_keys of the prompt
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0
     status: Status = Status.WAITING
@@ -88,28 +88,22 @@ class Sequence:
         return bool(self.mm_inputs)
 
 
-def mm_digest(mm_inputs: dict[str, torch.Tensor]) -> bytes:
-    """Content hash of a request's image inputs (pixel bytes, shapes, dtypes)."""
-    h = hashlib.blake2b(digest_size=16)
-    for name in sorted(mm_inputs):
-        t = mm_inputs[name].detach().contiguous().cpu()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.digest()
 
-
-def prefix_keys(
-    token_ids: list[int], block_size: int, image_token_id: int | None, image_digest: bytes | None
-) -> list[bytes]:
-    """Chained keys of the prompt's shareable blocks: full blocks ending before the last token."""
-    keys: list[bytes] = []
-    prev = b""
-    for i in range((len(token_ids) - 1) // block_size):
-        tokens = token_ids[i * block_size : (i + 1) * block_size]
-        h = hashlib.blake2b(prev, digest_size=16)
-        h.update(torch.tensor(tokens, dtype=torch.int64).numpy().tobytes())
-        if image_digest is not None and image_token_id in tokens:
-            h.update(image_digest)
-        prev = h.digest()
-        keys.append(prev)
-    return keys
+def finish_reason(
+    seq: Sequence, eos_ids: set[int], max_model_len: int, detokenize: Callable[[list[int]], str] | None
+) -> tuple[str | None, str | None]:
+    """Why ``seq`` ends after its newest token (None: it goes on), and its output text when it had
+    to be decoded to look for a stop string (cut before the first match)."""
+    sp = seq.sampling
+    reason = None
+    if not sp.ignore_eos and seq.token_ids[-1] in eos_ids:
+        reason = "eos"
+    elif seq.num_outputs >= sp.max_new_tokens or len(seq) >= max_model_len:
+        reason = "length"
+    text = None
+    if sp.stop and detokenize is not None:
+        text = detokenize(seq.output_ids)
+        cut = min((i for i in (text.find(s) for s in sp.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, reason = text[:cut], "stop"
+    return reason, text

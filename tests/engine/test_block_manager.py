@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 
 from fastvlmrl.engine import SamplingParams
-from fastvlmrl.engine.block_manager import BlockManager
+from fastvlmrl.engine.block_manager import BlockManager, block_keys
 from fastvlmrl.engine.scheduler import Scheduler
-from fastvlmrl.engine.sequence import Sequence, prefix_keys
+from fastvlmrl.engine.sequence import Sequence
 
 BS = 4
 
 
 def make_seq(i: int, tokens: list[int], max_new: int = 8, image_digest: bytes | None = None) -> Sequence:
     seq = Sequence(i, list(tokens), len(tokens), SamplingParams(temperature=0, max_new_tokens=max_new), {}, None)
-    seq.prefix_keys = prefix_keys(seq.token_ids, BS, 99, image_digest)
+    seq.prefix_keys = block_keys(seq.token_ids, BS, 99, image_digest)
     return seq
 
 

@@ -92,7 +92,7 @@ def test_optimizer_updates_invalidate_the_cache(tiny):
     processor = tiny.TinyProcessor(model, "llava")
     engine = Engine(model, processor, block_size=BS, num_blocks=64)
     engine.generate([tiny.frame(0)], [TASK + "<image>"], SP)
-    versions = engine._weights_version
+    versions = engine.weight_versions.version
     for foreach in (False, True):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=foreach)
         for p in model.parameters():
@@ -100,5 +100,5 @@ def test_optimizer_updates_invalidate_the_cache(tiny):
         opt.step()
         engine.generate([tiny.frame(0)], [TASK + "<image>"], SP)
         assert engine.stats.cached_prompt_tokens == 0
-        assert engine._weights_version != versions
-        versions = engine._weights_version
+        assert engine.weight_versions.version != versions
+        versions = engine.weight_versions.version
