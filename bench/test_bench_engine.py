@@ -260,13 +260,7 @@ def time_generate(model, requests: list[Request], case: Case) -> float:
     return seconds
 
 
-def report(capsys, *lines: str) -> None:
-    """Print past pytest's output capture: the table shows whatever the flags."""
-    with capsys.disabled():
-        print("\n" + "\n".join(lines), flush=True)
-
-
-def run_case(case: Case, benchmark, capsys):
+def run_case(case: Case, benchmark, report):
     model = build(case)
     requests = make_requests(model, case)
     tokens = case.batch * case.new_tokens
@@ -311,12 +305,12 @@ def run_case(case: Case, benchmark, capsys):
             f"  decode step {info['decode_step_ms']:.2f} ms vs roofline {info['roofline_step_ms']:.2f} ms: "
             f"{info['roofline_fraction']:.1%} of the HBM roofline"
         )
-    report(capsys, *lines)
+    report(*lines)
 
 
 @pytest.mark.benchmark(group="engine-cpu")
-def test_engine_vs_generate_cpu(benchmark, capsys):
-    run_case(Case("tiny-llava", batch=32, new_tokens=64, device="cpu", dtype=torch.float32), benchmark, capsys)
+def test_engine_vs_generate_cpu(benchmark, report):
+    run_case(Case("tiny-llava", batch=32, new_tokens=64, device="cpu", dtype=torch.float32), benchmark, report)
 
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -326,13 +320,13 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
 @pytest.mark.gpu
 @pytest.mark.benchmark(group="engine-gpu")
 @pytest.mark.parametrize("name", ["qwen2-vl-2b", "llava-1.5-7b"])
-def test_engine_vs_generate_gpu(name, benchmark, capsys):
-    run_case(Case(name, batch=64, new_tokens=256, device="cuda", dtype=torch.bfloat16), benchmark, capsys)
+def test_engine_vs_generate_gpu(name, benchmark, report):
+    run_case(Case(name, batch=64, new_tokens=256, device="cuda", dtype=torch.bfloat16), benchmark, report)
 
 
 @pytest.mark.benchmark(group="engine-vs-continuous-batching")
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[gpu, pytest.mark.gpu])])
-def test_engine_vs_transformers_continuous_batching(device, benchmark, capsys):
+def test_engine_vs_transformers_continuous_batching(device, benchmark, report):
     case = (
         Case("tiny-llava", 32, 64, "cpu", torch.float32)
         if device == "cpu"
@@ -374,7 +368,6 @@ def test_engine_vs_transformers_continuous_batching(device, benchmark, capsys):
         }
     )
     report(
-        capsys,
         f"[text-only {case.name} {device} batch={case.batch} new={case.new_tokens}] engine {tokens / engine_s:,.0f} tok/s, "
         f"transformers generate_batch {tokens / cb_s:,.0f} tok/s, ratio {cb_s / engine_s:.2f}x",
     )
