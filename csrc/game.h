@@ -3,6 +3,7 @@
  * A game is one header in csrc/games/ that fills a GameOps; csrc/games.h lists them. */
 #ifndef FASTVLMRL_GAME_H
 #define FASTVLMRL_GAME_H
+#include <stddef.h>
 #include <stdint.h>
 #include "draw.h"
 #include "rng.h"
@@ -23,6 +24,7 @@ typedef struct {
 /* `g` points to the game's own struct inside the env. */
 typedef struct {
     const char *name; /* the game's name as Python spells it */
+    size_t size;      /* sizeof its struct: a snapshot records it, so another layout is refused */
     /* The game's settings, once per env before the first reset; may be NULL. */
     void (*init)(void *g, const GameOptions *options);
     int (*num_actions)(const void *g);

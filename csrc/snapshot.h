@@ -14,13 +14,13 @@
 
 typedef struct {
     uint32_t magic, version, game, num_envs, env_size, num_actions;
-    uint32_t layout[3]; /* sizeof(Rng), offsetof(Env, g), sizeof(GameState): another layout is refused */
+    uint32_t layout[3]; /* sizeof(Rng), offsetof(Env, g), sizeof(the game's struct): another layout is refused */
 } SnapshotHeader;
 
 static SnapshotHeader snapshot_header(int game, int num_envs, int num_actions) {
     SnapshotHeader h = {SNAPSHOT_MAGIC, SNAPSHOT_VERSION, (uint32_t)game, (uint32_t)num_envs, (uint32_t)sizeof(Env),
                         (uint32_t)num_actions,
-                        {(uint32_t)sizeof(Rng), (uint32_t)offsetof(Env, g), (uint32_t)sizeof(GameState)}};
+                        {(uint32_t)sizeof(Rng), (uint32_t)offsetof(Env, g), (uint32_t)GAMES[game]->size}};
     return h;
 }
 

@@ -96,13 +96,14 @@ def load_checkpoint(cfg: Config, checkpoint: Path, device, dtype, trainable: boo
     return policy, processor
 
 
-def read_trainer_state(checkpoint: Path, planned_updates: int) -> dict:
-    """The checkpoint's trainer state, checked before anything is restored from it."""
+def read_trainer_state(checkpoint: Path, updates: int) -> dict:
+    """The checkpoint's trainer state, checked before anything is restored from it (`updates`:
+    the resumed run's ppo.updates)."""
     state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)
     if "envs" not in state:
         raise ValueError(f"{checkpoint} has no resume state (written by an older fastvlmrl): start a new run")
-    if planned_updates < state["update"]:
-        raise ValueError(f"ppo.updates={planned_updates} is below the {state['update']} updates {checkpoint} "
+    if updates < state["update"]:
+        raise ValueError(f"ppo.updates={updates} is below the {state['update']} updates {checkpoint} "
                          "already made: give ppo.updates >= that to resume")
     return state
 

@@ -47,7 +47,7 @@ def cmd_envs(args) -> int:
         print(f"{name:<11} {result.success_rate(n):>8.3f} {result.mean_return(n):>8.2f} {result.mean_length(n):>7.2f} "
               f"{len(result.returns[:n]):>9} {result.steps_per_second:>10,.0f} {zero_copy:>10,.0f}")
     print(f"steps/s of step() alone, {args.num_envs} envs, 300x300 frames: as played (SameStep, final frames copied "
-          "out); zero-copy: NextStep, copy=False, random actions (the trainer's path, bench/test_bench_envs.py)")
+          "out); zero-copy: NextStep, copy=False, random actions (bench/test_bench_envs.py)")
     return 0
 
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from fastvlmrl import checkpoint as ckpt
 from fastvlmrl.build import build_encoder, build_player, logprob_temperature, resolve_device, resolve_dtype
-from fastvlmrl.checkpoint import save_checkpoint
+from fastvlmrl.checkpoint import save_checkpoint  # by name: the resume test replaces it to kill a run
 from fastvlmrl.config import Config, save_config
 from fastvlmrl.curves import redraw_curves
 from fastvlmrl.metrics_log import MetricsLog

@@ -132,8 +132,8 @@ _SWAP_LOCK = threading.RLock()
 def _language_namespaces() -> list:
     import triton.language as tl
 
-    return [tl, tl.core, tl.math, tl.standard, tl.core.tensor, tl.core.dtype, tl.core.condition,
-            tl.core.tensor_descriptor_base]
+    core = [getattr(tl.core, name, None) for name in ("tensor", "dtype", "condition", "tensor_descriptor_base")]
+    return [tl, tl.core, tl.math, tl.standard] + [ns for ns in core if ns is not None]  # (older tritons lack some)
 
 
 def _snapshot(namespaces: list) -> list[tuple[object, dict]]:

@@ -151,6 +151,7 @@ static int blackjack_valid(const void *gv) {
 
 static const GameOps BLACKJACK_OPS = {
     .name = "Blackjack",
+    .size = sizeof(Blackjack),
     .num_actions = blackjack_num_actions,
     .reset = blackjack_reset,
     .step = blackjack_step,

@@ -87,6 +87,7 @@ static void ezpoints_render_step(const void *fv, Canvas *c, int added) {
 
 static const GameOps EZPOINTS_OPS = {
     .name = "EZPoints",
+    .size = sizeof(Formula),
     .init = ezpoints_init,
     .num_actions = formula_num_actions,
     .reset = ezpoints_reset,

@@ -97,6 +97,7 @@ static int numberline_valid(const void *gv) {
 
 static const GameOps NUMBERLINE_OPS = {
     .name = "NumberLine",
+    .size = sizeof(NumberLine),
     .num_actions = numberline_num_actions,
     .reset = numberline_reset,
     .step = numberline_step,

@@ -65,6 +65,7 @@ static void points24_render_step(const void *fv, Canvas *c, int added) {
 
 static const GameOps POINTS24_OPS = {
     .name = "Points24",
+    .size = sizeof(Formula),
     .init = points24_init,
     .num_actions = formula_num_actions,
     .reset = points24_reset,

@@ -106,7 +106,7 @@ def reply_policy(name: str, seed: int = 0) -> Callable[[Game, dict], OracleStep]
 
 def zero_copy_steps_per_second(game: str, num_envs: int, *, num_threads: int = 1, calls: int = 500,
                                seed: int = 0) -> float:
-    """Env steps per second of the batch as the trainer and bench/test_bench_envs.py run it:
+    """Env steps per second of the batch as bench/test_bench_envs.py runs it (the zero-copy path):
     autoreset NextStep, copy=False (no copies), 300x300 frames, random actions."""
     envs = make_batch(game, num_envs, copy=False, num_threads=num_threads)
     envs.reset(seed=seed)

@@ -45,5 +45,6 @@ def token_weights(is_action: torch.Tensor, thought_coef: float) -> torch.Tensor:
 
 
 def action_token_weights(tokenizer, token_ids: list[int], thought_coef: float) -> list[float]:
-    """`token_weights` of a reply given as token ids, as Python floats."""
+    """`token_weights` of a reply given as token ids, as Python floats (for code outside the
+    trainer, e.g. the bench's RL4VLM-style reference loop; the trainer stores the mask)."""
     return [1.0 if in_action else float(thought_coef) for in_action in action_token_mask(tokenizer, token_ids)]

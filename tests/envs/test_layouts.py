@@ -29,3 +29,20 @@ def test_play_needs_a_same_step_batch():
     with pytest.raises(ValueError, match="SameStep"):
         play(envs, lambda game, info: 0, 1)
     envs.close()
+
+
+FORMULA_ROW = {"cards": (0, 4), "numbers": (4, 4), "num_cards": (8, 1), "formula_len": (9, 1),
+               "numbers_used": (10, 1), "steps": (11, 1), "formula": (12, 24)}
+
+
+def test_layouts_are_the_documented_rows():
+    """Pinned by hand: the C games, their Python modules and the reference games all read the
+    exported layout, so only a fixed copy catches a change that moves all three together."""
+    assert _cards.LAYOUTS == {
+        "NumberLine": {"target": (0, 1), "current": (1, 1), "steps": (2, 1)},
+        "EZPoints": FORMULA_ROW,
+        "Points24": FORMULA_ROW,
+        "Blackjack": {"dealer_count": (0, 1), "player_count": (1, 1), "steps": (2, 1), "dealer_cards": (3, 12),
+                      "player_cards": (15, 22)},
+    }
+    assert _cards.STATE_DIM == 48

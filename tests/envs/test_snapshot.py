@@ -80,3 +80,28 @@ def test_damaged_snapshot_is_refused_and_the_batch_is_unchanged(game):
         envs.set_state({**good, "batch": bytes(damaged)})
     assert [envs.describe(i) for i in range(3)] == before
     envs.set_state(good)
+
+
+@pytest.mark.parametrize("field", [6, 7, 8])  # the header's layout words: Rng size, game offset, game struct size
+def test_snapshot_from_another_struct_layout_is_refused(field):
+    """A build whose structs differ (a game's struct grew, say) wrote a snapshot this build
+    cannot read field by field: refused, even when the env's total size is the same."""
+    envs = make_batch("NumberLine", 2, height=48, width=48)
+    envs.reset(seed=0)
+    snapshot = envs.get_state()
+    changed = bytearray(snapshot["batch"])
+    word = int.from_bytes(changed[4 * field: 4 * field + 4], "little")
+    changed[4 * field: 4 * field + 4] = (word + 4).to_bytes(4, "little")
+    with pytest.raises(ValueError, match="another version"):
+        envs.set_state({**snapshot, "batch": bytes(changed)})
+
+
+def test_header_records_each_games_own_struct_size():
+    """Not the size of the union of all games (the same for every game): a change to a game
+    smaller than the largest must change its snapshots' header too."""
+    sizes = {}
+    for name in ("NumberLine", "EZPoints", "Blackjack"):
+        envs = make_batch(name, 1, height=32, width=32)
+        envs.reset(seed=0)
+        sizes[name] = int.from_bytes(envs.get_state()["batch"][32:36], "little")
+    assert len(set(sizes.values())) == 3, sizes

@@ -1,4 +1,4 @@
-"""Blackjack in plain Python (rules as csrc/blackjack.h: gymnasium Blackjack-v1, natural/sab off)."""
+"""Blackjack in plain Python (rules as csrc/games/blackjack.h: gymnasium Blackjack-v1, natural/sab off)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""EZPoints and Points24 in plain Python (rules as csrc/formula.h, evaluation with Fraction)."""
+"""EZPoints and Points24 in plain Python (rules as csrc/games/formula.h, evaluation with Fraction)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""NumberLine in plain Python (rules as csrc/numberline.h)."""
+"""NumberLine in plain Python (rules as csrc/games/numberline.h)."""
 
 from __future__ import annotations
 
