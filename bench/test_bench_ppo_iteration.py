@@ -38,7 +38,7 @@ from fastvlmrl.envs.prompts import task_prompt
 from fastvlmrl.kernels.reference import ppo_clip_loss as reference_ppo_loss
 from fastvlmrl.models import TinyVLMConfig, build_tiny_vlm, load_policy, make_policy
 from fastvlmrl.rl.gae import compute_gae
-from fastvlmrl.rl.ppo import ppo_update
+from fastvlmrl.rl.ppo import make_optimizer, ppo_update
 from fastvlmrl.rl.storage import RolloutStorage
 from fastvlmrl.rl.token_weights import action_token_weights
 
@@ -104,7 +104,7 @@ def fast_iteration(case: Case):
     cfg.env.name, cfg.env.num_envs, cfg.env.image_size = "NumberLine", case.num_envs, case.image_size
     cfg.prompt.style, cfg.run.seed = "full", 0
     player = build_player(cfg, policy, processor, encoder, ignore_eos=True)
-    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.ppo.lr)
+    optimizer = make_optimizer(policy, cfg.ppo)
     bias = encoder.logit_bias(policy.lm_head_weight().shape[0], case.device, policy.lm_head_weight().dtype)
     obs = player.reset(0)
 

@@ -86,9 +86,12 @@ class PPOConfig:
     lr: float = 1e-5
     lr_end: float = 0.0  # cosine decay to this over the planned updates (no restart)
     warmup_updates: int = 0  # linear ramp of the learning rate over the first updates
+    value_lr: float | None = None  # the value head's own learning rate (same schedule); None = ppo.lr
+    critic_warmup_updates: int = 0  # the first updates train only the value head (no policy step)
+    reward_scale: float = 1.0  # rewards are multiplied by this for GAE and the critic (not in the stats)
     clip: float = 0.1
     ratio_cap: float = 10.0
-    value_clip: float = 0.1
+    value_clip: float = 0.1  # per update, around the rollout's values; 0 = no value clip
     value_coef: float = 0.5
     gamma: float = 0.9
     gae_lambda: float = 0.95
@@ -154,6 +157,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be at least 1, got {value}")
     for key, value in {"sft.steps": cfg.sft.steps, "ppo.updates": cfg.ppo.updates,
                        "log.checkpoint_every": cfg.log.checkpoint_every, "ppo.warmup_updates": cfg.ppo.warmup_updates,
+                       "ppo.critic_warmup_updates": cfg.ppo.critic_warmup_updates,
                        "run.threads": cfg.run.threads}.items():
         if value < 0:
             raise ConfigError(f"{key} must be 0 or more, got {value}")
@@ -171,9 +175,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"sampling.top_p must be in (0, 1], got {cfg.sampling.top_p}")
     if not 0 <= cfg.sft.noise <= 1:
         raise ConfigError(f"sft.noise must be in [0, 1], got {cfg.sft.noise}")
-    for key in ("clip", "value_clip", "lr", "gamma", "gae_lambda"):
+    for key in ("clip", "lr", "gamma", "gae_lambda", "reward_scale"):
         if getattr(cfg.ppo, key) <= 0:
             raise ConfigError(f"ppo.{key} must be positive, got {getattr(cfg.ppo, key)}")
+    if cfg.ppo.value_clip < 0:
+        raise ConfigError(f"ppo.value_clip must be 0 (no clip) or more, got {cfg.ppo.value_clip}")
+    if cfg.ppo.value_lr is not None and cfg.ppo.value_lr <= 0:
+        raise ConfigError(f"ppo.value_lr must be positive (or null for ppo.lr), got {cfg.ppo.value_lr}")
     if cfg.ppo.updates == 0 and cfg.sft.steps == 0:
         raise ConfigError("nothing to train: set sft.steps or ppo.updates above 0")
     if cfg.ppo.gamma > 1 or cfg.ppo.gae_lambda > 1:

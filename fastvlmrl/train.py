@@ -35,7 +35,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     the lines up to that checkpoint, and the updates that follow are the ones the uninterrupted
     run would have made."""
     from fastvlmrl.models import load_policy
-    from fastvlmrl.rl.ppo import cosine_lr, ppo_update
+    from fastvlmrl.rl.ppo import cosine_lr, make_optimizer, ppo_update, set_lr
     from fastvlmrl.rl.sft import make_demos, sft_train
     from fastvlmrl.rl.storage import RolloutStorage
 
@@ -78,7 +78,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         policy.eval()
         sft_eval = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed, desc="eval sft")
         log.write({f"sft/eval_{k}": v for k, v in sft_eval.items()})
-    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.ppo.lr)
+    optimizer = make_optimizer(policy, cfg.ppo)
     generator = torch.Generator().manual_seed(cfg.run.seed)  # mini-batch order
 
     # -- where the updates start: 0, or the checkpoint's --------------------------------------
@@ -100,18 +100,20 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     for update in bar:
         # over the updates the run first planned: a run extended by resume holds lr_end after them
         lr = cosine_lr(update, planned, cfg.ppo.lr, cfg.ppo.lr_end, cfg.ppo.warmup_updates)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr)
         storage = RolloutStorage(cfg.ppo.num_steps, cfg.env.num_envs)
         policy.eval()
-        obs, stats, rollout_s, last_values = player.collect(obs, storage, cfg.ppo.gamma)
+        obs, stats, rollout_s, last_values = player.collect(obs, storage, cfg.ppo.gamma,
+                                                            reward_scale=cfg.ppo.reward_scale)
         storage.finish(last_values, cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.ppo.normalize_advantages)
         start = time.perf_counter()
         metrics = ppo_update(policy, optimizer, storage, cfg.ppo, temperature=logprob_temperature(cfg),
-                             pad_id=encoder.pad_id, device=device, generator=generator, logit_bias=logit_bias)
+                             pad_id=encoder.pad_id, device=device, generator=generator, logit_bias=logit_bias,
+                             critic_only=update < cfg.ppo.critic_warmup_updates)
         update_s = time.perf_counter() - start
         env_steps += cfg.ppo.num_steps * cfg.env.num_envs
         record = {"update": update, "env_steps": env_steps, "lr": lr, **stats.summary(), **metrics,
+                  **storage.critic_stats(),
                   "timing/rollout_s": rollout_s, "timing/update_s": update_s,
                   "throughput/tokens_per_s": stats.tokens / max(rollout_s, 1e-9)}
         log.write(record)

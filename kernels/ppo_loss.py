@@ -148,7 +148,7 @@ def ppo_clip_loss(
     values: torch.Tensor | None = None,
     old_values: torch.Tensor | None = None,
     returns: torch.Tensor | None = None,
-    value_clip: float = 0.1,
+    value_clip: float | None = 0.1,
     value_coef: float = 0.5,
 ) -> PPOLossOutput:
     """RL4VLM's PPO objective over B packed sequences, in one fused pass.
@@ -168,6 +168,7 @@ def ppo_clip_loss(
         old_logp: ``[B]`` sequence log-probs at rollout time (same λ-weighting).
         advantages: ``[B]``.
         values, old_values, returns: optional ``[B]`` each (all three or none).
+        value_clip: the band around ``old_values``; None: no value clip (plain squared error).
 
     Returns:
         :class:`PPOLossOutput` (loss, policy_loss, value_loss, clip_fraction, approx_kl,
@@ -194,8 +195,8 @@ def ppo_clip_loss(
         for name, t in (("values", values), ("old_values", old_values), ("returns", returns)):
             _check_1d(name, t, B, dev)
     _check_clip(clip_eps, ratio_cap, clip_eps)
-    if not (math.isfinite(value_clip) and value_clip >= 0):
-        raise ValueError(f"value_clip must be >= 0, got {value_clip!r}")
+    if value_clip is not None and not (math.isfinite(value_clip) and value_clip >= 0):
+        raise ValueError(f"value_clip must be >= 0 or None (no clip), got {value_clip!r}")
     tensors = [token_logp, old_logp, advantages] + ([values, old_values, returns] if values is not None else [])
     if not use_triton(*tensors):
         return reference.ppo_clip_loss(
@@ -207,8 +208,8 @@ def ppo_clip_loss(
     out = PPOSeqLossFunction.apply(
         c(token_logp), _weight_as_float(token_weight), c(cu_seqlens), c(old_logp), c(advantages),
         *(c(x) if x is not None else None for x in (values, old_values, returns)),
-        float(clip_eps), None if ratio_cap is None else float(ratio_cap), float(value_clip),
-        float(value_coef),
+        float(clip_eps), None if ratio_cap is None else float(ratio_cap),
+        math.inf if value_clip is None else float(value_clip), float(value_coef),
     )
     return PPOLossOutput(*out)
 

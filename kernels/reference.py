@@ -104,7 +104,7 @@ def ppo_clip_loss(
     values: torch.Tensor | None = None,
     old_values: torch.Tensor | None = None,
     returns: torch.Tensor | None = None,
-    value_clip: float = 0.1,
+    value_clip: float | None = 0.1,
     value_coef: float = 0.5,
 ) -> PPOLossOutput:
     """RL4VLM's sequence-level PPO loss over packed sequences (see ``fastvlmrl.kernels.ppo_clip_loss``)."""
@@ -121,7 +121,7 @@ def ppo_clip_loss(
     policy_loss = per_seq.mean()
     if values is not None:
         v, v_old, ret = values.to(cdt), old_values.to(cdt), returns.to(cdt)
-        v_clipped = v_old + (v - v_old).clamp(-value_clip, value_clip)
+        v_clipped = v if value_clip is None else v_old + (v - v_old).clamp(-value_clip, value_clip)
         value_loss = 0.5 * torch.maximum((v - ret) ** 2, (v_clipped - ret) ** 2).mean()
     else:
         value_loss = torch.zeros((), dtype=cdt, device=token_logp.device)

@@ -38,6 +38,10 @@ def test_yaml_then_overrides(tmp_path):
         ("env.illegal_action=skip", "env.illegal_action must be"),
         ("model.path=/no/such/dir", "model.path '/no/such/dir' is not a directory"),
         ("sampling.top_p=0", "sampling.top_p must be in"),
+        ("ppo.value_clip=-0.1", "ppo.value_clip must be 0 \\(no clip\\) or more"),
+        ("ppo.value_lr=0", "ppo.value_lr must be positive"),
+        ("ppo.reward_scale=0", "ppo.reward_scale must be positive"),
+        ("ppo.critic_warmup_updates=-1", "ppo.critic_warmup_updates must be 0 or more"),
     ],
 )
 def test_bad_overrides_say_what_to_fix(override, message):
@@ -62,3 +66,9 @@ def test_override_values_are_read_as_yaml():
     assert parse_override("a.b=true") == ("a.b", True)
     assert parse_override("a.b=null") == ("a.b", None)
     assert parse_override("a.b=x=y") == ("a.b", "x=y")
+
+
+def test_critic_settings():
+    cfg = load_config(None, ["ppo.value_lr=1e-3", "ppo.value_clip=0", "ppo.reward_scale=0.1"])
+    assert (cfg.ppo.value_lr, cfg.ppo.value_clip, cfg.ppo.reward_scale) == (1e-3, 0.0, 0.1)
+    assert load_config(None, ["ppo.value_lr=null"]).ppo.value_lr is None

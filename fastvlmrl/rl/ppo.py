@@ -29,6 +29,27 @@ def sequence_logp(transition: Transition, thought_coef: float) -> torch.Tensor:
     return (transition.logprobs * token_weights(transition.is_action, thought_coef)).sum()
 
 
+def make_optimizer(policy, cfg) -> torch.optim.Adam:
+    """Adam over the trainable parameters in two groups: the policy at cfg.lr and the value head at
+    cfg.value_lr (default cfg.lr), both on the same schedule (`set_lr`). A zero-initialised head
+    at the policy's small rate can move its output by only about the sum of the learning rates over
+    the run (~5e-3 over the tiny presets), so the critic needs a rate of its own."""
+    head = {id(p) for p in policy.value_head.parameters()}
+    params = [p for p in policy.parameters() if p.requires_grad]
+    value_lr = cfg.lr if cfg.value_lr is None else cfg.value_lr
+    return torch.optim.Adam([
+        {"params": [p for p in params if id(p) not in head], "lr": cfg.lr, "lr_scale": 1.0, "name": "policy"},
+        {"params": [p for p in params if id(p) in head], "lr": value_lr, "lr_scale": value_lr / cfg.lr,
+         "name": "value"},
+    ], lr=cfg.lr)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's rate for this update: the policy group at `lr`, the value group in proportion."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
 def cosine_lr(update: int, total: int, lr: float, lr_end: float, warmup: int = 0) -> float:
     """Cosine decay from lr to lr_end over the planned updates, held at lr_end after (no restart).
     With warmup > 0 the first `warmup` updates ramp linearly up to the schedule (Adam's first
@@ -40,10 +61,14 @@ def cosine_lr(update: int, total: int, lr: float, lr_end: float, warmup: int = 0
 
 
 def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: float, pad_id: int,
-               device, generator: torch.Generator, logit_bias: torch.Tensor | None = None) -> dict[str, float]:
+               device, generator: torch.Generator, logit_bias: torch.Tensor | None = None,
+               critic_only: bool = False) -> dict[str, float]:
     """cfg.epochs passes over the rollout in mini-batches; returns the update's metrics.
-    `temperature`: the one the rollout's log-probs were taken at (SamplingParams.logprob_temperature)."""
+    `temperature`: the one the rollout's log-probs were taken at (SamplingParams.logprob_temperature).
+    critic_only: only the value head steps (critic warm-up); the policy's weights do not move."""
     params = [p for p in policy.parameters() if p.requires_grad]
+    head = {id(p) for p in policy.value_head.parameters()}
+    value_clip = cfg.value_clip if cfg.value_clip > 0 else None  # 0: no value clip
     sums = {"actor/pg_loss": 0.0, "critic/value_loss": 0.0, "actor/clip_frac": 0.0, "actor/approx_kl": 0.0,
             "actor/ratio_mean": 0.0, "actor/grad_norm": 0.0}
     steps = skipped = 0
@@ -59,13 +84,17 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
             token_logp, values = forward_logp_and_values(policy, batch, temperature, logit_bias)
             out = ppo_clip_loss(token_logp, token_weights(batch.is_action, cfg.thought_coef), batch.cu_seqlens,
                                 old_logp, advantages, clip_eps=cfg.clip, ratio_cap=cfg.ratio_cap, values=values,
-                                old_values=old_values, returns=returns, value_clip=cfg.value_clip,
+                                old_values=old_values, returns=returns, value_clip=value_clip,
                                 value_coef=cfg.value_coef)
             optimizer.zero_grad(set_to_none=True)
             if not torch.isfinite(out.loss):
                 skipped += 1  # never applied: a NaN/inf step would ruin the weights
                 continue
             out.loss.backward()
+            if critic_only:  # Adam skips a parameter without a gradient: no step, no moment update
+                for p in params:
+                    if id(p) not in head:
+                        p.grad = None
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             if not torch.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)

@@ -120,13 +120,14 @@ class Player:
             self.episode_return[i], self.episode_length[i] = 0.0, 0
         return transitions, rewards + extra, terminated, truncated, obs, step_infos
 
-    def collect(self, obs, storage: RolloutStorage, gamma: float, desc: str = "rollout"):
-        """Fill storage with storage.num_steps steps; returns (obs after, stats, seconds, V(obs after))."""
+    def collect(self, obs, storage: RolloutStorage, gamma: float, desc: str = "rollout", reward_scale: float = 1.0):
+        """Fill storage with storage.num_steps steps; returns (obs after, stats, seconds, V(obs after)).
+        The stored rewards are scaled by reward_scale (the critic's units; the stats keep the env's)."""
         stats = EpisodeStats()
         start = time.perf_counter()
         for t in tqdm(range(storage.num_steps), desc=desc, leave=False):
             transitions, rewards, terminated, truncated, obs, infos = self.step(obs, self.sampling.temperature, stats)
-            rewards = rewards.astype(np.float32)
+            rewards = rewards.astype(np.float32) * np.float32(reward_scale)
             if truncated.any():
                 # time-limit truncation: bootstrap from the value of the state the episode stopped in
                 idx = np.flatnonzero(truncated)

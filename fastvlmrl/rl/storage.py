@@ -45,6 +45,16 @@ class RolloutStorage:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         self.advantages = adv
 
+    def critic_stats(self) -> dict[str, float]:
+        """How well the rollout's values predicted its returns (call after `finish`):
+        explained variance 1 - Var(R - V) / Var(R) (1 = perfect, 0 = no better than the mean,
+        NaN when the returns do not vary), and the mean value and return."""
+        values, returns = self.values.flatten().double(), self.returns.flatten().double()
+        spread = returns.var() if returns.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
+        explained = 1 - (returns - values).var() / spread if spread > 0 else torch.tensor(float("nan"))
+        return {"critic/explained_variance": float(explained), "critic/value_mean": float(values.mean()),
+                "critic/return_mean": float(returns.mean())}
+
     def samples(self) -> list[tuple[Transition, float, float]]:
         """(transition, advantage, return) for every step of every env."""
         out = []
