@@ -98,6 +98,7 @@ class PPOConfig:
     thought_coef: float = 0.5  # λ: weight of thought tokens in the sequence log-prob
     max_grad_norm: float = 1.0
     normalize_advantages: bool = True
+    recompute_logprobs: bool = False  # old log-probs from the trainer's own forward, not the engine's
 
 
 @dataclass

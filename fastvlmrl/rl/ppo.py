@@ -29,6 +29,41 @@ def sequence_logp(transition: Transition, thought_coef: float) -> torch.Tensor:
     return (transition.logprobs * token_weights(transition.is_action, thought_coef)).sum()
 
 
+def train_without_dropout(policy) -> None:
+    """Train mode with every dropout layer off (LoRA's included): the rollout sampled with dropout
+    off (the engine runs the model in eval mode), so a PPO forward with dropout on would score
+    another policy and the first ratio would not be 1 (TRL and verl turn dropout off for RL too).
+    SFT's `policy.train()` turns it back on."""
+    policy.train()
+    for module in policy.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+
+
+def sequence_log_ratio(token_logp: torch.Tensor, batch, old_logp: torch.Tensor, thought_coef: float) -> torch.Tensor:
+    """[B] new minus old λ-weighted sequence log-probs of a packed batch (no gradient)."""
+    weighted = (token_logp.detach().float() * token_weights(batch.is_action, thought_coef))
+    lengths = torch.diff(batch.cu_seqlens.long())
+    segment = torch.repeat_interleave(torch.arange(len(lengths), device=weighted.device), lengths)
+    new = torch.zeros(len(lengths), device=weighted.device).index_add_(0, segment, weighted)
+    return new - old_logp.float()
+
+
+@torch.no_grad()
+def recompute_logprobs(policy, storage: RolloutStorage, cfg, *, temperature: float, pad_id: int, device,
+                       logit_bias: torch.Tensor | None = None) -> None:
+    """Replace the rollout's per-token log-probs by the trainer's own forward (no dropout), so the
+    ratio starts at 1 even where the engine's kernels and the trainer's differ numerically (bf16
+    on GPU); RL4VLM and verl score the old policy this way."""
+    transitions = [t for row in storage.transitions for t in row]
+    for start in range(0, len(transitions), cfg.minibatch_size):
+        chunk = transitions[start:start + cfg.minibatch_size]
+        batch = pack(chunk, pad_id, device)
+        token_logp, _ = forward_logp_and_values(policy, batch, temperature, logit_bias)
+        for t, logprobs in zip(chunk, torch.split(token_logp.float().cpu(), [len(t.output_ids) for t in chunk])):
+            t.logprobs = logprobs
+
+
 def make_optimizer(policy, cfg) -> torch.optim.Adam:
     """Adam over the trainable parameters in two groups: the policy at cfg.lr and the value head at
     cfg.value_lr (default cfg.lr), both on the same schedule (`set_lr`). A zero-initialised head
@@ -72,7 +107,11 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
     sums = {"actor/pg_loss": 0.0, "critic/value_loss": 0.0, "actor/clip_frac": 0.0, "actor/approx_kl": 0.0,
             "actor/ratio_mean": 0.0, "actor/grad_norm": 0.0}
     steps = skipped = 0
-    policy.train()
+    train_without_dropout(policy)
+    if cfg.recompute_logprobs:
+        recompute_logprobs(policy, storage, cfg, temperature=temperature, pad_id=pad_id, device=device,
+                           logit_bias=logit_bias)
+    first_log_ratio = None
     for _ in range(cfg.epochs):
         for samples in storage.minibatches(cfg.minibatch_size, generator):
             transitions = [s[0] for s in samples]
@@ -82,6 +121,8 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
             old_logp = torch.stack([sequence_logp(t, cfg.thought_coef) for t in transitions]).to(device)
             old_values = torch.tensor([t.value for t in transitions], device=device)
             token_logp, values = forward_logp_and_values(policy, batch, temperature, logit_bias)
+            if first_log_ratio is None:  # before any step: 0 up to numerics, or rollout and trainer disagree
+                first_log_ratio = sequence_log_ratio(token_logp, batch, old_logp, cfg.thought_coef).abs()
             out = ppo_clip_loss(token_logp, token_weights(batch.is_action, cfg.thought_coef), batch.cu_seqlens,
                                 old_logp, advantages, clip_eps=cfg.clip, ratio_cap=cfg.ratio_cap, values=values,
                                 old_values=old_values, returns=returns, value_clip=value_clip,
@@ -111,4 +152,7 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
     metrics = {k: v / max(steps, 1) for k, v in sums.items()}
     metrics["actor/optimizer_steps"] = steps
     metrics["actor/skipped_nonfinite"] = skipped
+    if first_log_ratio is not None:
+        metrics["actor/log_ratio_first_minibatch_mean"] = float(first_log_ratio.mean())
+        metrics["actor/log_ratio_first_minibatch_max"] = float(first_log_ratio.max())
     return metrics

@@ -126,3 +126,41 @@ def test_warmup_ramps_into_the_cosine_schedule():
     assert cosine_lr(2, 10, 1.0, 0.0, warmup=4) == pytest.approx(0.75 * cosine_lr(2, 10, 1.0, 0.0))
     assert cosine_lr(3, 10, 1.0, 0.0, warmup=4) == pytest.approx(cosine_lr(3, 10, 1.0, 0.0))
     assert cosine_lr(7, 10, 1.0, 0.0, warmup=4) == pytest.approx(cosine_lr(7, 10, 1.0, 0.0))
+
+
+class DropoutPolicy(TinyPolicy):
+    """TinyPolicy with dropout in the trunk, as LoRA (lora_dropout 0.05) and many VLMs have."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+
+    def hidden_states(self, input_ids, attention_mask, pixel_values=None):
+        return self.drop(super().hidden_states(input_ids, attention_mask, pixel_values))
+
+
+def test_the_first_ratio_is_one_for_a_model_with_dropout():
+    """The rollout samples with dropout off (the engine runs in eval mode); the PPO forward must
+    too, or every ratio is off before any update."""
+    policy = DropoutPolicy()
+    policy.eval()
+    transitions = _rollout(policy)
+    cfg = PPOConfig(epochs=1, minibatch_size=len(transitions))
+    metrics = ppo_update(policy, torch.optim.Adam(policy.parameters(), lr=1e-3), _storage(transitions, [1.0] * 6),
+                         cfg, temperature=0.7, pad_id=0, device="cpu", generator=torch.Generator().manual_seed(0))
+    assert metrics["actor/log_ratio_first_minibatch_max"] < 1e-5
+    assert metrics["actor/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_recompute_logprobs_scores_the_old_policy_with_the_trainers_forward():
+    """Where the engine's log-probs differ from the trainer's (bf16 kernels on GPU), recomputing
+    them makes the first ratio 1 again."""
+    policy = TinyPolicy()
+    transitions = _rollout(policy)
+    for t in transitions:
+        t.logprobs = t.logprobs + 0.05  # the engine's numbers, slightly off
+    for recompute, close in ((False, False), (True, True)):
+        cfg = PPOConfig(epochs=1, minibatch_size=len(transitions), recompute_logprobs=recompute)
+        metrics = ppo_update(policy, torch.optim.SGD(policy.parameters(), lr=0.0), _storage(transitions, [1.0] * 6),
+                             cfg, temperature=0.7, pad_id=0, device="cpu", generator=torch.Generator().manual_seed(0))
+        assert (metrics["actor/log_ratio_first_minibatch_max"] < 1e-5) == close

@@ -45,3 +45,31 @@ def test_first_ratio_is_one_and_values_match():
     assert abs(float(out.ratio_mean) - 1) < 1e-4 and float(out.approx_kl) < 1e-6
     torch.testing.assert_close(values, torch.tensor([t.value for t in transitions]), atol=1e-4, rtol=1e-4)
     envs.close()
+
+
+def test_first_ppo_ratio_is_one_with_lora_dropout():
+    """RL4VLM's LoRA carries dropout (0.05; 0.5 here to make it plain): the engine samples without
+    it, and the PPO forward must score the same policy."""
+    from fastvlmrl.build import build_encoder, build_player
+    from fastvlmrl.rl.ppo import make_optimizer, ppo_update
+
+    cfg = Config()
+    cfg.env.name, cfg.env.num_envs, cfg.env.image_size, cfg.prompt.style = "NumberLine", 4, 64, "short"
+    cfg.sampling.temperature, cfg.sampling.max_new_tokens = 1.0, 16
+    cfg.ppo.minibatch_size, cfg.ppo.epochs, cfg.ppo.lr = 8, 1, 1e-12
+    policy, processor = load_policy(None, lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.5, dtype=torch.float32,
+                                    device="cpu", seed=0)
+    for name, param in policy.named_parameters():
+        if "lora_B" in name:  # zero at init, which would hide the dropout on the adapters' input
+            torch.nn.init.normal_(param, std=0.5)
+    encoder = build_encoder(policy, processor, torch.float32)
+    player = build_player(cfg, policy, processor, encoder)
+    storage = RolloutStorage(2, 4)
+    policy.eval()
+    _, _, _, last_values = player.collect(player.reset(0), storage, gamma=0.9)
+    storage.finish(last_values, 0.9, 0.95, normalize=True)
+    bias = encoder.logit_bias(policy.lm_head_weight().shape[0], "cpu", torch.float32)
+    metrics = ppo_update(policy, make_optimizer(policy, cfg.ppo), storage, cfg.ppo, temperature=1.0,
+                         pad_id=encoder.pad_id, device="cpu", generator=torch.Generator().manual_seed(0), logit_bias=bias)
+    assert metrics["actor/log_ratio_first_minibatch_max"] < 1e-4
+    player.envs.close()
