@@ -8,7 +8,9 @@
  *    is by Python's eval.
  * Scoring: a number used more often than the hand holds it is invalid (-1, a blank is appended);
  * "=" ends the episode: +10 if the formula equals the target and used every card, else -1;
- * a formula longer than max_len at the start of a step truncates the episode with -1. */
+ * a formula longer than max_len at the start of a step ends the episode with -1 (terminated: the
+ * formula is in the prompt, so the limit is a rule of the game, not a time limit to bootstrap;
+ * RL4VLM reported it as truncated). */
 #ifndef FASTVLMRL_FORMULA_H
 #define FASTVLMRL_FORMULA_H
 #include <stdint.h>
@@ -234,7 +236,7 @@ static int formula_step(void *fv, Rng *rng, int action, float *reward, int *term
     *truncated = 0;
     if (f->flen > f->max_len) {
         *reward = -1.0f;
-        *truncated = 1;
+        *terminated = 1;
         return 0;
     }
     int tok = action < f->num_numbers ? action + 1 : f->operators[action - f->num_numbers];

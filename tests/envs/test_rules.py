@@ -87,11 +87,13 @@ def test_ezpoints_solution_invalid_number_and_unused_card():
     assert steps[-1] == (-1.0, True, False)
 
 
-def test_ezpoints_formula_length_limit_truncates():
+def test_ezpoints_formula_length_limit_terminates():
+    """The limit is a rule of the game the prompt shows (terminated), not a time limit: the
+    trainer bootstraps only time limits (SPEC §1)."""
     seed = find_seed("EZPoints", lambda row: _values(row, 2) == [3, 4])
     steps, info = play("EZPoints", seed, [EZP["+"]] * 7)
     assert [s for s in steps[:6]] == [(0.0, False, False)] * 6
-    assert steps[6] == (-1.0, False, True)
+    assert steps[6] == (-1.0, True, False)
     assert len(info["Formula"]) == 6
 
 
@@ -137,11 +139,11 @@ def test_points24_adjacent_numbers_do_not_concatenate():
     assert steps[-1] == (-1.0, True, False)
 
 
-def test_points24_formula_length_limit_truncates():
+def test_points24_formula_length_limit_terminates():
     seed = _p24_seed([3, 3, 8, 8])
     steps, info = play("Points24", seed, [P24["("]] * 22)
     assert steps[:21] == [(0.0, False, False)] * 21
-    assert steps[21] == (-1.0, False, True)
+    assert steps[21] == (-1.0, True, False)
     assert len(info["Formula"]) == 21
 
 

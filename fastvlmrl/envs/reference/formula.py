@@ -81,8 +81,8 @@ class _FormulaGame(ReferenceGame):
 
     def _play(self, action, rng):
         self.steps += 1
-        if len(self.tokens) > self.max_len:
-            return -1.0, False, True
+        if len(self.tokens) > self.max_len:  # a rule of the game (terminated), not a time limit
+            return -1.0, True, False
         n = self._num_numbers()
         tok = action + 1 if action < n else self.operators[action - n]
         if tok >= 1 and self.tokens.count(tok) + 1 > self.values.count(tok):
