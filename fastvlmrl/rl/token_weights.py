@@ -2,10 +2,16 @@
 thought, 1 for the action.
 
 The split comes from character offsets: the action part starts at the last `"action"` key of the
-decoded output (`envs.parse.action_char_span`), and each generated token's characters are found
-by decoding the ids one prefix at a time, so it works for any tokenizer (RL4VLM matched hard-coded
-token ids, which were silently wrong for some tokenizers). Tokens past the text (EOS) belong to
-the action, as in RL4VLM. An output without an action key is all thought.
+decoded output (`envs.parse.action_char_span`), and a token belongs to the action when the text
+decoded up to it reaches past that character. It works for any tokenizer (RL4VLM matched
+hard-coded token ids, which were silently wrong for some tokenizers). Tokens past the text (EOS)
+belong to the action, as in RL4VLM. An output without an action key is all thought.
+
+The first action token is found by bisection over prefix decodes (O(log n) decodes, not one per
+token). A tokenizer's offset mapping would not do: it describes the canonical encoding of a
+text, and sampled ids need not be that encoding. Where prefix lengths are not monotone (a
+multi-byte character split across tokens can decode longer before it is complete), the boundary
+check fails and every prefix is decoded, as the rule says.
 """
 
 from __future__ import annotations
@@ -29,13 +35,25 @@ def action_token_mask(tokenizer, token_ids: list[int]) -> list[bool]:
     span = action_char_span(text)
     if span is None:
         return [False] * len(token_ids)
-    start = span[0]
-    mask, begin = [], 0
-    for end in token_char_ends(tokenizer, token_ids):
-        # a token is part of the action if any of its characters is (or it adds none, past the text)
-        mask.append(end > start or (end == begin and begin >= len(text)))
-        begin = end
-    return mask
+    start, n = span[0], len(token_ids)
+    cache = {0: 0, n: len(text)}
+
+    def end(k: int) -> int:  # decoded length after the first k tokens
+        if k not in cache:
+            cache[k] = len(tokenizer.decode(token_ids[:k], skip_special_tokens=True))
+        return cache[k]
+
+    low, high = 0, n  # the first action token is the smallest k with end(k + 1) > start
+    while low < high:
+        mid = (low + high) // 2
+        if end(mid + 1) > start:
+            high = mid
+        else:
+            low = mid + 1
+    if end(low) <= start < end(low + 1):
+        return [k >= low for k in range(n)]
+    ends = token_char_ends(tokenizer, token_ids)  # not monotone here: every prefix, one by one
+    return [e > start for e in ends]
 
 
 def token_weights(is_action: torch.Tensor, thought_coef: float) -> torch.Tensor:
