@@ -119,7 +119,9 @@ def cmd_train(args) -> int:
 
 def _report(run_dir) -> int:
     result = json.loads((run_dir / "eval.json").read_text())
-    print(f"run: {run_dir}  eval success_rate {result['success_rate']:.3f} over {result['episodes']} episodes")
+    interval = (f" (95% interval {result['success_ci95_low']:.3f}-{result['success_ci95_high']:.3f})"
+                if "success_ci95_low" in result else "")
+    print(f"run: {run_dir}  eval success_rate {result['success_rate']:.3f}{interval} over {result['episodes']} episodes")
     return 0
 
 

@@ -7,7 +7,7 @@ evaluation on fresh seeds. Everything a run writes goes to runs/<name>/:
     tensorboard/      the same scalars as TensorBoard events (log.tensorboard=true)
     checkpoints/      step_N/ and `latest` (fastvlmrl/checkpoint.py): `fastvlmrl train
                       resume=runs/<name>` continues from there
-    eval.json         success_rate, episode_return, legal_action_rate, episodes
+    eval.json         success_rate (+ its 95% interval), episode_return, legal_action_rate, episodes
 """
 
 from __future__ import annotations

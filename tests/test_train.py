@@ -29,7 +29,9 @@ def test_train_writes_the_run_directory_then_eval_reloads_it(tmp_path, capsys):
     assert any("sft/loss" in r for r in lines) and any("sft/eval_success_rate" in r for r in lines)
     assert (run / "checkpoints" / "latest").read_text() == "step_2"
     result = json.loads((run / "eval.json").read_text())
-    assert set(result) == {"success_rate", "episode_return", "legal_action_rate", "episodes"}
+    assert set(result) == {"success_rate", "success_ci95_low", "success_ci95_high", "episode_return",
+                           "legal_action_rate", "episodes"}
+    assert result["success_ci95_low"] <= result["success_rate"] <= result["success_ci95_high"]
     assert result["episodes"] == 2
     assert main(["eval", str(run), "eval.episodes=3"]) == 0
     assert json.loads((run / "eval.json").read_text())["episodes"] == 3

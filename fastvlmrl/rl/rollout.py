@@ -160,20 +160,43 @@ class Player:
 
     @torch.no_grad()
     def evaluate(self, episodes: int, temperature: float, seed: int, desc: str = "eval") -> dict[str, float]:
-        """Play until `episodes` episodes have ended (fresh seeds); RL4VLM's statistics."""
+        """The first `episodes` episodes started from `seed` (every env plays on; an episode that
+        starts after them is not counted), played to their end: counting the first to *end*
+        would drop long episodes, mostly failures, and read high. RL4VLM's statistics, with a
+        95% (Wilson) interval on the success rate."""
         obs = self.reset(seed)
+        n = self.envs.num_envs
+        index = np.arange(n)  # the start order of each env's current episode
+        started = n
+        returns = np.full(episodes, np.nan)
         stats = EpisodeStats()
         with tqdm(total=episodes, desc=desc, leave=False) as bar:
-            while len(stats.returns) < episodes:
-                done_before = len(stats.returns)
-                _, _, _, _, obs, _ = self.step(obs, temperature, stats, record=False)
-                bar.update(min(len(stats.returns), episodes) - min(done_before, episodes))
-                bar.set_postfix(success=f"{stats.summary()['rollout/success_rate']:.3f}")
-        summary = stats.summary()
-        r = np.array(stats.returns[:episodes])
+            while np.isnan(returns).any():
+                before = len(stats.returns)
+                _, _, terminated, truncated, obs, _ = self.step(obs, temperature, stats, record=False)
+                for i, ret in zip(np.flatnonzero(terminated | truncated), stats.returns[before:]):
+                    if index[i] < episodes:
+                        returns[index[i]] = ret
+                        bar.update(1)
+                    index[i], started = started, started + 1  # the episode SameStep autoreset began
+                done = returns[~np.isnan(returns)]
+                bar.set_postfix(success=f"{(done > 0).mean():.3f}" if len(done) else "-")
+        low, high = wilson_interval(int((returns > 0).sum()), episodes)
         return {
-            "success_rate": float((r > 0).mean()),
-            "episode_return": float(r.mean()),
-            "legal_action_rate": summary["rollout/legal_action_rate"],
-            "episodes": int(len(r)),
+            "success_rate": float((returns > 0).mean()),
+            "success_ci95_low": low,
+            "success_ci95_high": high,
+            "episode_return": float(returns.mean()),
+            "legal_action_rate": stats.summary()["rollout/legal_action_rate"],
+            "episodes": episodes,
         }
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a success rate (sound at 0 and 1, unlike mean ± 2 SE)."""
+    if trials == 0:
+        return float("nan"), float("nan")
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
