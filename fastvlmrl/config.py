@@ -99,6 +99,9 @@ class PPOConfig:
     max_grad_norm: float = 1.0
     normalize_advantages: bool = True
     recompute_logprobs: bool = False  # old log-probs from the trainer's own forward, not the engine's
+    entropy_coef: float = 0.0  # bonus on the mean token entropy (tempered distribution)
+    kl_coef: float = 0.0  # penalty on the mean token KL (k3) to the policy PPO started from
+    target_kl: float = 0.0  # stop an update's epochs once an epoch's mean approx-KL exceeds this; 0 = off
 
 
 @dataclass
@@ -179,6 +182,9 @@ def validate(cfg: Config) -> None:
     for key in ("clip", "lr", "gamma", "gae_lambda", "reward_scale"):
         if getattr(cfg.ppo, key) <= 0:
             raise ConfigError(f"ppo.{key} must be positive, got {getattr(cfg.ppo, key)}")
+    for key in ("entropy_coef", "kl_coef", "target_kl"):
+        if getattr(cfg.ppo, key) < 0:
+            raise ConfigError(f"ppo.{key} must be 0 (off) or more, got {getattr(cfg.ppo, key)}")
     if cfg.ppo.value_clip < 0:
         raise ConfigError(f"ppo.value_clip must be 0 (no clip) or more, got {cfg.ppo.value_clip}")
     if cfg.ppo.value_lr is not None and cfg.ppo.value_lr <= 0:

@@ -36,6 +36,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     run would have made."""
     from fastvlmrl.models import load_policy
     from fastvlmrl.rl.ppo import cosine_lr, make_optimizer, ppo_update, set_lr
+    from fastvlmrl.rl.reference_policy import ReferencePolicy
     from fastvlmrl.rl.sft import make_demos, sft_train
     from fastvlmrl.rl.storage import RolloutStorage
 
@@ -79,6 +80,8 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         sft_eval = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed, desc="eval sft")
         log.write({f"sft/eval_{k}": v for k, v in sft_eval.items()})
     optimizer = make_optimizer(policy, cfg.ppo)
+    reference = (ReferencePolicy.build(policy, run_dir, lora=cfg.model.lora, resume=resume)
+                 if cfg.ppo.kl_coef > 0 else None)  # the policy PPO starts from, for the KL penalty
     generator = torch.Generator().manual_seed(cfg.run.seed)  # mini-batch order
 
     # -- where the updates start: 0, or the checkpoint's --------------------------------------
@@ -109,7 +112,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         start = time.perf_counter()
         metrics = ppo_update(policy, optimizer, storage, cfg.ppo, temperature=logprob_temperature(cfg),
                              pad_id=encoder.pad_id, device=device, generator=generator, logit_bias=logit_bias,
-                             critic_only=update < cfg.ppo.critic_warmup_updates)
+                             critic_only=update < cfg.ppo.critic_warmup_updates, reference=reference)
         update_s = time.perf_counter() - start
         env_steps += cfg.ppo.num_steps * cfg.env.num_envs
         record = {"update": update, "env_steps": env_steps, "lr": lr, **stats.summary(), **metrics,

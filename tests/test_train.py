@@ -146,3 +146,16 @@ def test_resume_with_lora_and_errors(tmp_path, capsys):
     (tmp_path / "early" / "metrics.jsonl").write_text("")
     assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=early"]) == 2
     assert "stopped before its first checkpoint, so it cannot be resumed" in capsys.readouterr().err
+
+
+def test_kl_penalty_and_entropy_bonus_train_and_resume(tmp_path):
+    """Full fine-tuning keeps its KL reference in the run directory, so a resumed run penalises
+    the distance to the same policy."""
+    args = [*TOY, "ppo.updates=2", "log.checkpoint_every=1", "ppo.kl_coef=0.1", "ppo.entropy_coef=0.01"]
+    assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=kl"]) == 0
+    run = tmp_path / "kl"
+    assert (run / "reference" / "model.pt").is_file()
+    assert main(["train", f"resume={run}", "ppo.updates=3"]) == 0
+    updates = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"update"' in x]
+    assert [r["update"] for r in updates] == [0, 1, 2]
+    assert all("actor/kl_ref" in r and "actor/entropy" in r for r in updates)

@@ -53,15 +53,18 @@ def pack(transitions: list[Transition], pad_id: int, device) -> PackedBatch:
     )
 
 
-def forward_logp_and_values(policy, batch: PackedBatch, temperature: float, logit_bias: torch.Tensor | None = None):
-    """(per-token log-probs [T] at `temperature`, values [B]) in one forward.
+def forward_logp_and_values(policy, batch: PackedBatch, temperature: float, logit_bias: torch.Tensor | None = None,
+                            return_entropy: bool = False):
+    """(per-token log-probs [T] at `temperature`, values [B]) in one forward; with return_entropy,
+    (log-probs, values, per-token entropies [T] of the tempered distribution).
 
     logit_bias [V] (large negative at tokens the sampler never emits, 0 elsewhere) makes the
     log-probs those of the distribution the rollout sampled from."""
     hidden = policy.hidden_states(batch.input_ids, batch.attention_mask, **batch.mm)  # [B, L, H]
     B, L, H = hidden.shape
     flat = hidden.reshape(B * L, H)
-    token_logp = fused_linear_logprob(flat[batch.rows], policy.lm_head_weight(), batch.targets, bias=logit_bias,
-                                      temperature=temperature)
+    out = fused_linear_logprob(flat[batch.rows], policy.lm_head_weight(), batch.targets, bias=logit_bias,
+                               temperature=temperature, return_entropy=return_entropy)
     last_prompt = flat[torch.arange(B, device=flat.device) * L + batch.prompt_lens - 1]
-    return token_logp, policy.value(last_prompt)
+    values = policy.value(last_prompt)
+    return (out[0], values, out[1]) if return_entropy else (out, values)

@@ -20,6 +20,7 @@ import torch
 
 from fastvlmrl.kernels import ppo_clip_loss
 from fastvlmrl.rl.batch import forward_logp_and_values, pack
+from fastvlmrl.rl.reference_policy import k3_kl
 from fastvlmrl.rl.storage import RolloutStorage, Transition
 from fastvlmrl.rl.token_weights import token_weights
 
@@ -95,24 +96,50 @@ def cosine_lr(update: int, total: int, lr: float, lr_end: float, warmup: int = 0
     return value * min(1.0, (update + 1) / warmup) if warmup > 0 else value
 
 
+@torch.no_grad()
+def score_reference(reference, storage: RolloutStorage, cfg, *, temperature: float, pad_id: int, device,
+                    logit_bias: torch.Tensor | None = None) -> None:
+    """Each transition's per-token log-probs under the KL reference policy, once per rollout."""
+    transitions = [t for row in storage.transitions for t in row]
+    for start in range(0, len(transitions), cfg.minibatch_size):
+        chunk = transitions[start:start + cfg.minibatch_size]
+        ref = reference.logprobs(pack(chunk, pad_id, device), temperature, logit_bias)
+        for t, logprobs in zip(chunk, torch.split(ref.float().cpu(), [len(t.output_ids) for t in chunk])):
+            t.ref_logprobs = logprobs
+
+
 def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: float, pad_id: int,
                device, generator: torch.Generator, logit_bias: torch.Tensor | None = None,
-               critic_only: bool = False) -> dict[str, float]:
+               critic_only: bool = False, reference=None) -> dict[str, float]:
     """cfg.epochs passes over the rollout in mini-batches; returns the update's metrics.
     `temperature`: the one the rollout's log-probs were taken at (SamplingParams.logprob_temperature).
-    critic_only: only the value head steps (critic warm-up); the policy's weights do not move."""
+    critic_only: only the value head steps (critic warm-up); the policy's weights do not move.
+    reference: the frozen ReferencePolicy of the KL penalty (needed when cfg.kl_coef > 0).
+
+    Beyond RL4VLM's loss: `- entropy_coef * mean token entropy` and `+ kl_coef * mean token k3
+    KL to the reference`; with target_kl > 0 the epochs stop once an epoch's mean approx-KL
+    exceeds it."""
+    if cfg.kl_coef > 0 and reference is None:
+        raise ValueError("ppo.kl_coef > 0 needs the reference policy")
     params = [p for p in policy.parameters() if p.requires_grad]
     head = {id(p) for p in policy.value_head.parameters()}
     value_clip = cfg.value_clip if cfg.value_clip > 0 else None  # 0: no value clip
     sums = {"actor/pg_loss": 0.0, "critic/value_loss": 0.0, "actor/clip_frac": 0.0, "actor/approx_kl": 0.0,
-            "actor/ratio_mean": 0.0, "actor/grad_norm": 0.0}
-    steps = skipped = 0
+            "actor/ratio_mean": 0.0, "actor/grad_norm": 0.0, "actor/entropy": 0.0}
+    if cfg.kl_coef > 0:
+        sums["actor/kl_ref"] = 0.0
+    steps = skipped = epochs = 0
     train_without_dropout(policy)
     if cfg.recompute_logprobs:
         recompute_logprobs(policy, storage, cfg, temperature=temperature, pad_id=pad_id, device=device,
                            logit_bias=logit_bias)
+    if cfg.kl_coef > 0:
+        score_reference(reference, storage, cfg, temperature=temperature, pad_id=pad_id, device=device,
+                        logit_bias=logit_bias)
     first_log_ratio = None
     for _ in range(cfg.epochs):
+        epochs += 1
+        epoch_kl, epoch_steps = 0.0, 0
         for samples in storage.minibatches(cfg.minibatch_size, generator):
             transitions = [s[0] for s in samples]
             batch = pack(transitions, pad_id, device)
@@ -120,18 +147,26 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
             returns = torch.tensor([s[2] for s in samples], device=device)
             old_logp = torch.stack([sequence_logp(t, cfg.thought_coef) for t in transitions]).to(device)
             old_values = torch.tensor([t.value for t in transitions], device=device)
-            token_logp, values = forward_logp_and_values(policy, batch, temperature, logit_bias)
+            token_logp, values, entropy = forward_logp_and_values(policy, batch, temperature, logit_bias,
+                                                                  return_entropy=True)
             if first_log_ratio is None:  # before any step: 0 up to numerics, or rollout and trainer disagree
                 first_log_ratio = sequence_log_ratio(token_logp, batch, old_logp, cfg.thought_coef).abs()
             out = ppo_clip_loss(token_logp, token_weights(batch.is_action, cfg.thought_coef), batch.cu_seqlens,
                                 old_logp, advantages, clip_eps=cfg.clip, ratio_cap=cfg.ratio_cap, values=values,
                                 old_values=old_values, returns=returns, value_clip=value_clip,
                                 value_coef=cfg.value_coef)
+            loss = out.loss
+            if cfg.entropy_coef:
+                loss = loss - cfg.entropy_coef * entropy.mean()
+            if cfg.kl_coef > 0:
+                ref_logp = torch.cat([t.ref_logprobs for t in transitions]).to(device)
+                kl_ref = k3_kl(token_logp.float(), ref_logp).mean()
+                loss = loss + cfg.kl_coef * kl_ref
             optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(out.loss):
+            if not torch.isfinite(loss):
                 skipped += 1  # never applied: a NaN/inf step would ruin the weights
                 continue
-            out.loss.backward()
+            loss.backward()
             if critic_only:  # Adam skips a parameter without a gradient: no step, no moment update
                 for p in params:
                     if id(p) not in head:
@@ -149,8 +184,15 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
             sums["actor/approx_kl"] += float(out.approx_kl)
             sums["actor/ratio_mean"] += float(out.ratio_mean)
             sums["actor/grad_norm"] += float(grad_norm)
+            sums["actor/entropy"] += float(entropy.detach().mean())
+            if cfg.kl_coef > 0:
+                sums["actor/kl_ref"] += float(kl_ref.detach())
+            epoch_kl, epoch_steps = epoch_kl + float(out.approx_kl), epoch_steps + 1
+        if cfg.target_kl > 0 and epoch_steps and epoch_kl / epoch_steps > cfg.target_kl:
+            break  # the policy moved far enough from the rollout's for this update
     metrics = {k: v / max(steps, 1) for k, v in sums.items()}
     metrics["actor/optimizer_steps"] = steps
+    metrics["actor/epochs"] = epochs
     metrics["actor/skipped_nonfinite"] = skipped
     if first_log_ratio is not None:
         metrics["actor/log_ratio_first_minibatch_mean"] = float(first_log_ratio.mean())

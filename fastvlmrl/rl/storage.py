@@ -19,6 +19,7 @@ class Transition:
     logprobs: torch.Tensor  # [O] float32: each output token's log-prob at rollout time (sampling temperature)
     is_action: torch.Tensor  # [O] bool: the token belongs to the action part of the reply (the rest is thought)
     value: float  # V(state) at rollout time
+    ref_logprobs: torch.Tensor | None = None  # [O] under the KL reference policy (ppo.kl_coef > 0)
 
 
 class RolloutStorage:

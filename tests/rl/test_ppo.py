@@ -164,3 +164,100 @@ def test_recompute_logprobs_scores_the_old_policy_with_the_trainers_forward():
         metrics = ppo_update(policy, torch.optim.SGD(policy.parameters(), lr=0.0), _storage(transitions, [1.0] * 6),
                              cfg, temperature=0.7, pad_id=0, device="cpu", generator=torch.Generator().manual_seed(0))
         assert (metrics["actor/log_ratio_first_minibatch_max"] < 1e-5) == close
+
+
+def _mean_entropy(policy, transitions):
+    with torch.no_grad():
+        return float(forward_logp_and_values(policy, pack(transitions, 0, "cpu"), 0.7, return_entropy=True)[2].mean())
+
+
+def test_entropy_bonus_raises_the_entropy():
+    results = {}
+    for coef in (0.0, 0.5):
+        policy = TinyPolicy()
+        transitions = _rollout(policy)
+        before = _mean_entropy(policy, transitions)
+        cfg = PPOConfig(epochs=10, minibatch_size=6, entropy_coef=coef, max_grad_norm=10.0)
+        metrics = ppo_update(policy, torch.optim.Adam(policy.parameters(), lr=1e-2), _storage(transitions, [0.0] * 6),
+                             cfg, temperature=0.7, pad_id=0, device="cpu", generator=torch.Generator().manual_seed(0))
+        assert metrics["actor/entropy"] > 0
+        results[coef] = _mean_entropy(policy, transitions) - before
+    assert results[0.5] > 0.02 and results[0.5] > results[0.0] + 0.02  # (near log V already at start)
+
+
+def _kl_to(reference, policy, transitions):
+    from fastvlmrl.rl.reference_policy import k3_kl
+
+    batch = pack(transitions, 0, "cpu")
+    with torch.no_grad():
+        logp = forward_logp_and_values(policy, batch, 0.7)[0]
+    return float(k3_kl(logp, reference.logprobs(batch, 0.7)).mean())
+
+
+def test_kl_penalty_holds_the_policy_near_the_reference():
+    import copy
+
+    from fastvlmrl.rl.reference_policy import ReferencePolicy
+
+    drift = {}
+    for coef in (0.0, 2.0):
+        policy = TinyPolicy()
+        reference = ReferencePolicy(policy, frozen=copy.deepcopy(policy).requires_grad_(False))
+        transitions = _rollout(policy)
+        assert _kl_to(reference, policy, transitions) == pytest.approx(0.0, abs=1e-7)
+        cfg = PPOConfig(epochs=20, minibatch_size=6, kl_coef=coef, clip=0.9, max_grad_norm=10.0)
+        metrics = ppo_update(policy, torch.optim.Adam(policy.parameters(), lr=1e-2),
+                             _storage(transitions, [1.0, -1.0] * 3), cfg, temperature=0.7, pad_id=0, device="cpu",
+                             generator=torch.Generator().manual_seed(0), reference=reference)
+        assert ("actor/kl_ref" in metrics) == (coef > 0)
+        drift[coef] = _kl_to(reference, policy, transitions)
+    assert drift[2.0] < 0.5 * drift[0.0]
+    with pytest.raises(ValueError, match="reference"):
+        ppo_update(policy, torch.optim.Adam(policy.parameters()), _storage(transitions, [1.0] * 6), cfg,
+                   temperature=0.7, pad_id=0, device="cpu", generator=torch.Generator().manual_seed(0))
+
+
+def test_target_kl_stops_the_epochs_early():
+    policy = TinyPolicy()
+    transitions = _rollout(policy)
+    cfg = PPOConfig(epochs=8, minibatch_size=3, target_kl=1e-9, clip=0.9)
+    metrics = ppo_update(policy, torch.optim.Adam(policy.parameters(), lr=1e-2), _storage(transitions, [1.0] * 6),
+                         cfg, temperature=0.7, pad_id=0, device="cpu", generator=torch.Generator().manual_seed(0))
+    assert metrics["actor/epochs"] == 1 and metrics["actor/optimizer_steps"] == 2
+
+
+def test_full_fine_tuning_reference_is_saved_and_restored(tmp_path):
+    from fastvlmrl.rl.reference_policy import ReferencePolicy
+
+    policy = TinyPolicy()
+    transitions = _rollout(policy)
+    batch = pack(transitions, 0, "cpu")
+    first = ReferencePolicy.build(policy, tmp_path, lora=False, resume=False).logprobs(batch, 0.7)
+    with torch.no_grad():
+        policy.lm_head.weight.add_(1.0)  # training moved the policy; the run stopped and resumes
+    again = ReferencePolicy.build(policy, tmp_path, lora=False, resume=True).logprobs(batch, 0.7)
+    torch.testing.assert_close(again, first)
+    with pytest.raises(ValueError, match="reference"):
+        ReferencePolicy.build(policy, tmp_path / "elsewhere", lora=False, resume=True)
+
+
+def test_lora_reference_is_the_base_model():
+    from fastvlmrl.models import load_policy
+    from fastvlmrl.rl.reference_policy import ReferencePolicy
+
+    policy, processor = load_policy(None, lora=True, lora_r=4, lora_alpha=8, dtype=torch.float32, device="cpu", seed=0)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    t = Transition(ids[0, :3], {}, ids[0, 3:], logprobs=torch.zeros(3), is_action=torch.ones(3, dtype=torch.bool),
+                   value=0.0)
+    policy.hidden_states = lambda input_ids, attention_mask: policy.model(
+        input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states[-1]
+    batch = pack([t], 0, "cpu")
+    with torch.no_grad():
+        base = forward_logp_and_values(policy, batch, 1.0)[0]  # lora_B is zero at init: the base model
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+        live = forward_logp_and_values(policy, batch, 1.0)[0]
+    reference = ReferencePolicy.build(policy, None, lora=True, resume=False)
+    assert not torch.allclose(live, base)
+    torch.testing.assert_close(reference.logprobs(batch, 1.0), base)

@@ -1,0 +1,54 @@
+"""The frozen reference policy PPO's KL penalty holds the policy near (ppo.kl_coef): the model as
+PPO found it (after the SFT warm start). With LoRA it costs nothing: the same model with its
+adapters disabled. For full fine-tuning it is a frozen copy of the weights, saved once in the run
+directory (`reference/`) so that a resumed run keeps the same reference."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from fastvlmrl.rl.batch import PackedBatch
+
+
+class ReferencePolicy:
+    def __init__(self, policy, frozen=None):
+        self.policy = policy  # with LoRA: the live policy, scored with its adapters off
+        self.frozen = frozen  # full fine-tuning: a frozen copy of the Policy
+
+    @classmethod
+    def build(cls, policy, run_dir: Path, *, lora: bool, resume: bool) -> ReferencePolicy:
+        if lora:
+            if not hasattr(policy.model, "disable_adapter"):
+                raise ValueError("model.lora is set but the model has no adapters to disable for the KL reference")
+            return cls(policy)
+        path = Path(run_dir) / "reference" / "model.pt"
+        frozen = copy.deepcopy(policy)
+        if resume:
+            if not path.is_file():
+                raise ValueError(f"{path} is missing: the run's KL reference (ppo.kl_coef > 0) cannot be restored")
+            frozen.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({k: v.detach().cpu() for k, v in frozen.state_dict().items()}, path)
+        frozen.eval().requires_grad_(False)
+        return cls(policy, frozen)
+
+    @torch.no_grad()
+    def logprobs(self, batch: PackedBatch, temperature: float, logit_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """[T] per-token log-probs of the batch's outputs under the reference policy."""
+        from fastvlmrl.rl.batch import forward_logp_and_values
+
+        if self.frozen is not None:
+            return forward_logp_and_values(self.frozen, batch, temperature, logit_bias)[0]
+        with self.policy.model.disable_adapter():  # peft: the base model, as before any update
+            return forward_logp_and_values(self.policy, batch, temperature, logit_bias)[0]
+
+
+def k3_kl(token_logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(policy || reference) estimate k3 = exp(r) - r - 1 with r = ref - logp (always
+    >= 0, unbiased for samples from the policy; Schulman's estimator, as GRPO uses)."""
+    r = ref_logp - token_logp
+    return torch.exp(r) - r - 1
