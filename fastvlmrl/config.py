@@ -102,6 +102,16 @@ class PPOConfig:
     entropy_coef: float = 0.0  # bonus on the mean token entropy (tempered distribution)
     kl_coef: float = 0.0  # penalty on the mean token KL (k3) to the policy PPO started from
     target_kl: float = 0.0  # stop an update's epochs once an epoch's mean approx-KL exceeds this; 0 = off
+    loss_level: str = "sequence"  # sequence: RL4VLM's λ-weighted sequence ratio; token: per-token ratios
+    clip_high: float | None = None  # token level: the upper clip (DAPO's clip-higher); None = ppo.clip
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "ppo"  # ppo (RL4VLM: GAE over the critic) | grpo | gigpo (critic-free, groups of episodes)
+    group_size: int = 8  # grpo/gigpo: episodes per start state; env.num_envs must be a multiple of it
+    step_weight: float = 1.0  # gigpo: weight of the step-level (same-state) advantage
+    max_episode_steps: int = 32  # grpo/gigpo: an episode still running after this many steps is cut
 
 
 @dataclass
@@ -126,6 +136,7 @@ class Config:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -185,6 +196,16 @@ def validate(cfg: Config) -> None:
     for key in ("entropy_coef", "kl_coef", "target_kl"):
         if getattr(cfg.ppo, key) < 0:
             raise ConfigError(f"ppo.{key} must be 0 (off) or more, got {getattr(cfg.ppo, key)}")
+    if cfg.ppo.loss_level not in ("sequence", "token"):
+        raise ConfigError(f"ppo.loss_level must be 'sequence' or 'token', got {cfg.ppo.loss_level!r}")
+    if cfg.algo.name not in ("ppo", "grpo", "gigpo"):
+        raise ConfigError(f"algo.name must be ppo, grpo or gigpo, got {cfg.algo.name!r}")
+    if cfg.algo.name != "ppo":
+        if cfg.algo.group_size < 2 or cfg.env.num_envs % cfg.algo.group_size:
+            raise ConfigError(f"algo.group_size must be at least 2 and divide env.num_envs={cfg.env.num_envs}, "
+                              f"got {cfg.algo.group_size}")
+        if cfg.algo.max_episode_steps < 1:
+            raise ConfigError(f"algo.max_episode_steps must be at least 1, got {cfg.algo.max_episode_steps}")
     if cfg.ppo.value_clip < 0:
         raise ConfigError(f"ppo.value_clip must be 0 (no clip) or more, got {cfg.ppo.value_clip}")
     if cfg.ppo.value_lr is not None and cfg.ppo.value_lr <= 0:

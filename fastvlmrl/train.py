@@ -12,6 +12,7 @@ evaluation on fresh seeds. Everything a run writes goes to runs/<name>/:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -38,7 +39,6 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     from fastvlmrl.rl.ppo import cosine_lr, make_optimizer, ppo_update, set_lr
     from fastvlmrl.rl.reference_policy import ReferencePolicy
     from fastvlmrl.rl.sft import make_demos, sft_train
-    from fastvlmrl.rl.storage import RolloutStorage
 
     device = resolve_device(cfg)
     dtype = resolve_dtype(cfg, device)
@@ -98,25 +98,23 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         obs = player.reset(cfg.run.seed)
         first, env_steps, planned = 0, 0, cfg.ppo.updates
 
-    # -- PPO: rollout -> GAE -> update -> log -> checkpoint ------------------------------------
+    # -- PPO: rollout -> advantages -> update -> log -> checkpoint ---------------------------
+    # the critic-free algorithms train no value head
+    update_cfg = cfg.ppo if cfg.algo.name == "ppo" else dataclasses.replace(cfg.ppo, value_coef=0.0)
     bar = tqdm(range(first, cfg.ppo.updates), desc="ppo", initial=first, total=cfg.ppo.updates)
     for update in bar:
         # over the updates the run first planned: a run extended by resume holds lr_end after them
         lr = cosine_lr(update, planned, cfg.ppo.lr, cfg.ppo.lr_end, cfg.ppo.warmup_updates)
         set_lr(optimizer, lr)
-        storage = RolloutStorage(cfg.ppo.num_steps, cfg.env.num_envs)
         policy.eval()
-        obs, stats, rollout_s, last_values = player.collect(obs, storage, cfg.ppo.gamma,
-                                                            reward_scale=cfg.ppo.reward_scale)
-        storage.finish(last_values, cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.ppo.normalize_advantages)
+        obs, storage, stats, rollout_s, steps, critic = collect_rollout(cfg, player, obs, update)
         start = time.perf_counter()
-        metrics = ppo_update(policy, optimizer, storage, cfg.ppo, temperature=logprob_temperature(cfg),
+        metrics = ppo_update(policy, optimizer, storage, update_cfg, temperature=logprob_temperature(cfg),
                              pad_id=encoder.pad_id, device=device, generator=generator, logit_bias=logit_bias,
                              critic_only=update < cfg.ppo.critic_warmup_updates, reference=reference)
         update_s = time.perf_counter() - start
-        env_steps += cfg.ppo.num_steps * cfg.env.num_envs
-        record = {"update": update, "env_steps": env_steps, "lr": lr, **stats.summary(), **metrics,
-                  **storage.critic_stats(),
+        env_steps += steps
+        record = {"update": update, "env_steps": env_steps, "lr": lr, **stats.summary(), **metrics, **critic,
                   "timing/rollout_s": rollout_s, "timing/update_s": update_s,
                   "throughput/tokens_per_s": stats.tokens / max(rollout_s, 1e-9)}
         log.write(record)
@@ -141,3 +139,23 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     redraw_curves(run_dir)
     return run_dir
 
+
+def collect_rollout(cfg: Config, player, obs, update: int):
+    """One update's samples, as (obs, storage, stats, seconds, env steps, critic metrics):
+    ppo: cfg.ppo.num_steps steps of every env, GAE over the critic (time limits bootstrapped);
+    grpo/gigpo: groups of cfg.algo.group_size whole episodes from identical starts (new starts
+    every update), with group advantages (`rl/groups.py`)."""
+    from fastvlmrl.rl.groups import group_advantages
+    from fastvlmrl.rl.storage import RolloutStorage, SampleStorage
+
+    if cfg.algo.name == "ppo":
+        storage = RolloutStorage(cfg.ppo.num_steps, cfg.env.num_envs)
+        obs, stats, seconds, last_values = player.collect(obs, storage, cfg.ppo.gamma, reward_scale=cfg.ppo.reward_scale)
+        storage.finish(last_values, cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.ppo.normalize_advantages)
+        return obs, storage, stats, seconds, cfg.ppo.num_steps * cfg.env.num_envs, storage.critic_stats()
+    groups = cfg.env.num_envs // cfg.algo.group_size
+    episodes, stats, seconds = player.collect_groups(cfg.run.seed * 1_000_003 + update * groups, cfg.algo.group_size,
+                                                     cfg.algo.max_episode_steps, reward_scale=cfg.ppo.reward_scale)
+    advantages = group_advantages(episodes, cfg.algo.name, gamma=cfg.ppo.gamma, step_weight=cfg.algo.step_weight)
+    storage = SampleStorage([(t, a, 0.0) for e, row in zip(episodes, advantages) for t, a in zip(e.transitions, row)])
+    return obs, storage, stats, seconds, sum(len(e.rewards) for e in episodes), {}

@@ -159,3 +159,15 @@ def test_kl_penalty_and_entropy_bonus_train_and_resume(tmp_path):
     updates = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"update"' in x]
     assert [r["update"] for r in updates] == [0, 1, 2]
     assert all("actor/kl_ref" in r and "actor/entropy" in r for r in updates)
+
+
+@pytest.mark.parametrize("algo,level", [("grpo", "token"), ("gigpo", "sequence")])
+def test_critic_free_algorithms_train(tmp_path, algo, level):
+    args = [*TOY, "env.num_envs=4", "ppo.minibatch_size=4", f"algo.name={algo}", "algo.group_size=2",
+            f"ppo.loss_level={level}", "ppo.clip_high=0.28", "sampling.temperature=1.0"]
+    assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=groups"]) == 0
+    updates = [json.loads(x) for x in (tmp_path / "groups" / "metrics.jsonl").read_text().splitlines()
+               if '"update"' in x]
+    assert [r["update"] for r in updates] == [0, 1]
+    assert all(r["actor/optimizer_steps"] > 0 and r["rollout/episodes"] == 4 for r in updates)
+    assert "critic/explained_variance" not in updates[0]

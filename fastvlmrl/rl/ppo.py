@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from fastvlmrl.kernels import ppo_clip_loss
+from fastvlmrl.kernels import ppo_clip_loss, ppo_clip_loss_token_level
 from fastvlmrl.rl.batch import forward_logp_and_values, pack
 from fastvlmrl.rl.reference_policy import k3_kl
 from fastvlmrl.rl.storage import RolloutStorage, Transition
@@ -63,6 +63,19 @@ def recompute_logprobs(policy, storage: RolloutStorage, cfg, *, temperature: flo
         token_logp, _ = forward_logp_and_values(policy, batch, temperature, logit_bias)
         for t, logprobs in zip(chunk, torch.split(token_logp.float().cpu(), [len(t.output_ids) for t in chunk])):
             t.logprobs = logprobs
+
+
+def token_level_loss(token_logp, weights, batch, transitions, advantages, values, old_values, returns, cfg,
+                     value_clip: float | None, device):
+    """Per-token ratios (GRPO/DAPO style, `ppo_clip_loss_token_level`): each token of a reply gets
+    its sample's advantage; the value loss is RL4VLM's clipped one, as at the sequence level."""
+    lengths = torch.diff(batch.cu_seqlens.long())
+    out = ppo_clip_loss_token_level(token_logp, weights, torch.cat([t.logprobs for t in transitions]).to(device),
+                                    advantages.repeat_interleave(lengths), clip_eps=cfg.clip,
+                                    clip_eps_high=cfg.clip_high)
+    clipped = values if value_clip is None else old_values + (values - old_values).clamp(-value_clip, value_clip)
+    value_loss = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2).mean()
+    return out._replace(loss=out.policy_loss + cfg.value_coef * value_loss, value_loss=value_loss)
 
 
 def make_optimizer(policy, cfg) -> torch.optim.Adam:
@@ -151,10 +164,14 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
                                                                   return_entropy=True)
             if first_log_ratio is None:  # before any step: 0 up to numerics, or rollout and trainer disagree
                 first_log_ratio = sequence_log_ratio(token_logp, batch, old_logp, cfg.thought_coef).abs()
-            out = ppo_clip_loss(token_logp, token_weights(batch.is_action, cfg.thought_coef), batch.cu_seqlens,
-                                old_logp, advantages, clip_eps=cfg.clip, ratio_cap=cfg.ratio_cap, values=values,
-                                old_values=old_values, returns=returns, value_clip=value_clip,
-                                value_coef=cfg.value_coef)
+            weights = token_weights(batch.is_action, cfg.thought_coef)
+            if cfg.loss_level == "token":
+                out = token_level_loss(token_logp, weights, batch, transitions, advantages, values, old_values,
+                                       returns, cfg, value_clip, device)
+            else:
+                out = ppo_clip_loss(token_logp, weights, batch.cu_seqlens, old_logp, advantages, clip_eps=cfg.clip,
+                                    ratio_cap=cfg.ratio_cap, values=values, old_values=old_values, returns=returns,
+                                    value_clip=value_clip, value_coef=cfg.value_coef)
             loss = out.loss
             if cfg.entropy_coef:
                 loss = loss - cfg.entropy_coef * entropy.mean()

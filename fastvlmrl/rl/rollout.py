@@ -139,6 +139,59 @@ class Player:
         last_values = self.values(obs, infos).cpu()
         return obs, stats, time.perf_counter() - start, last_values
 
+    @torch.no_grad()
+    def collect_groups(self, seed: int, group_size: int, max_steps: int, reward_scale: float = 1.0):
+        """Episodes in groups of `group_size` from identical starts (env i plays group i // K,
+        seeded `seed + group`), each played to its end (at most `max_steps`), for the critic-free
+        algorithms. Returns (episodes, stats, seconds). An env whose episode ended sits out the
+        rest of the rollout: no generation is spent on it."""
+        from fastvlmrl.rl.groups import Episode
+
+        n = self.envs.num_envs
+        if n % group_size:
+            raise ValueError(f"env.num_envs={n} is not a multiple of algo.group_size={group_size}")
+        start = time.perf_counter()
+        obs, _ = self.envs.reset(seed=[seed + i // group_size for i in range(n)])
+        self.episode_return[:] = 0
+        self.episode_length[:] = 0
+        episodes = [Episode(group=i // group_size) for i in range(n)]
+        alive = np.ones(n, bool)
+        stats = EpisodeStats()
+        for _ in tqdm(range(max_steps), desc="rollout", leave=False):
+            live = np.flatnonzero(alive)
+            if not len(live):
+                break
+            states = self.envs.state
+            requests = self._requests([obs[i] for i in live], [self.envs.describe(i) for i in live])
+            gens = self._generate(requests, self.sampling.temperature, self.sampling.max_new_tokens)
+            values = self._values_of(gens)
+            actions = np.zeros(n, np.int64)  # an env that sat out steps with 0; that episode is never used
+            extra = np.zeros(n, np.float32)
+            for j, (i, req, gen) in enumerate(zip(live, requests, gens)):
+                parsed = parse_action(self.game, gen.text)
+                actions[i], extra[i] = choose_action(parsed, self.game.num_actions, self.rng, self.illegal_action,
+                                                     self.illegal_penalty)
+                stats.legal += int(parsed.legal)
+                stats.outputs += 1
+                stats.tokens += len(gen.token_ids)
+                episodes[i].transitions.append(Transition(
+                    torch.as_tensor(req.prompt_token_ids).long(), req.mm_inputs,
+                    torch.tensor(gen.token_ids, dtype=torch.long),
+                    logprobs=torch.tensor(gen.logprobs, dtype=torch.float32),
+                    is_action=torch.tensor(action_token_mask(self.encoder.tokenizer, gen.token_ids), dtype=torch.bool),
+                    value=float(values[j])))
+                episodes[i].states.append(states[i].tobytes())
+            obs, rewards, terminated, truncated, _ = self.envs.step(actions)
+            for i in live:
+                episodes[i].rewards.append(float((rewards[i] + extra[i]) * reward_scale))
+                self.episode_return[i] += rewards[i]
+                self.episode_length[i] += 1
+                if terminated[i] or truncated[i]:
+                    alive[i] = False
+                    stats.returns.append(float(self.episode_return[i]))
+                    stats.lengths.append(int(self.episode_length[i]))
+        return episodes, stats, time.perf_counter() - start
+
     def reset(self, seed: int):
         """New episodes in every env (from `seed`), and no partial episode counted from before."""
         obs, _ = self.envs.reset(seed=seed)

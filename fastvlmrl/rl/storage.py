@@ -70,3 +70,20 @@ class RolloutStorage:
         order = torch.randperm(len(samples), generator=generator).tolist()
         for i in range(0, len(order), size):
             yield [samples[j] for j in order[i : i + size]]
+
+
+class SampleStorage:
+    """Samples with their advantages given (the group algorithms compute them per episode and step):
+    the part of RolloutStorage's interface the PPO update reads."""
+
+    def __init__(self, samples: list[tuple[Transition, float, float]]):
+        self._samples = list(samples)
+        self.transitions = [[t for t, _, _ in self._samples]]
+
+    def samples(self) -> list[tuple[Transition, float, float]]:
+        return list(self._samples)
+
+    def minibatches(self, size: int, generator: torch.Generator):
+        order = torch.randperm(len(self._samples), generator=generator).tolist()
+        for i in range(0, len(order), size):
+            yield [self._samples[j] for j in order[i : i + size]]
