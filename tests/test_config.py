@@ -42,6 +42,8 @@ def test_yaml_then_overrides(tmp_path):
         ("ppo.value_lr=0", "ppo.value_lr must be positive"),
         ("ppo.reward_scale=0", "ppo.reward_scale must be positive"),
         ("ppo.critic_warmup_updates=-1", "ppo.critic_warmup_updates must be 0 or more"),
+        ("algo.name=a2c", "algo.name must be ppo, grpo or gigpo"),
+        ("ppo.loss_level=episode", "ppo.loss_level must be"),
     ],
 )
 def test_bad_overrides_say_what_to_fix(override, message):
@@ -72,3 +74,13 @@ def test_critic_settings():
     cfg = load_config(None, ["ppo.value_lr=1e-3", "ppo.value_clip=0", "ppo.reward_scale=0.1"])
     assert (cfg.ppo.value_lr, cfg.ppo.value_clip, cfg.ppo.reward_scale) == (1e-3, 0.0, 0.1)
     assert load_config(None, ["ppo.value_lr=null"]).ppo.value_lr is None
+
+
+def test_settings_that_would_be_silently_meaningless_are_refused():
+    with pytest.raises(ConfigError, match="must be at least 2 and divide env.num_envs=32"):
+        load_config(None, ["algo.name=grpo", "algo.group_size=3"])
+    with pytest.raises(ConfigError, match="trains no critic"):
+        load_config(None, ["algo.name=gigpo", "algo.group_size=4", "ppo.value_lr=1e-3"])
+    with pytest.raises(ConfigError, match="adapters off"):
+        load_config(None, ["ppo.kl_coef=0.1", "model.lora=true", "sft.steps=10"])
+    assert load_config(None, ["ppo.kl_coef=0.1", "model.lora=true"]).ppo.kl_coef == 0.1

@@ -52,17 +52,22 @@ def sequence_log_ratio(token_logp: torch.Tensor, batch, old_logp: torch.Tensor, 
 
 @torch.no_grad()
 def recompute_logprobs(policy, storage: RolloutStorage, cfg, *, temperature: float, pad_id: int, device,
-                       logit_bias: torch.Tensor | None = None) -> None:
+                       logit_bias: torch.Tensor | None = None) -> float:
     """Replace the rollout's per-token log-probs by the trainer's own forward (no dropout), so the
     ratio starts at 1 even where the engine's kernels and the trainer's differ numerically (bf16
-    on GPU); RL4VLM and verl score the old policy this way."""
+    on GPU); RL4VLM and verl score the old policy this way. (The rollout's values stay the
+    engine's: GAE already used them.)
+    Returns the largest |engine - trainer| per-token log-prob difference it replaced."""
     transitions = [t for row in storage.transitions for t in row]
+    largest = 0.0
     for start in range(0, len(transitions), cfg.minibatch_size):
         chunk = transitions[start:start + cfg.minibatch_size]
         batch = pack(chunk, pad_id, device)
         token_logp, _ = forward_logp_and_values(policy, batch, temperature, logit_bias)
         for t, logprobs in zip(chunk, torch.split(token_logp.float().cpu(), [len(t.output_ids) for t in chunk])):
+            largest = max(largest, float((logprobs - t.logprobs).abs().max())) if len(logprobs) else largest
             t.logprobs = logprobs
+    return largest
 
 
 def token_level_loss(token_logp, weights, batch, transitions, advantages, values, old_values, returns, cfg,
@@ -143,9 +148,10 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
         sums["actor/kl_ref"] = 0.0
     steps = skipped = epochs = 0
     train_without_dropout(policy)
+    engine_gap = None
     if cfg.recompute_logprobs:
-        recompute_logprobs(policy, storage, cfg, temperature=temperature, pad_id=pad_id, device=device,
-                           logit_bias=logit_bias)
+        engine_gap = recompute_logprobs(policy, storage, cfg, temperature=temperature, pad_id=pad_id, device=device,
+                                        logit_bias=logit_bias)
     if cfg.kl_coef > 0:
         score_reference(reference, storage, cfg, temperature=temperature, pad_id=pad_id, device=device,
                         logit_bias=logit_bias)
@@ -210,6 +216,8 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
     metrics = {k: v / max(steps, 1) for k, v in sums.items()}
     metrics["actor/optimizer_steps"] = steps
     metrics["actor/epochs"] = epochs
+    if engine_gap is not None:  # what recomputing replaced: the engine/trainer log-prob gap
+        metrics["actor/engine_trainer_logprob_max_diff"] = engine_gap
     metrics["actor/skipped_nonfinite"] = skipped
     if first_log_ratio is not None:
         metrics["actor/log_ratio_first_minibatch_mean"] = float(first_log_ratio.mean())

@@ -1,7 +1,9 @@
 """The frozen reference policy PPO's KL penalty holds the policy near (ppo.kl_coef): the model as
-PPO found it (after the SFT warm start). With LoRA it costs nothing: the same model with its
-adapters disabled. For full fine-tuning it is a frozen copy of the weights, saved once in the run
-directory (`reference/`) so that a resumed run keeps the same reference."""
+PPO found it. With LoRA it costs no memory: the same model with its adapters disabled, that is the
+model the run loaded (config validation refuses LoRA with this run's own SFT, whose adapters the
+reference would drop). For full fine-tuning it is a frozen copy of the whole policy (as much memory
+again as the model), saved once in the run directory (`reference/`) so that a resumed run keeps
+the same reference. Either costs one no-grad forward per rollout."""
 
 from __future__ import annotations
 

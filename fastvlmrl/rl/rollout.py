@@ -29,6 +29,7 @@ class EpisodeStats:
     legal: int = 0
     outputs: int = 0
     tokens: int = 0
+    cut: int | None = None  # group rollouts: episodes cut at the step cap (their returns count as failures)
 
     def summary(self) -> dict[str, float]:
         r = np.array(self.returns, dtype=np.float64)
@@ -38,6 +39,7 @@ class EpisodeStats:
             "rollout/episode_length": float(np.mean(self.lengths)) if self.lengths else float("nan"),
             "rollout/episodes": len(r),
             "rollout/legal_action_rate": self.legal / max(self.outputs, 1),
+            **({} if self.cut is None else {"rollout/cut_episodes": self.cut}),
         }
 
 
@@ -67,7 +69,7 @@ class Player:
         params = SamplingParams(temperature=temperature, top_p=self.sampling.top_p,
                                 repetition_penalty=self.sampling.repetition_penalty, max_new_tokens=max_new_tokens,
                                 suppress_token_ids=self.encoder.suppressed_ids, ignore_eos=self.ignore_eos,
-                                seed=self.seed * 1_000_003 + self.calls * len(requests))
+                                seed=self.seed * 1_000_003 + self.calls * self.envs.num_envs)  # disjoint per call
         self.calls += 1
         gens = self.engine.generate_requests(requests, params)
         for g in gens:
@@ -156,6 +158,7 @@ class Player:
         self.episode_length[:] = 0
         episodes = [Episode(group=i // group_size) for i in range(n)]
         alive = np.ones(n, bool)
+        clock = anchor_clock(self.game)
         stats = EpisodeStats()
         for _ in tqdm(range(max_steps), desc="rollout", leave=False):
             live = np.flatnonzero(alive)
@@ -180,7 +183,9 @@ class Player:
                     logprobs=torch.tensor(gen.logprobs, dtype=torch.float32),
                     is_action=torch.tensor(action_token_mask(self.encoder.tokenizer, gen.token_ids), dtype=torch.bool),
                     value=float(values[j])))
-                episodes[i].states.append(states[i].tobytes())
+                anchor = states[i].copy()
+                anchor[clock] = 0  # the same state reached at another step is the same anchor (GiGPO)
+                episodes[i].states.append(anchor.tobytes())
             obs, rewards, terminated, truncated, _ = self.envs.step(actions)
             for i in live:
                 episodes[i].rewards.append(float((rewards[i] + extra[i]) * reward_scale))
@@ -190,6 +195,10 @@ class Player:
                     alive[i] = False
                     stats.returns.append(float(self.episode_return[i]))
                     stats.lengths.append(int(self.episode_length[i]))
+        stats.cut = int(alive.sum())  # still running at max_steps: counted with their return so far, not left out
+        for i in np.flatnonzero(alive):
+            stats.returns.append(float(self.episode_return[i]))
+            stats.lengths.append(int(self.episode_length[i]))
         return episodes, stats, time.perf_counter() - start
 
     def reset(self, seed: int):
@@ -253,3 +262,10 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def anchor_clock(game) -> int | slice:
+    """The step counter in the game's state row: left out of GiGPO's anchor-state keys."""
+    from fastvlmrl.envs.games.base import state_fields
+
+    return state_fields(game.name)["steps"]

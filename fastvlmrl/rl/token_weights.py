@@ -9,9 +9,10 @@ belong to the action, as in RL4VLM. An output without an action key is all thoug
 
 The first action token is found by bisection over prefix decodes (O(log n) decodes, not one per
 token). A tokenizer's offset mapping would not do: it describes the canonical encoding of a
-text, and sampled ids need not be that encoding. Where prefix lengths are not monotone (a
-multi-byte character split across tokens can decode longer before it is complete), the boundary
-check fails and every prefix is decoded, as the rule says.
+text, and sampled ids need not be that encoding. Bisection gives the rule's split whenever the
+decoded length never shrinks as tokens are added; a multi-byte character split across tokens can
+break that (it may decode longer before it is complete), so the probed lengths are checked to be
+in order around the boundary, and any disorder falls back to decoding every prefix.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def action_token_mask(tokenizer, token_ids: list[int]) -> list[bool]:
             high = mid
         else:
             low = mid + 1
-    if end(low) <= start < end(low + 1):
+    boundary = end(low) <= start < end(low + 1)
+    probed = [cache[k] for k in sorted(cache)]
+    if boundary and all(a <= b for a, b in zip(probed, probed[1:])):
         return [k >= low for k in range(n)]
     ends = token_char_ends(tokenizer, token_ids)  # not monotone here: every prefix, one by one
     return [e > start for e in ends]

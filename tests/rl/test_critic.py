@@ -153,3 +153,18 @@ def test_reward_scale_scales_what_the_critic_sees_not_the_statistics():
     assert rewards[1.0].abs().sum() > 0  # NumberLine pays -1/+1 every step
     torch.testing.assert_close(rewards[0.25], rewards[1.0] * 0.25)
     assert stats[0.25].returns == stats[1.0].returns
+
+
+def test_two_groups_at_one_rate_step_exactly_as_one_adam():
+    """ppo.value_lr unset: the second parameter group changes nothing (Adam is per parameter)."""
+    cfg = load_config(preset_path("tiny/numberline")).ppo
+    a, b = FeaturePolicy(), FeaturePolicy()
+    storage_a, storage_b = fixed_rollout(2, 16), fixed_rollout(2, 16)
+    for policy, storage, optimizer in ((a, storage_a, make_optimizer(a, cfg)),
+                                       (b, storage_b, torch.optim.Adam(list(b.parameters()), lr=cfg.lr))):
+        refresh_rollout_values(policy, storage)
+        storage.advantages = torch.linspace(-1, 1, 32).reshape(2, 16)
+        ppo_update(policy, optimizer, storage, cfg, temperature=1.0, pad_id=0, device="cpu",
+                   generator=torch.Generator().manual_seed(0))
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)

@@ -54,15 +54,24 @@ def test_group_rollout_plays_whole_episodes_from_identical_starts():
     from fastvlmrl.config import Config
     from fastvlmrl.models import load_policy
 
+    from fastvlmrl.envs.games.base import state_fields
+
     cfg = Config()
-    cfg.env.name, cfg.env.num_envs, cfg.env.image_size, cfg.prompt.style = "EZPoints", 6, 64, "short"
+    cfg.env.name, cfg.env.num_envs, cfg.env.image_size, cfg.prompt.style = "NumberLine", 6, 64, "short"
     cfg.sampling.temperature, cfg.sampling.max_new_tokens = 1.0, 8
     policy, processor = load_policy(None, dtype=torch.float32, device="cpu", seed=0)
     player = build_player(cfg, policy, processor, build_encoder(policy, processor, torch.float32))
-    episodes, stats, _ = player.collect_groups(seed=5, group_size=3, max_steps=12)
+    seeds = []
+    generate = player.engine.generate_requests
+    player.engine.generate_requests = lambda reqs, params: seeds.append((params.seed, len(reqs))) or generate(reqs, params)
+    episodes, stats, _ = player.collect_groups(seed=5, group_size=3, max_steps=4)  # NumberLine runs up to 10
     player.envs.close()
     assert [e.group for e in episodes] == [0, 0, 0, 1, 1, 1]
     assert episodes[0].states[0] == episodes[1].states[0] == episodes[2].states[0] != episodes[3].states[0]
     for e in episodes:
         assert len(e.transitions) == len(e.rewards) == len(e.states) >= 1
-    assert len(stats.returns) + sum(len(e.rewards) == 12 for e in episodes) == 6  # ended, or cut at the cap
+        assert all(np.frombuffer(key, np.int32)[state_fields("NumberLine")["steps"]] == 0 for key in e.states)
+    cut = sum(len(e.rewards) == 4 and e.rewards[-1] != 1.0 for e in episodes)
+    assert stats.cut == cut and len(stats.returns) == 6  # every episode counted, the cut ones too
+    ranges = [set(range(seed, seed + n)) for seed, n in seeds]  # request i of a call samples with seed + i
+    assert all(not (a & b) for k, a in enumerate(ranges) for b in ranges[k + 1:])  # fewer live envs reuse none

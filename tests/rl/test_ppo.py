@@ -164,6 +164,8 @@ def test_recompute_logprobs_scores_the_old_policy_with_the_trainers_forward():
         metrics = ppo_update(policy, torch.optim.SGD(policy.parameters(), lr=0.0), _storage(transitions, [1.0] * 6),
                              cfg, temperature=0.7, pad_id=0, device="cpu", generator=torch.Generator().manual_seed(0))
         assert (metrics["actor/log_ratio_first_minibatch_max"] < 1e-5) == close
+        if recompute:  # the gap it replaced is reported
+            assert metrics["actor/engine_trainer_logprob_max_diff"] == pytest.approx(0.05, abs=1e-5)
 
 
 def _mean_entropy(policy, transitions):
