@@ -87,6 +87,23 @@ class Player:
         head_dtype = next(self.policy.value_head.parameters()).dtype
         return self.policy.value(torch.stack([g.hidden_state for g in gens]).to(head_dtype)).float()
 
+    def _act(self, req, gen, value: float, stats: EpisodeStats, record: bool):
+        """One reply as (action, extra reward, Transition or None), counted in stats; an illegal
+        reply becomes an action by env.illegal_action (drawing from the player's RNG)."""
+        parsed = parse_action(self.game, gen.text)
+        action, extra = choose_action(parsed, self.game.num_actions, self.rng, self.illegal_action,
+                                      self.illegal_penalty)
+        stats.legal += int(parsed.legal)
+        stats.outputs += 1
+        stats.tokens += len(gen.token_ids)
+        if not record:
+            return action, extra, None
+        return action, extra, Transition(
+            torch.as_tensor(req.prompt_token_ids).long(), req.mm_inputs, torch.tensor(gen.token_ids, dtype=torch.long),
+            logprobs=torch.tensor(gen.logprobs, dtype=torch.float32),
+            is_action=torch.tensor(action_token_mask(self.encoder.tokenizer, gen.token_ids), dtype=torch.bool),
+            value=value)
+
     @torch.no_grad()
     def step(self, obs, temperature: float, stats: EpisodeStats, record: bool = True):
         """One env step for every env: (transitions, rewards for PPO, dones, new obs, step infos).
@@ -99,19 +116,9 @@ class Player:
         extra = np.zeros(len(gens), np.float32)
         transitions = []
         for i, (req, gen) in enumerate(zip(requests, gens)):
-            parsed = parse_action(self.game, gen.text)
-            actions[i], extra[i] = choose_action(parsed, self.game.num_actions, self.rng, self.illegal_action,
-                                                 self.illegal_penalty)
-            stats.legal += int(parsed.legal)
-            stats.outputs += 1
-            stats.tokens += len(gen.token_ids)
+            actions[i], extra[i], transition = self._act(req, gen, float(values[i]), stats, record)
             if record:
-                is_action = action_token_mask(self.encoder.tokenizer, gen.token_ids)
-                transitions.append(Transition(
-                    torch.as_tensor(req.prompt_token_ids).long(), req.mm_inputs,
-                    torch.tensor(gen.token_ids, dtype=torch.long),
-                    logprobs=torch.tensor(gen.logprobs, dtype=torch.float32),
-                    is_action=torch.tensor(is_action, dtype=torch.bool), value=float(values[i])))
+                transitions.append(transition)
         obs, rewards, terminated, truncated, step_infos = self.envs.step(actions)
         self.episode_return += rewards
         self.episode_length += 1
@@ -171,18 +178,8 @@ class Player:
             actions = np.zeros(n, np.int64)  # an env that sat out steps with 0; that episode is never used
             extra = np.zeros(n, np.float32)
             for j, (i, req, gen) in enumerate(zip(live, requests, gens)):
-                parsed = parse_action(self.game, gen.text)
-                actions[i], extra[i] = choose_action(parsed, self.game.num_actions, self.rng, self.illegal_action,
-                                                     self.illegal_penalty)
-                stats.legal += int(parsed.legal)
-                stats.outputs += 1
-                stats.tokens += len(gen.token_ids)
-                episodes[i].transitions.append(Transition(
-                    torch.as_tensor(req.prompt_token_ids).long(), req.mm_inputs,
-                    torch.tensor(gen.token_ids, dtype=torch.long),
-                    logprobs=torch.tensor(gen.logprobs, dtype=torch.float32),
-                    is_action=torch.tensor(action_token_mask(self.encoder.tokenizer, gen.token_ids), dtype=torch.bool),
-                    value=float(values[j])))
+                actions[i], extra[i], transition = self._act(req, gen, float(values[j]), stats, record=True)
+                episodes[i].transitions.append(transition)
                 anchor = states[i].copy()
                 anchor[clock] = 0  # the same state reached at another step is the same anchor (GiGPO)
                 episodes[i].states.append(anchor.tobytes())
