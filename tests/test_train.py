@@ -11,7 +11,8 @@ TOY = ["sft.steps=2", "sft.demos=16", "sft.batch_size=4", "ppo.updates=2", "ppo.
        "ppo.minibatch_size=2", "ppo.epochs=1", "sampling.max_new_tokens=12", "eval.episodes=2", "env.image_size=64"]
 METRICS = ["update", "env_steps", "rollout/success_rate", "rollout/episode_return", "rollout/legal_action_rate",
            "actor/pg_loss", "actor/clip_frac", "actor/approx_kl", "critic/value_loss", "timing/rollout_s",
-           "timing/update_s", "throughput/tokens_per_s"]
+           "timing/update_s", "throughput/tokens_per_s", "thought/perception_correct", "thought/action_follows_thought",
+           "critic/explained_variance", "actor/entropy"]
 
 
 def test_train_writes_the_run_directory_then_eval_reloads_it(tmp_path, capsys):

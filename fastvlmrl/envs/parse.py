@@ -42,7 +42,9 @@ def _as_text(text) -> str:
         return ""
 
 
-def _from_json(text: str, lookup: dict[str, int]) -> int | None:
+def reply_object(text) -> dict | None:
+    """The first JSON object in a reply with an "action" key (bounded work, never raises), or None."""
+    text = _as_text(text)
     decoder = json.JSONDecoder()
     start = text.find("{")
     tries = 0
@@ -53,11 +55,18 @@ def _from_json(text: str, lookup: dict[str, int]) -> int | None:
         except (ValueError, RecursionError):
             obj = None
         if isinstance(obj, dict) and "action" in obj:
-            value = obj["action"]
-            if isinstance(value, (str, int)) and not isinstance(value, bool):
-                return lookup.get(str(value).strip().lower())
-            return None
+            return obj
         start = text.find("{", start + 1)
+    return None
+
+
+def _from_json(text: str, lookup: dict[str, int]) -> int | None:
+    obj = reply_object(text)
+    if obj is None:
+        return None
+    value = obj["action"]
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return lookup.get(str(value).strip().lower())
     return None
 
 

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastvlmrl.engine import Request, SamplingParams
-from fastvlmrl.envs.parse import choose_action, parse_action
+from fastvlmrl.envs.parse import choose_action, parse_action, reply_object
 from fastvlmrl.envs.prompts import task_prompt
 from fastvlmrl.rl.storage import RolloutStorage, Transition
 from fastvlmrl.rl.token_weights import action_token_mask
@@ -30,6 +30,10 @@ class EpisodeStats:
     outputs: int = 0
     tokens: int = 0
     cut: int | None = None  # group rollouts: episodes cut at the step cap (their returns count as failures)
+    # replies whose thought states what the frame shows / whose action follows from the thought,
+    # over the replies that say it (Game.judge): a failure reads as seeing or deciding
+    perception: list[int] = field(default_factory=lambda: [0, 0])  # [correct, judged]
+    follows: list[int] = field(default_factory=lambda: [0, 0])
 
     def summary(self) -> dict[str, float]:
         r = np.array(self.returns, dtype=np.float64)
@@ -40,7 +44,18 @@ class EpisodeStats:
             "rollout/episodes": len(r),
             "rollout/legal_action_rate": self.legal / max(self.outputs, 1),
             **({} if self.cut is None else {"rollout/cut_episodes": self.cut}),
+            "thought/perception_correct": self.perception[0] / self.perception[1] if self.perception[1] else float("nan"),
+            "thought/action_follows_thought": self.follows[0] / self.follows[1] if self.follows[1] else float("nan"),
         }
+
+    def judge(self, game, info: dict, text: str) -> None:
+        reply = reply_object(text)
+        if reply is None:
+            return
+        for tally, verdict in zip((self.perception, self.follows), game.judge(info, reply)):
+            if verdict is not None:
+                tally[0] += int(verdict)
+                tally[1] += 1
 
 
 class Player:
@@ -87,9 +102,10 @@ class Player:
         head_dtype = next(self.policy.value_head.parameters()).dtype
         return self.policy.value(torch.stack([g.hidden_state for g in gens]).to(head_dtype)).float()
 
-    def _act(self, req, gen, value: float, stats: EpisodeStats, record: bool):
-        """One reply as (action, extra reward, Transition or None), counted in stats; an illegal
-        reply becomes an action by env.illegal_action (drawing from the player's RNG)."""
+    def _act(self, info: dict, req, gen, value: float, stats: EpisodeStats, record: bool):
+        """One reply as (action, extra reward, Transition or None), counted (and judged) in stats;
+        an illegal reply becomes an action by env.illegal_action (drawing from the player's RNG)."""
+        stats.judge(self.game, info, gen.text)
         parsed = parse_action(self.game, gen.text)
         action, extra = choose_action(parsed, self.game.num_actions, self.rng, self.illegal_action,
                                       self.illegal_penalty)
@@ -116,7 +132,7 @@ class Player:
         extra = np.zeros(len(gens), np.float32)
         transitions = []
         for i, (req, gen) in enumerate(zip(requests, gens)):
-            actions[i], extra[i], transition = self._act(req, gen, float(values[i]), stats, record)
+            actions[i], extra[i], transition = self._act(infos[i], req, gen, float(values[i]), stats, record)
             if record:
                 transitions.append(transition)
         obs, rewards, terminated, truncated, step_infos = self.envs.step(actions)
@@ -172,13 +188,14 @@ class Player:
             if not len(live):
                 break
             states = self.envs.state
-            requests = self._requests([obs[i] for i in live], [self.envs.describe(i) for i in live])
+            infos = [self.envs.describe(i) for i in live]
+            requests = self._requests([obs[i] for i in live], infos)
             gens = self._generate(requests, self.sampling.temperature, self.sampling.max_new_tokens)
             values = self._values_of(gens)
             actions = np.zeros(n, np.int64)  # an env that sat out steps with 0; that episode is never used
             extra = np.zeros(n, np.float32)
             for j, (i, req, gen) in enumerate(zip(live, requests, gens)):
-                actions[i], extra[i], transition = self._act(req, gen, float(values[j]), stats, record=True)
+                actions[i], extra[i], transition = self._act(infos[j], req, gen, float(values[j]), stats, record=True)
                 episodes[i].transitions.append(transition)
                 anchor = states[i].copy()
                 anchor[clock] = 0  # the same state reached at another step is the same anchor (GiGPO)

@@ -50,3 +50,17 @@ def test_wilson_interval():
     assert (low, high) == pytest.approx((0.4038, 0.5962), abs=1e-4)
     assert wilson_interval(0, 30)[0] == 0.0 and wilson_interval(0, 30)[1] == pytest.approx(0.1135, abs=1e-4)
     assert wilson_interval(30, 30)[1] == 1.0
+
+
+def test_episode_stats_judge_the_replies():
+    from fastvlmrl.envs.games import GAMES
+
+    stats = EpisodeStats()
+    info = {"Target": 4, "Current": 1}
+    for text in ('{"current number": "1", "target number": "4", "thoughts": "x", "action": "+"}',
+                 '{"current number": "2", "target number": "4", "thoughts": "x", "action": "-"}',
+                 'not json at all'):
+        stats.judge(GAMES["NumberLine"], info, text)
+    summary = stats.summary()
+    assert summary["thought/perception_correct"] == 0.5 and summary["thought/action_follows_thought"] == 0.5
+    assert np.isnan(EpisodeStats().summary()["thought/perception_correct"])

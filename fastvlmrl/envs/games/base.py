@@ -80,6 +80,12 @@ class Game(abc.ABC):
     def oracle(self, info: dict) -> tuple[dict, str, str]:
         """The expert's move: (JSON fields before "thoughts", action text, thoughts)."""
 
+    def judge(self, info: dict, reply: dict) -> tuple[bool | None, bool | None]:
+        """Reading a reply (its JSON object) against the state: (does what it says it sees match
+        the frame, does its action follow from what it says), each None where the reply does not
+        say. The checks read the fields and phrases the oracle's replies use (SFT teaches them)."""
+        return None, None
+
 
 def card_rank(code: int) -> int:
     return int(code) // 4 + 1

@@ -8,6 +8,8 @@ all 17s.
 
 from __future__ import annotations
 
+import re
+
 from fastvlmrl.envs.games.base import RANK_NAMES, SUIT_LETTERS, Game, card_rank, card_suit, card_value, game_id, state_fields
 
 _F = state_fields("Blackjack")
@@ -66,6 +68,18 @@ class BlackjackGame(Game):
             ("thoughts", "\"{first describe your total points and the dealer's total points, then think about which action to choose}\""),
         ]
         return head, fields, '"stand" or "hit"'
+
+    def judge(self, info, reply):
+        thoughts = str(reply.get("thoughts", ""))
+        total, dealer = re.search(r"total of (\d+)", thoughts), re.search(r"worth (\d+)", thoughts)
+        seen = None
+        if total and dealer:
+            values = [int(v) for v, _, _ in info["Player Card"]]
+            true_total = sum(values) + (10 if 1 in values and sum(values) + 10 <= 21 else 0)
+            up = int(info["Dealer Card"][0][0])
+            seen = int(total.group(1)) == true_total and int(dealer.group(1)) == (11 if up == 1 else up)
+        plan = re.search(r"strategy is to (stand|hit)", thoughts)
+        return seen, None if plan is None else str(reply["action"]).strip().lower() == plan.group(1)
 
     def oracle(self, info):
         player = info["Player Card"]

@@ -66,6 +66,22 @@ class FormulaGame(Game):
             "Formula": [token_text(t) for t in row[_F["formula"]][: row[_F["formula_len"]]]],
         }
 
+    def judge(self, info, reply):
+        try:
+            cards = [int(c) for c in reply["cards"]]
+            formula = str(reply["current formula"])
+        except (KeyError, TypeError, ValueError):
+            return None, None
+        seen = sorted(cards) == sorted(int(n) for n in info["Numbers"]) and formula.split() == formula_string(info).split()
+        if len(cards) != self.num_cards:
+            return seen, None
+        stated = {"Numbers": cards, "Formula": formula.split()}
+        try:
+            expected = self.oracle(stated)[1]
+        except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError):
+            return seen, None
+        return seen, str(reply["action"]).strip() == expected
+
     def _face_card_rule(self) -> str:
         if "13" in self.actions:
             return "Note that 'J', 'Q', and 'K' count as '11', '12' and '13' and 'A' counts as '1'."

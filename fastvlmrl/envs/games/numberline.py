@@ -42,4 +42,15 @@ class NumberLineGame(Game):
         return {"current number": str(p), "target number": str(g)}, action, thoughts
 
 
+    def judge(self, info, reply):
+        try:
+            current, target = int(reply["current number"]), int(reply["target number"])
+        except (KeyError, TypeError, ValueError):
+            return None, None
+        seen = current == int(info["Current"]) and target == int(info["Target"])
+        if current == target:
+            return seen, None
+        return seen, str(reply["action"]).strip() == ("+" if current < target else "-")
+
+
 NUMBERLINE = NumberLineGame("NumberLine", game_id("NumberLine"), ("-", "+"))
