@@ -24,9 +24,22 @@ def evaluate_run(run_dir, overrides: list[str]) -> tuple[dict, Path]:
     policy, processor = load_checkpoint(cfg, latest_checkpoint(run_dir), device, dtype)
     policy.eval()
     player = build_player(cfg, policy, processor, build_encoder(policy, processor, dtype))
-    result = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed)
+    result = final_evaluation(cfg, player)
     player.envs.close()
     path = run_dir / "eval.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     redraw_curves(run_dir)
     return result, path
+
+
+def final_evaluation(cfg, player) -> dict:
+    """eval.json's numbers: the first eval.episodes episodes started from eval.seed, and, for a
+    game with few start states (NumberLine's 30), the success rate over each of them exactly."""
+    from fastvlmrl.envs.play import start_state_seeds
+    from fastvlmrl.rl.rollout import evaluate_start_states
+
+    result = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed)
+    seeds = start_state_seeds(cfg.env.name, face_cards_as_10=cfg.env.face_cards_as_10)
+    if seeds is not None:
+        result.update(evaluate_start_states(player, seeds, cfg.eval.temperature))
+    return result

@@ -25,6 +25,7 @@ from fastvlmrl.build import build_encoder, build_player, logprob_temperature, re
 from fastvlmrl.checkpoint import save_checkpoint  # by name: the resume test replaces it to kill a run
 from fastvlmrl.config import Config, save_config
 from fastvlmrl.curves import redraw_curves
+from fastvlmrl.evaluate import final_evaluation
 from fastvlmrl.metrics_log import MetricsLog
 
 
@@ -132,7 +133,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
 
     # -- evaluation on fresh seeds -------------------------------------------------------------
     policy.eval()
-    result = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed)
+    result = final_evaluation(cfg, player)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     log.close()
     player.envs.close()

@@ -31,7 +31,8 @@ def test_train_writes_the_run_directory_then_eval_reloads_it(tmp_path, capsys):
     assert (run / "checkpoints" / "latest").read_text() == "step_2"
     result = json.loads((run / "eval.json").read_text())
     assert set(result) == {"success_rate", "success_ci95_low", "success_ci95_high", "episode_return",
-                           "legal_action_rate", "episodes"}
+                           "legal_action_rate", "episodes", "start_states", "start_state_success_rate"}
+    assert result["start_states"] == 30  # NumberLine: every (target, current) pair once
     assert result["success_ci95_low"] <= result["success_rate"] <= result["success_ci95_high"]
     assert result["episodes"] == 2
     assert main(["eval", str(run), "eval.episodes=3"]) == 0

@@ -119,3 +119,22 @@ def zero_copy_steps_per_second(game: str, num_envs: int, *, num_threads: int = 1
     seconds = time.perf_counter() - begin
     envs.close()
     return calls * num_envs / seconds
+
+
+def start_state_seeds(game: str, *, max_states: int = 64, scan: int = 4096, **options) -> list[int] | None:
+    """One seed per distinct start state, when a game has at most `max_states` of them among the
+    first `scan` seeds (NumberLine: its 30 (target, current) pairs), so that an evaluation can
+    cover them exactly; None for games with more (the card games' hands)."""
+    from fastvlmrl.envs.games.base import state_fields
+
+    envs = make_batch(game, scan, height=32, width=32, **options)
+    envs.reset(seed=0)
+    rows = envs.state
+    envs.close()
+    rows[:, state_fields(envs.game.name)["steps"]] = 0
+    first: dict[bytes, int] = {}
+    for seed, row in enumerate(rows):
+        first.setdefault(row.tobytes(), seed)
+        if len(first) > max_states:
+            return None
+    return sorted(first.values())

@@ -268,6 +268,28 @@ class Player:
         }
 
 
+def evaluate_start_states(player: Player, seeds: list[int], temperature: float) -> dict[str, float]:
+    """The first episode from each seed (one per start state: `envs.play.start_state_seeds`),
+    played to its end, in batches of the player's envs: an exact success rate over the states."""
+    n = player.envs.num_envs
+    returns = []
+    for begin in range(0, len(seeds), n):
+        chunk = list(seeds[begin:begin + n])
+        obs, _ = player.envs.reset(seed=chunk + [chunk[-1]] * (n - len(chunk)))
+        player.episode_return[:] = 0
+        player.episode_length[:] = 0
+        done = np.full(n, np.nan)
+        stats = EpisodeStats()
+        while np.isnan(done[: len(chunk)]).any():
+            before = len(stats.returns)
+            _, _, terminated, truncated, obs, _ = player.step(obs, temperature, stats, record=False)
+            for i, ret in zip(np.flatnonzero(terminated | truncated), stats.returns[before:]):
+                if np.isnan(done[i]):
+                    done[i] = ret
+        returns += done[: len(chunk)].tolist()
+    return {"start_states": len(seeds), "start_state_success_rate": float((np.array(returns) > 0).mean())}
+
+
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
     """The 95% Wilson score interval of a success rate (sound at 0 and 1, unlike mean ± 2 SE)."""
     if trials == 0:

@@ -46,3 +46,15 @@ def test_layouts_are_the_documented_rows():
                       "player_cards": (15, 22)},
     }
     assert _cards.STATE_DIM == 48
+
+
+def test_numberline_start_states_are_covered_once_each():
+    from fastvlmrl.envs.play import start_state_seeds
+
+    seeds = start_state_seeds("NumberLine")
+    envs = make_batch("NumberLine", len(seeds), height=32, width=32)
+    envs.reset(seed=seeds)
+    starts = {(info["Target"], info["Current"]) for info in (envs.describe(i) for i in range(len(seeds)))}
+    envs.close()
+    assert len(seeds) == len(starts) == 30 and all(t != c for t, c in starts)
+    assert start_state_seeds("EZPoints") is None  # thousands of hands: no exact evaluation
