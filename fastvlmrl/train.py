@@ -39,7 +39,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     from fastvlmrl.models import load_policy
     from fastvlmrl.rl.ppo import cosine_lr, make_optimizer, ppo_update, set_lr
     from fastvlmrl.rl.reference_policy import ReferencePolicy
-    from fastvlmrl.rl.sft import make_demos, sft_train
+    from fastvlmrl.rl.sft import demo_stream, encode_demos, sft_train
 
     device = resolve_device(cfg)
     dtype = resolve_dtype(cfg, device)
@@ -69,9 +69,11 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
 
     # -- SFT warm start on (noisy) oracle demonstrations ---------------------------------------
     if cfg.sft.steps and not resume:
-        demos = make_demos(cfg.env.name, cfg.sft.demos, noise=cfg.sft.noise, seed=cfg.run.seed, cot=cfg.prompt.cot,
-                           style=cfg.prompt.style,
-                           image_size=cfg.env.image_size, face_cards_as_10=cfg.env.face_cards_as_10)
+        demos = encode_demos(encoder, demo_stream(cfg.env.name, cfg.sft.demos, noise=cfg.sft.noise, seed=cfg.run.seed,
+                                                  cot=cfg.prompt.cot, style=cfg.prompt.style,
+                                                  image_size=cfg.env.image_size,
+                                                  face_cards_as_10=cfg.env.face_cards_as_10),
+                             total=cfg.sft.demos)
         sft_train(policy, encoder, demos, cfg.sft, device=device, seed=cfg.run.seed, logit_bias=logit_bias,
                   log=lambda step, loss: log.write({"sft/step": step, "sft/loss": loss}) if step % 10 == 0 else None)
 

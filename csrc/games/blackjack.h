@@ -89,11 +89,20 @@ static int blackjack_step(void *gv, Rng *rng, int action, float *reward, int *te
 }
 
 /* Layout at 300x300: "Dealer" at (5, 5), its first card at (5, 25) and a card back at (78, 25);
- * "Player" at (5, 130), cards 70x98 from (5, 150), 74 px apart, five to a row (102 px apart). */
+ * "Player" at (5, 130), cards 70x98 from (5, 150).
+ * The player's cards in one row inside the frame: 74 apart up to four cards (RL4VLM's layout, whose
+ * fifth card started at x=301 on the 300-wide frame), fanned to fit from the fifth on (each card
+ * overlaps the next; its corner, rank and suit, stays visible). */
+static int blackjack_card_x(int i, int n) { return n <= 4 ? 5 + i * 74 : 5 + i * 220 / (n - 1); }
+
 static void blackjack_player_card(const Blackjack *g, Canvas *c, int i) {
-    int x = 5 + (i % 5) * 74, y = 150 + (i / 5) * 102;
-    draw_card(c, layout_x(c, x), layout_y(c, y), layout_x(c, 70), layout_y(c, 98), card_code_rank(g->player[i]),
-              card_code_suit(g->player[i]));
+    draw_card(c, layout_x(c, blackjack_card_x(i, g->nplayer)), layout_y(c, 150), layout_x(c, 70), layout_y(c, 98),
+              card_code_rank(g->player[i]), card_code_suit(g->player[i]));
+}
+
+/* Felt over the row of the player's cards, from its left edge to the frame's right edge. */
+static void blackjack_clear_player_row(Canvas *c) {
+    fill_rect(c, layout_x(c, 5), layout_y(c, 150), c->w - layout_x(c, 5), layout_y(c, 98), COLOR_FELT);
 }
 
 static void blackjack_render(const void *gv, Canvas *c) {
@@ -112,20 +121,24 @@ static void blackjack_render(const void *gv, Canvas *c) {
  * card, the "Player" label and the two new cards (the full render's order for what overlaps). */
 static void blackjack_render_reset(const void *oldv, const void *gv, Canvas *c) {
     const Blackjack *old = oldv, *g = gv;
-    for (int i = 2; i < old->nplayer; i++) {
-        int x = 5 + (i % 5) * 74, y = 150 + (i / 5) * 102;
-        fill_rect(c, layout_x(c, x), layout_y(c, y), layout_x(c, 70), layout_y(c, 98), COLOR_FELT);
-    }
+    if (old->nplayer > 2) blackjack_clear_player_row(c);
     draw_card(c, layout_x(c, 5), layout_y(c, 25), layout_x(c, 70), layout_y(c, 98), card_code_rank(g->dealer[0]),
               card_code_suit(g->dealer[0]));
     draw_text(c, layout_x(c, 5), layout_y(c, 130), "Player", layout_scale(c, 2), COLOR_WHITE);
     for (int i = 0; i < g->nplayer; i++) blackjack_player_card(g, c, i);
 }
 
-/* A hit adds one card; a stand changes nothing visible (the dealer's card stays face down). */
+/* A hit adds one card (from the fifth on, the fanned row is redrawn); a stand changes nothing
+ * visible (the dealer's card stays face down). */
 static void blackjack_render_step(const void *gv, Canvas *c, int hit) {
     const Blackjack *g = gv;
-    if (hit) blackjack_player_card(g, c, g->nplayer - 1);
+    if (!hit) return;
+    if (g->nplayer <= 4) {
+        blackjack_player_card(g, c, g->nplayer - 1);
+        return;
+    }
+    blackjack_clear_player_row(c);
+    for (int i = 0; i < g->nplayer; i++) blackjack_player_card(g, c, i);
 }
 
 static void blackjack_state(const void *gv, int32_t *out) {

@@ -25,10 +25,15 @@ class OracleStep:
     text: str  # the full reply, JSON in the prompt's format (action only when cot=False)
 
 
-def oracle_step(game: Game | str, info: dict, *, cot: bool = True) -> OracleStep:
-    """The expert's move for an env whose RL4VLM-style info dict is `info`."""
+def oracle_step(game: Game | str, info: dict, *, cot: bool = True, action: int | None = None) -> OracleStep:
+    """The expert's move for an env whose RL4VLM-style info dict is `info`; with `action` (an
+    index), the reply that decides that action instead (`Game.reasoned`: the thought's reasoning
+    reaches it, rightly or wrongly)."""
     game = get_game(game) if isinstance(game, str) else game
-    fields, action, thoughts = game.oracle(info)
+    if action is None:
+        fields, action, thoughts = game.oracle(info)
+    else:
+        fields, action, thoughts = game.reasoned(info, game.actions[action])
     reply = {**fields, "thoughts": thoughts, "action": action} if cot else {"action": action}
     return OracleStep(game.actions.index(action), thoughts, json.dumps(reply))
 

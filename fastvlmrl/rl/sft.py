@@ -1,12 +1,14 @@
 """SFT warm start (RL4VLM fine-tunes on SFT data before RL): oracle demonstrations played on the
-C batch, optionally noisy (imperfect: with probability `noise` the reply's action is replaced by
-a random one, its thought left as it was), and cross-entropy on the reply tokens.
+C batch, optionally noisy (imperfect: with probability `noise` a demonstration decides a random
+action, its thought reasoning to that action while still reading the frame truthfully:
+`Game.reasoned`), encoded once, and cross-entropy on the reply tokens.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,42 +27,57 @@ class Demo:
     frame: np.ndarray  # uint8 [H, W, 3]: what the model sees
     task: str  # the task prompt for that frame
     reply: str  # the demonstrated reply (JSON)
+    info: dict  # the env's state as its info dict (what the oracle read)
 
 
-def make_demos(game: str, count: int, *, noise: float = 0.0, seed: int = 0, cot: bool = True, style: str = "full",
-               image_size: int = 300,
-               face_cards_as_10: bool = True, num_envs: int = 64) -> list[Demo]:
-    """`count` demonstrations from the oracle, following the demonstrated (possibly noisy) actions."""
+def demo_stream(game: str, count: int, *, noise: float = 0.0, seed: int = 0, cot: bool = True, style: str = "full",
+                image_size: int = 300, face_cards_as_10: bool = True, num_envs: int = 64) -> Iterator[Demo]:
+    """`count` demonstrations from the oracle, one at a time, following the demonstrated (possibly
+    noisy) actions. A stream: the frames need not all be held at once (8192 frames of 300x300
+    are 2.2 GB)."""
     envs = make_batch(game, num_envs, height=image_size, width=image_size, autoreset_mode="SameStep",
                       face_cards_as_10=face_cards_as_10)
-    rng = np.random.default_rng(seed)
-    obs, _ = envs.reset(seed=seed)
-    demos: list[Demo] = []
-    actions = np.zeros(num_envs, np.int64)
-    while len(demos) < count:
-        for i in range(num_envs):
-            info = envs.describe(i)
-            step = oracle_step(envs.game, info, cot=cot)
-            action, reply = step.action, step.text
-            if rng.random() < noise:
-                action = int(rng.integers(envs.game.num_actions))
-                fields = json.loads(reply)
-                fields["action"] = envs.game.actions[action]
-                reply = json.dumps(fields)
-            demos.append(Demo(obs[i], task_prompt(envs.game, info, cot=cot, style=style), reply))
-            actions[i] = action
-        obs, *_ = envs.step(actions)
-    envs.close()
-    return demos[:count]
+    try:
+        rng = np.random.default_rng(seed)
+        obs, _ = envs.reset(seed=seed)
+        made = 0
+        actions = np.zeros(num_envs, np.int64)
+        while made < count:
+            for i in range(min(num_envs, count - made)):
+                info = envs.describe(i)
+                if rng.random() < noise:
+                    step = oracle_step(envs.game, info, cot=cot, action=int(rng.integers(envs.game.num_actions)))
+                else:
+                    step = oracle_step(envs.game, info, cot=cot)
+                actions[i] = step.action
+                made += 1
+                yield Demo(obs[i], task_prompt(envs.game, info, cot=cot, style=style), step.text, info)
+            obs, *_ = envs.step(actions)
+    finally:
+        envs.close()
 
 
-def demo_transition(encoder, demo: Demo) -> Transition:
-    """A demonstration as a packed-batch sample: the prompt, and the reply plus EOS as the output
-    (no rollout log-probs or value: SFT's loss is the cross-entropy of every reply token)."""
-    prompt_ids, mm = encoder.encode(demo.frame, demo.task)
-    reply_ids = encoder.reply_ids(demo.reply)
-    return Transition(prompt_ids, mm, reply_ids, logprobs=torch.zeros(len(reply_ids)),
-                      is_action=torch.ones(len(reply_ids), dtype=torch.bool), value=0.0)
+def make_demos(game: str, count: int, **kwargs) -> list[Demo]:
+    """`demo_stream` as a list (tests, inspection)."""
+    return list(demo_stream(game, count, **kwargs))
+
+
+def encode_demos(encoder, demos: Iterable[Demo], total: int | None = None) -> list[Transition]:
+    """Each demonstration as a packed-batch sample, encoded once: the prompt, and the reply plus
+    EOS as the output (no rollout log-probs or value: SFT's loss is the cross-entropy of every
+    reply token). Demonstrations of the same frame and task share one encoding (NumberLine's 8192
+    demonstrations show 30 frames)."""
+    encoded: dict[tuple[bytes, str], tuple[torch.Tensor, dict]] = {}
+    samples = []
+    for demo in tqdm(demos, total=total, desc="encode demos", leave=False):
+        key = (hashlib.blake2b(np.ascontiguousarray(demo.frame).data, digest_size=16).digest(), demo.task)
+        if key not in encoded:
+            encoded[key] = encoder.encode(demo.frame, demo.task)
+        prompt_ids, mm = encoded[key]
+        reply_ids = encoder.reply_ids(demo.reply)
+        samples.append(Transition(prompt_ids, mm, reply_ids, logprobs=torch.zeros(len(reply_ids)),
+                                  is_action=torch.ones(len(reply_ids), dtype=torch.bool), value=0.0))
+    return samples
 
 
 def sft_lr(step: int, total: int, lr: float, warmup: int) -> float:
@@ -71,9 +88,10 @@ def sft_lr(step: int, total: int, lr: float, warmup: int) -> float:
     return 0.5 * lr * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def sft_train(policy, encoder, demos: list[Demo], cfg, *, device, seed: int = 0, log=None,
+def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: int = 0, log=None,
               logit_bias: torch.Tensor | None = None) -> list[float]:
-    """cfg.steps steps of cross-entropy on the replies (prompt tokens carry no loss); losses per step.
+    """cfg.steps steps of cross-entropy on the replies of `demos` (`encode_demos`; prompt tokens
+    carry no loss); losses per step.
     logit_bias: see rl.batch.forward_logp_and_values (tokens the sampler never emits)."""
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
@@ -85,7 +103,7 @@ def sft_train(policy, encoder, demos: list[Demo], cfg, *, device, seed: int = 0,
         for group in optimizer.param_groups:
             group["lr"] = sft_lr(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         picks = rng.choice(len(demos), size=min(cfg.batch_size, len(demos)), replace=False)
-        batch = pack([demo_transition(encoder, demos[i]) for i in picks], encoder.pad_id, device)
+        batch = pack([demos[i] for i in picks], encoder.pad_id, device)
         token_logp, _ = forward_logp_and_values(policy, batch, 1.0, logit_bias)
         loss = -token_logp.mean()
         optimizer.zero_grad(set_to_none=True)

@@ -50,7 +50,7 @@ def test_formula_wrong_cards_and_contrary_action():
     assert game.judge(info, dict(reply, cards="many")) == (None, None)
 
 
-def test_blackjack_reads_totals_and_plan_from_the_thought():
+def test_blackjack_reads_totals_from_the_thought_and_decides_from_them():
     game, infos = _states("Blackjack", count=4, steps=1)
     info = infos[0]
     reply = json.loads(oracle_step(game, info).text)
@@ -59,3 +59,12 @@ def test_blackjack_reads_totals_and_plan_from_the_thought():
     assert game.judge(info, dict(reply, action=contrary)) == (True, False)
     assert game.judge(info, dict(reply, thoughts=reply["thoughts"].replace("total of", "total of 1"))) [0] is False
     assert game.judge(info, {"thoughts": "no idea", "action": "hit"}) == (None, None)
+    # the decision is judged from the stated totals, not from the plan the thought writes
+    hard = {"Dealer Card": [(6, "6", "S")], "Player Card": [(10, "K", "H"), (3, "3", "D")]}
+    wrong_plan = {"thoughts": "My cards are K, 3, a total of 13. The dealer shows 6, worth 6. With 13 against 6, "
+                              "basic strategy is to hit.", "action": "hit"}
+    assert game.judge(hard, wrong_plan) == (True, False)
+    assert game.judge(hard, dict(wrong_plan, action="stand")) == (True, True)
+    soft = {"Dealer Card": [(10, "K", "S")], "Player Card": [(1, "A", "H"), (6, "6", "D")]}
+    assert game.judge(soft, {"thoughts": "a soft total of 17 ... worth 10", "action": "hit"}) == (True, True)
+    assert game.judge(soft, {"thoughts": "a total of 17 ... worth 10", "action": "hit"}) == (True, False)

@@ -18,7 +18,7 @@ def _assert_same(name, step, i, c_obs, c_row, ref):
 
 
 def drive_in_lockstep(name, num_envs, steps, seed, *, height=300, width=300, num_threads=1, copy=False,
-                      face_cards_as_10=True):
+                      face_cards_as_10=True, hit_probability=None):
     kwargs = {} if name != "Points24" else {"face_cards_as_10": face_cards_as_10}
     envs = VECTOR[name](num_envs, height=height, width=width, num_threads=num_threads, copy=copy, **kwargs)
     refs = [REFERENCE[name](height=height, width=width, **kwargs) for _ in range(num_envs)]
@@ -32,6 +32,8 @@ def drive_in_lockstep(name, num_envs, steps, seed, *, height=300, width=300, num
     episodes = 0
     for step in range(steps):
         actions = rng.integers(0, envs.single_action_space.n, num_envs)
+        if hit_probability is not None:  # Blackjack: 1 = hit
+            actions = (rng.random(num_envs) < hit_probability).astype(np.int64)
         obs, rewards, terminated, truncated, infos = envs.step(actions)
         for i, ref in enumerate(refs):
             if ended[i]:  # next-step autoreset: the batch starts a new episode, ignoring the action
@@ -59,6 +61,29 @@ def test_c_batch_matches_reference_for_thousands_of_steps(name):
 @pytest.mark.parametrize("size", [(40, 48), (64, 64), (120, 200), (450, 330)])
 def test_parity_at_other_image_sizes(name, size):
     drive_in_lockstep(name, num_envs=3, steps=60, seed=fresh_seed() % 2**40, height=size[0], width=size[1])
+
+
+def test_blackjack_long_hands_redrawn_as_the_reference():
+    """Hands of five cards and more (their row fanned to fit the frame) through the incremental
+    redraws of a hit and of a new deal, against the reference's full redraw."""
+    drive_in_lockstep("Blackjack", num_envs=16, steps=120, seed=fresh_seed() % 2**40, hit_probability=0.95)
+    drive_in_lockstep("Blackjack", num_envs=8, steps=60, seed=fresh_seed() % 2**40, hit_probability=0.95,
+                      height=64, width=97)
+
+
+@pytest.mark.parametrize("count", range(2, 12))
+def test_blackjack_draws_every_player_card_inside_the_frame(count):
+    """RL4VLM's layout put the fifth card at x=301 of a 300-wide frame: the model never saw it."""
+    env = REFERENCE["Blackjack"](height=300, width=300)
+    env.reset(seed=0)
+    env.player = [2 + 13 * (i % 4) for i in range(count)]  # threes of four suits: a hand of `count` cards
+    frame = env._frame().astype(int)
+    row = frame[151]  # just inside the top edge of every player card
+    is_card = (row > 200).all(axis=1)  # card face white
+    starts = np.flatnonzero(is_card[1:] & ~is_card[:-1]) + 1  # left edges of visible card faces
+    assert len(starts) == count, starts
+    right = max(x for x in range(300) if is_card[x])
+    assert right < 299  # the last card ends inside the frame, with its edge
 
 
 def test_parity_with_face_cards_kept():

@@ -1,10 +1,12 @@
 import json
 
 import numpy as np
+import pytest
+import torch
 
-from fastvlmrl.envs.games import get_game
+from fastvlmrl.envs.games import GAMES, get_game
 from fastvlmrl.envs.parse import parse_action
-from fastvlmrl.rl.sft import make_demos, sft_lr
+from fastvlmrl.rl.sft import encode_demos, make_demos, sft_lr
 
 
 def test_clean_demos_are_oracle_replies_for_the_frames():
@@ -19,17 +21,47 @@ def test_clean_demos_are_oracle_replies_for_the_frames():
         assert d.frame.shape == (64, 64, 3)
 
 
-def test_noisy_demos_replace_the_action_only():
-    clean = make_demos("Points24", 400, noise=0.0, seed=2, image_size=48)
-    noisy = make_demos("Points24", 400, noise=1.0, seed=2, image_size=48)
+@pytest.mark.parametrize("name", list(GAMES))
+def test_noisy_demos_reason_to_their_action_and_read_the_frame_truthfully(name):
+    """A noisy demonstration decides a random action in its thought and its action together
+    (before: the oracle's thought, then a contradicting random action)."""
+    clean = make_demos(name, 256, noise=0.0, seed=2, image_size=48)
+    noisy = make_demos(name, 256, noise=1.0, seed=2, image_size=48)
     assert [d.task for d in clean[:64]] == [d.task for d in noisy[:64]]  # same first states
-    changed = 0
-    for c, n in zip(clean[:64], noisy[:64]):
-        rc, rn = json.loads(c.reply), json.loads(n.reply)
-        assert rc["thoughts"] == rn["thoughts"]
-        assert parse_action("Points24", n.reply).legal
-        changed += rc["action"] != rn["action"]
-    assert changed > 64 * 0.8  # 16 of 17 random actions differ from the oracle's
+    game, off_expert = GAMES[name], 0
+    for demo in noisy:
+        reply = json.loads(demo.reply)
+        assert parse_action(name, demo.reply).legal
+        assert game.judge(demo.info, reply)[0] in (True, None)  # what it says it sees is the frame
+        thoughts, action = reply["thoughts"], reply["action"]
+        if name == "NumberLine":
+            assert ("add one" in thoughts) == (action == "+")
+        elif name == "Blackjack":
+            assert thoughts.endswith(f"basic strategy is to {action}.")
+        elif action == "=":
+            assert thoughts.endswith(("end it.", "end the game.", "it is complete."))
+        else:
+            assert thoughts.endswith(f"so I append '{action}'.")
+        off_expert += action != game.oracle(demo.info)[1]
+    assert off_expert > 256 * (0.3 if game.num_actions == 2 else 0.8)
+
+
+def test_encoded_demos_share_one_encoding_per_frame_and_match_the_encoder():
+    from fastvlmrl.build import build_encoder
+    from fastvlmrl.models import load_policy
+
+    policy, processor = load_policy(None, lora=False, dtype=torch.float32, device="cpu", seed=0)
+    encoder = build_encoder(policy, processor, torch.float32)
+    demos = make_demos("NumberLine", 200, noise=0.5, seed=3, image_size=64, num_envs=8)
+    samples = encode_demos(encoder, iter(demos))
+    assert len(samples) == 200
+    for demo, sample in zip(demos[:20], samples):
+        prompt_ids, mm = encoder.encode(demo.frame, demo.task)
+        assert torch.equal(sample.prompt_ids, prompt_ids)
+        assert torch.equal(sample.mm["pixel_values"], mm["pixel_values"])
+        assert torch.equal(sample.output_ids, encoder.reply_ids(demo.reply))
+    distinct = {id(s.mm["pixel_values"]) for s in samples}
+    assert len(distinct) == len({(d.frame.tobytes(), d.task) for d in demos}) < 200
 
 
 def test_no_cot_demos_hold_the_action_only():

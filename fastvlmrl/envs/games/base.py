@@ -80,6 +80,13 @@ class Game(abc.ABC):
     def oracle(self, info: dict) -> tuple[dict, str, str]:
         """The expert's move: (JSON fields before "thoughts", action text, thoughts)."""
 
+    @abc.abstractmethod
+    def reasoned(self, info: dict, action: str) -> tuple[dict, str, str]:
+        """The reply that decides `action`, as `oracle` returns it: the fields and the thought's
+        reading of the frame stay truthful, and the thought's reasoning reaches `action` (wrongly
+        when it is not the expert's). Noisy SFT demonstrations: the decision is in the thought and
+        the action together, never a correct thought followed by a contradicting action."""
+
     def judge(self, info: dict, reply: dict) -> tuple[bool | None, bool | None]:
         """Reading a reply (its JSON object) against the state: (does what it says it sees match
         the frame, does its action follow from what it says), each None where the reply does not

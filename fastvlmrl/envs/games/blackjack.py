@@ -70,34 +70,43 @@ class BlackjackGame(Game):
         return head, fields, '"stand" or "hit"'
 
     def judge(self, info, reply):
+        # the totals the thought states, and basic strategy from them (as the other games decide
+        # from the fields a reply states): the reply's own plan may be wrong and still followed
         thoughts = str(reply.get("thoughts", ""))
-        total, dealer = re.search(r"total of (\d+)", thoughts), re.search(r"worth (\d+)", thoughts)
-        seen = None
-        if total and dealer:
-            values = [int(v) for v, _, _ in info["Player Card"]]
-            true_total = sum(values) + (10 if 1 in values and sum(values) + 10 <= 21 else 0)
-            up = int(info["Dealer Card"][0][0])
-            seen = int(total.group(1)) == true_total and int(dealer.group(1)) == (11 if up == 1 else up)
-        plan = re.search(r"strategy is to (stand|hit)", thoughts)
-        return seen, None if plan is None else str(reply["action"]).strip().lower() == plan.group(1)
+        total, dealer = re.search(r"(soft )?total of (\d+)", thoughts), re.search(r"worth (\d+)", thoughts)
+        if not (total and dealer):
+            return None, None
+        true_total, _, true_dealer = _hand(info)
+        stated_total, stated_dealer = int(total.group(2)), int(dealer.group(1))
+        seen = stated_total == true_total and stated_dealer == true_dealer
+        if not (2 <= stated_dealer <= 11 and stated_total <= 21):
+            return seen, None
+        expected = blackjack_basic_strategy(stated_total, total.group(1) is not None, stated_dealer)
+        return seen, str(reply["action"]).strip().lower() == expected
 
     def oracle(self, info):
-        player = info["Player Card"]
-        values = [int(v) for v, _, _ in player]
-        total = sum(values)
-        soft = 1 in values and total + 10 <= 21
-        if soft:
-            total += 10
-        up_value, up_face, _ = info["Dealer Card"][0]
-        dealer = 11 if int(up_value) == 1 else int(up_value)
-        action = blackjack_basic_strategy(total, soft, dealer)
-        faces = ", ".join(face for _, face, _ in player)
+        total, soft, dealer = _hand(info)
+        return self.reasoned(info, blackjack_basic_strategy(total, soft, dealer))
+
+    def reasoned(self, info, action):
+        total, soft, dealer = _hand(info)
+        faces = ", ".join(face for _, face, _ in info["Player Card"])
+        up_face = info["Dealer Card"][0][1]
         kind = "soft " if soft else ""
         thoughts = (
             f"My cards are {faces}, a {kind}total of {total}. The dealer shows {up_face}, worth {dealer}. "
             f"With {kind}{total} against {dealer}, basic strategy is to {action}."
         )
         return {}, action, thoughts
+
+
+def _hand(info) -> tuple[int, bool, int]:
+    """(the player's best total, whether it is soft, the dealer's up-card value with an ace as 11)."""
+    values = [int(v) for v, _, _ in info["Player Card"]]
+    total = sum(values)
+    soft = 1 in values and total + 10 <= 21
+    up_value = int(info["Dealer Card"][0][0])
+    return total + 10 * soft, soft, 11 if up_value == 1 else up_value
 
 
 BLACKJACK = BlackjackGame("Blackjack", game_id("Blackjack"), ("stand", "hit"))

@@ -134,3 +134,12 @@ class FormulaGame(Game):
             token = "="
             thoughts = f"The current formula '{formula}' cannot be completed to make {target}, so I end it."
         return {"cards": numbers, "current formula": formula}, str(token), thoughts
+
+    def reasoned(self, info, action):
+        fields, expert, thoughts = self.oracle(info)
+        if action == expert:
+            return fields, action, thoughts
+        shown = fields["current formula"] if fields["current formula"].strip() else "empty"
+        seen = f"The cards are {fields['cards']}. The current formula is {shown}"
+        decision = ", so I end it." if action == "=" else f" and not complete, so I append '{action}'."
+        return fields, action, seen + decision

@@ -33,14 +33,16 @@ class NumberLineGame(Game):
         return head, fields, '"-" or "+"'
 
     def oracle(self, info):
+        return self.reasoned(info, "+" if int(info["Current"]) < int(info["Target"]) else "-")
+
+    def reasoned(self, info, action):
         g, p = int(info["Target"]), int(info["Current"])
-        if p < g:
-            action, why = "+", f"{p} is less than {g}, so I should add one"
+        if action == "+":
+            why = f"{p} is less than {g}, so I should add one"
         else:
-            action, why = "-", f"{p} is greater than {g}, so I should subtract one"
+            why = f"{p} is greater than {g}, so I should subtract one"
         thoughts = f"The current number is {p} and the target number is {g}. {why}."
         return {"current number": str(p), "target number": str(g)}, action, thoughts
-
 
     def judge(self, info, reply):
         try:

@@ -49,9 +49,10 @@ class Blackjack(ReferenceGame):
         c.card(c.x(5), c.y(25), w, h, card_rank(self.dealer[0]), card_suit(self.dealer[0]))
         c.card_back(c.x(78), c.y(25), w, h)
         c.text(c.x(5), c.y(130), "Player", s, WHITE)
+        n = len(self.player)  # one row inside the frame: 74 apart up to four cards, then fanned to fit
         for i, code in enumerate(self.player):
-            x, y = 5 + (i % 5) * 74, 150 + (i // 5) * 102
-            c.card(c.x(x), c.y(y), w, h, card_rank(code), card_suit(code))
+            x = 5 + i * 74 if n <= 4 else 5 + i * 220 // (n - 1)
+            c.card(c.x(x), c.y(150), w, h, card_rank(code), card_suit(code))
 
     def _info(self):
         def card(code):
