@@ -37,8 +37,15 @@ def train_without_dropout(policy) -> None:
     SFT's `policy.train()` turns it back on."""
     policy.train()
     for module in policy.modules():
-        if isinstance(module, torch.nn.Dropout):
+        if isinstance(module, torch.nn.Dropout) or _has_attention_dropout(module):
             module.eval()
+
+
+def _has_attention_dropout(module) -> bool:
+    """Hugging Face attention applies its dropout inside the attention call while the module is in
+    train mode (`attention_dropout`, CLIP's `dropout`: floats from the config), not as a layer."""
+    return any(isinstance(getattr(module, name, None), float) and getattr(module, name) > 0
+               for name in ("attention_dropout", "dropout"))
 
 
 def sequence_log_ratio(token_logp: torch.Tensor, batch, old_logp: torch.Tensor, thought_coef: float) -> torch.Tensor:

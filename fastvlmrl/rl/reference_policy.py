@@ -1,9 +1,11 @@
 """The frozen reference policy PPO's KL penalty holds the policy near (ppo.kl_coef): the model as
 PPO found it. With LoRA it costs no memory: the same model with its adapters disabled, that is the
 model the run loaded (config validation refuses LoRA with this run's own SFT, whose adapters the
-reference would drop). For full fine-tuning it is a frozen copy of the whole policy (as much memory
-again as the model), saved once in the run directory (`reference/`) so that a resumed run keeps
-the same reference. Either costs one no-grad forward per rollout."""
+reference would drop). For full fine-tuning it is a frozen copy of the policy's trainable
+parameters (as much memory again as those; the frozen ones, e.g. a vision tower under
+model.freeze_vision, are shared with the policy, which never changes them), saved once in the run
+directory (`reference/`) so that a resumed run keeps the same reference. Either costs one no-grad
+forward per rollout."""
 
 from __future__ import annotations
 
@@ -27,14 +29,19 @@ class ReferencePolicy:
                 raise ValueError("model.lora is set but the model has no adapters to disable for the KL reference")
             return cls(policy)
         path = Path(run_dir) / "reference" / "model.pt"
-        frozen = copy.deepcopy(policy)
+        trainable = {name for name, p in policy.named_parameters() if p.requires_grad}
+        shared = {id(p): p for p in policy.parameters() if not p.requires_grad}  # deepcopy's memo: not copied
+        frozen = copy.deepcopy(policy, shared)
         if resume:
             if not path.is_file():
                 raise ValueError(f"{path} is missing: the run's KL reference (ppo.kl_coef > 0) cannot be restored")
-            frozen.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if set(saved) != trainable:
+                raise ValueError(f"{path} holds other parameters than the policy trains: not this run's KL reference")
+            frozen.load_state_dict(saved, strict=False)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({k: v.detach().cpu() for k, v in frozen.state_dict().items()}, path)
+            torch.save({name: p.detach().cpu() for name, p in frozen.named_parameters() if name in trainable}, path)
         frozen.eval().requires_grad_(False)
         return cls(policy, frozen)
 

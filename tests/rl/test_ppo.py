@@ -243,6 +243,29 @@ def test_full_fine_tuning_reference_is_saved_and_restored(tmp_path):
         ReferencePolicy.build(policy, tmp_path / "elsewhere", lora=False, resume=True)
 
 
+def test_full_fine_tuning_reference_shares_the_frozen_parameters(tmp_path):
+    """Parameters the run never trains (here the recurrent trunk, as a frozen vision tower) are
+    the same tensors in the reference; only the trainable ones are copied and saved."""
+    from fastvlmrl.rl.reference_policy import ReferencePolicy
+
+    policy = TinyPolicy()
+    policy.mix.requires_grad_(False)
+    reference = ReferencePolicy.build(policy, tmp_path, lora=False, resume=False)
+    assert all(a is b for a, b in zip(reference.frozen.mix.parameters(), policy.mix.parameters()))
+    assert reference.frozen.lm_head.weight is not policy.lm_head.weight
+    saved = torch.load(tmp_path / "reference" / "model.pt", weights_only=True)
+    assert set(saved) == {"embed.weight", "lm_head.weight", "value_head.weight", "value_head.bias"}
+    batch = pack(_rollout(policy), 0, "cpu")
+    first = reference.logprobs(batch, 0.7)
+    with torch.no_grad():
+        policy.embed.weight.add_(1.0)
+    torch.testing.assert_close(ReferencePolicy.build(policy, tmp_path, lora=False, resume=True).logprobs(batch, 0.7),
+                               first)
+    policy.mix.requires_grad_(True)  # another run's reference
+    with pytest.raises(ValueError, match="other parameters"):
+        ReferencePolicy.build(policy, tmp_path, lora=False, resume=True)
+
+
 def test_lora_reference_is_the_base_model():
     from fastvlmrl.models import load_policy
     from fastvlmrl.rl.reference_policy import ReferencePolicy
@@ -263,3 +286,30 @@ def test_lora_reference_is_the_base_model():
     reference = ReferencePolicy.build(policy, None, lora=True, resume=False)
     assert not torch.allclose(live, base)
     torch.testing.assert_close(reference.logprobs(batch, 1.0), base)
+
+
+def test_train_without_dropout_turns_off_hugging_face_attention_dropout():
+    """HF attention drops attention weights inside the attention call in train mode
+    (`attention_dropout`, CLIP's `dropout`); no nn.Dropout layer shows it."""
+    from fastvlmrl.build import build_encoder
+    from fastvlmrl.models import load_policy
+    from fastvlmrl.rl.ppo import train_without_dropout
+    from fastvlmrl.rl.sft import encode_demos, make_demos
+
+    policy, processor = load_policy(None, lora=False, dtype=torch.float32, device="cpu", seed=0)
+    dropping = 0
+    for module in policy.modules():
+        for name in ("attention_dropout", "dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.5)
+                dropping += 1
+    assert dropping >= 4  # the decoder's and the vision tower's attention layers
+    encoder = build_encoder(policy, processor, torch.float32)
+    batch = pack(encode_demos(encoder, make_demos("NumberLine", 4, image_size=64, num_envs=4)), encoder.pad_id, "cpu")
+    policy.eval()
+    with torch.no_grad():
+        reference = forward_logp_and_values(policy, batch, 1.0)[0]
+        train_without_dropout(policy)
+        torch.testing.assert_close(forward_logp_and_values(policy, batch, 1.0)[0], reference)
+        policy.train()  # with the dropout on, the same forward differs
+        assert not torch.allclose(forward_logp_and_values(policy, batch, 1.0)[0], reference)
