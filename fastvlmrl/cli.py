@@ -194,7 +194,11 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastvlmrl.console import quiet_libraries
+
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "sft", "eval"):  # the commands that load a model
+        quiet_libraries()
     try:
         return args.func(args)
     except ValueError as error:  # a user-fixable problem: one clear line, no traceback

@@ -1,10 +1,13 @@
-"""The run's metrics: `metrics.jsonl` (one JSON object per line, flushed as written, so a killed
-run keeps its lines) and, with `log.tensorboard=true`, the same scalars as TensorBoard events in
-`runs/<name>/tensorboard/sft/` (by SFT step) and `runs/<name>/tensorboard/ppo/` (by env step)."""
+"""The run's metrics: `metrics.jsonl` (one JSON object per line with its unix `time`, flushed as
+written, so a killed run keeps its lines), `samples.jsonl` (a few of the model's replies as it
+wrote them, every log.samples_every updates) and, with `log.tensorboard=true`, the same scalars
+as TensorBoard events in `runs/<name>/tensorboard/sft/` (by SFT step) and
+`runs/<name>/tensorboard/ppo/` (by env step), the samples as text there."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +34,11 @@ class MetricsLog:
             self.writers = {"sft": tensorboard_writer(tensorboard_dir / "sft"),
                             "ppo": tensorboard_writer(tensorboard_dir / "ppo", purge_step)}
         self.file = path.open("a")
+        self.samples_path = path.with_name("samples.jsonl")
 
     def write(self, record: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in record.items()}
+        clean["time"] = round(time.time(), 3)
         self.file.write(json.dumps(clean) + "\n")
         self.file.flush()
         if self.writers:
@@ -45,6 +50,21 @@ class MetricsLog:
                         and not isinstance(value, bool) and np.isfinite(value):
                     writer.add_scalar(key, value, step)
             writer.flush()
+
+    def write_samples(self, update: int, env_steps: int, samples: list[dict]) -> None:
+        """One line per reply in samples.jsonl; one TensorBoard text entry for the update."""
+        if not samples:
+            return
+        with self.samples_path.open("a") as f:
+            for sample in samples:
+                f.write(json.dumps({"update": update, "env_steps": env_steps, **sample}) + "\n")
+        if self.writers:
+            text = "\n\n".join(
+                f"**{s['game']}** state `{json.dumps(s['state'])}` -> action `{s['action']}` "
+                f"({'legal' if s['legal'] else 'illegal'}), reward {s['reward']:g}\n\n    {s['output']}"
+                for s in samples)
+            self.writers["ppo"].add_text("samples", text, env_steps)
+            self.writers["ppo"].flush()
 
     def close(self) -> None:
         self.file.close()

@@ -3,6 +3,7 @@ evaluation on fresh seeds. Everything a run writes goes to runs/<name>/:
 
     config.yaml       the resolved configuration
     metrics.jsonl     one JSON object per update (and "sft/..." lines for the warm start)
+    samples.jsonl     a few replies every log.samples_every updates: game, state, output, action, legal, reward
     curves.png        the curves of metrics.jsonl, redrawn at every checkpoint
     tensorboard/      the same scalars as TensorBoard events (log.tensorboard=true)
     checkpoints/      step_N/ and `latest` (fastvlmrl/checkpoint.py): `fastvlmrl train
@@ -18,10 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from fastvlmrl import checkpoint as ckpt
 from fastvlmrl.build import build_encoder, build_player, logprob_temperature, resolve_device, resolve_dtype
+from fastvlmrl.console import banner, progress, result_line, say, update_line
 from fastvlmrl.checkpoint import save_checkpoint  # by name: the resume test replaces it to kill a run
 from fastvlmrl.config import Config, save_config
 from fastvlmrl.curves import redraw_curves
@@ -66,6 +67,8 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
                                         seed=cfg.run.seed)
     encoder = build_encoder(policy, processor, dtype)
     logit_bias = encoder.logit_bias(policy.lm_head_weight().shape[0], device, policy.lm_head_weight().dtype)
+    for line in banner(cfg, run_dir, device, dtype, policy, resume_from=checkpoint.name if resume else None):
+        say(line)
 
     # -- SFT warm start on (noisy) oracle demonstrations ---------------------------------------
     if cfg.sft.steps and not resume:
@@ -74,14 +77,20 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
                                                   image_size=cfg.env.image_size,
                                                   face_cards_as_10=cfg.env.face_cards_as_10),
                              total=cfg.sft.demos)
-        sft_train(policy, encoder, demos, cfg.sft, device=device, seed=cfg.run.seed, logit_bias=logit_bias,
-                  log=lambda step, loss: log.write({"sft/step": step, "sft/loss": loss}) if step % 10 == 0 else None)
+        start = time.perf_counter()
+        losses = sft_train(policy, encoder, demos, cfg.sft, device=device, seed=cfg.run.seed, logit_bias=logit_bias,
+                           log=lambda step, loss: log.write({"sft/step": step, "sft/loss": loss}) if step % 10 == 0 else None)
+        del demos
+        tail = losses[-10:]
+        say(f"SFT: {len(losses)} steps in {time.perf_counter() - start:.0f}s, final loss "
+            f"{sum(tail) / max(len(tail), 1):.4f} (mean of the last {len(tail)} steps)")
 
     player = build_player(cfg, policy, processor, encoder)
     if cfg.sft.steps and cfg.ppo.updates and not resume:  # the warm-started model's success, to compare with PPO's
         policy.eval()
         sft_eval = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed, desc="eval sft")
         log.write({f"sft/eval_{k}": v for k, v in sft_eval.items()})
+        say(result_line("SFT model", sft_eval))
     optimizer = make_optimizer(policy, cfg.ppo)
     reference = (ReferencePolicy.build(policy, run_dir, lora=cfg.model.lora, resume=resume)
                  if cfg.ppo.kl_coef > 0 else None)  # the policy PPO starts from, for the KL penalty
@@ -94,6 +103,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         first, env_steps, planned = state["update"], state["env_steps"], state["planned_updates"]
         del state  # the optimizer's CPU copy: as large as the optimizer state itself
         ckpt.truncate_metrics(run_dir / "metrics.jsonl", first)
+        ckpt.truncate_metrics(run_dir / "samples.jsonl", first)
         save_config(cfg, run_dir / "config.yaml")
         log = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir, purge_step=env_steps + 1)
         print(f"resuming {run_dir} from {checkpoint.name} (update {first} of {cfg.ppo.updates})")
@@ -104,7 +114,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     # -- PPO: rollout -> advantages -> update -> log -> checkpoint ---------------------------
     # the critic-free algorithms train no value head
     update_cfg = cfg.ppo if cfg.algo.name == "ppo" else dataclasses.replace(cfg.ppo, value_coef=0.0)
-    bar = tqdm(range(first, cfg.ppo.updates), desc="ppo", initial=first, total=cfg.ppo.updates)
+    bar = progress(range(first, cfg.ppo.updates), desc="ppo", initial=first, total=cfg.ppo.updates)
     for update in bar:
         # over the updates the run first planned: a run extended by resume holds lr_end after them
         lr = cosine_lr(update, planned, cfg.ppo.lr, cfg.ppo.lr_end, cfg.ppo.warmup_updates)
@@ -121,7 +131,9 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
                   "timing/rollout_s": rollout_s, "timing/update_s": update_s,
                   "throughput/tokens_per_s": stats.tokens / max(rollout_s, 1e-9)}
         log.write(record)
+        log.write_samples(update, env_steps, stats.samples)
         bar.set_postfix(success=f"{record['rollout/success_rate']:.3f}")
+        say(update_line(record, cfg.ppo.updates))
         done = update + 1
         if done == cfg.ppo.updates or (cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0):
             save_checkpoint(run_dir, done, policy, optimizer, processor,
@@ -137,6 +149,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     policy.eval()
     result = final_evaluation(cfg, player)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    say(result_line("final model", result))
     log.close()
     player.envs.close()
     redraw_curves(run_dir)
@@ -151,14 +164,17 @@ def collect_rollout(cfg: Config, player, obs, update: int):
     from fastvlmrl.rl.groups import group_advantages
     from fastvlmrl.rl.storage import RolloutStorage, SampleStorage
 
+    samples = cfg.log.samples if cfg.log.samples_every and update % cfg.log.samples_every == 0 else 0
     if cfg.algo.name == "ppo":
         storage = RolloutStorage(cfg.ppo.num_steps, cfg.env.num_envs)
-        obs, stats, seconds, last_values = player.collect(obs, storage, cfg.ppo.gamma, reward_scale=cfg.ppo.reward_scale)
+        obs, stats, seconds, last_values = player.collect(obs, storage, cfg.ppo.gamma, reward_scale=cfg.ppo.reward_scale,
+                                                          samples=samples)
         storage.finish(last_values, cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.ppo.normalize_advantages)
         return obs, storage, stats, seconds, cfg.ppo.num_steps * cfg.env.num_envs, storage.critic_stats()
     groups = cfg.env.num_envs // cfg.algo.group_size
     episodes, stats, seconds = player.collect_groups(cfg.run.seed * 1_000_003 + update * groups, cfg.algo.group_size,
-                                                     cfg.algo.max_episode_steps, reward_scale=cfg.ppo.reward_scale)
+                                                     cfg.algo.max_episode_steps, reward_scale=cfg.ppo.reward_scale,
+                                                     samples=samples)
     advantages = group_advantages(episodes, cfg.algo.name, gamma=cfg.ppo.gamma, step_weight=cfg.algo.step_weight)
     storage = SampleStorage([(t, a, 0.0) for e, row in zip(episodes, advantages) for t, a in zip(e.transitions, row)])
     return obs, storage, stats, seconds, sum(len(e.rewards) for e in episodes), {}

@@ -35,6 +35,22 @@ def test_train_writes_the_run_directory_then_eval_reloads_it(tmp_path, capsys):
     assert result["start_states"] == 30  # NumberLine: every (target, current) pair once
     assert result["success_ci95_low"] <= result["success_rate"] <= result["success_ci95_high"]
     assert result["episodes"] == 2
+    # the model's own words: log.samples_every=5 keeps replies of update 0
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and {s["update"] for s in samples} == {0}  # log.samples=4 of 2 envs x 2 steps
+    for sample in samples:
+        assert set(sample) == {"update", "env_steps", "env", "game", "state", "output", "parsed_action", "legal",
+                               "action", "reward"}
+        assert sample["game"] == "NumberLine" and set(sample["state"]) == {"Target", "Current"}
+        assert isinstance(sample["output"], str) and isinstance(sample["reward"], float)
+        assert sample["action"] in ("-", "+") and (sample["parsed_action"] is None or sample["legal"])
+    assert all(isinstance(r["time"], float) for r in lines)
+    out = capsys.readouterr().out  # the console: banner, SFT result, one line per update, the final result
+    assert f"run {run}" in out and "phases: SFT 2 steps x 4 of 16 demos" in out and "PPO 2 updates" in out
+    assert "SFT: 2 steps in" in out and "SFT model: success" in out
+    assert "update 1/2 success" in out and "update 2/2 success" in out
+    assert "final model: success" in out
+    assert "\r" not in out and "it/s" not in capsys.readouterr().err  # off a terminal: no bars
     assert main(["eval", str(run), "eval.episodes=3"]) == 0
     assert json.loads((run / "eval.json").read_text())["episodes"] == 3
 
@@ -86,7 +102,8 @@ def test_bad_settings_fail_before_any_work(tmp_path, capsys):
 
 def _comparable(records):
     """Metrics without the wall-clock ones."""
-    return [{k: v for k, v in r.items() if not k.startswith(("timing/", "throughput/"))} for r in records]
+    return [{k: v for k, v in r.items() if not k.startswith(("timing/", "throughput/")) and k != "time"}
+            for r in records]
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -95,7 +112,7 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, l
     import fastvlmrl.train as train_module
 
     args = [*TOY, "ppo.updates=4", "log.checkpoint_every=2", "sampling.temperature=1.0", f"model.lora={lora}",
-            "model.lora_r=4", "model.lora_alpha=8", "model.lora_dropout=0.5"]
+            "model.lora_r=4", "model.lora_alpha=8", "model.lora_dropout=0.5", "log.samples_every=1"]
     assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=whole"]) == 0
 
     save = train_module.save_checkpoint
@@ -105,6 +122,7 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, l
         if update == 2:
             # an update logged after the checkpoint, then the process dies: resume must redo it
             (run_dir / "metrics.jsonl").open("a").write(json.dumps({"update": 2, "env_steps": -1}) + "\n")
+            (run_dir / "samples.jsonl").open("a").write(json.dumps({"update": 2, "output": "redone"}) + "\n")
             raise KeyboardInterrupt
         return path
 
@@ -121,6 +139,7 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, l
     assert [r.get("update") for r in resumed if "update" in r] == [0, 1, 2, 3]
     assert _comparable(resumed) == _comparable(whole)
     assert (stopped / "eval.json").read_text() == (tmp_path / "whole" / "eval.json").read_text()
+    assert (stopped / "samples.jsonl").read_text() == (tmp_path / "whole" / "samples.jsonl").read_text()
     assert (stopped / "curves.png").stat().st_size > 0
 
 

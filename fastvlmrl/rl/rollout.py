@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from fastvlmrl.console import progress
 from fastvlmrl.engine import Request, SamplingParams
 from fastvlmrl.envs.parse import choose_action, parse_action, reply_object
 from fastvlmrl.envs.prompts import task_prompt
@@ -34,6 +34,9 @@ class EpisodeStats:
     # over the replies that say it (Game.judge): a failure reads as seeing or deciding
     perception: list[int] = field(default_factory=lambda: [0, 0])  # [correct, judged]
     follows: list[int] = field(default_factory=lambda: [0, 0])
+    # a few replies as they were (samples.jsonl): the first `samples_wanted` of the rollout
+    samples_wanted: int = 0
+    samples: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
         r = np.array(self.returns, dtype=np.float64)
@@ -47,6 +50,18 @@ class EpisodeStats:
             "thought/perception_correct": self.perception[0] / self.perception[1] if self.perception[1] else float("nan"),
             "thought/action_follows_thought": self.follows[0] / self.follows[1] if self.follows[1] else float("nan"),
         }
+
+    def keep_sample(self, env: int, game, info: dict, text: str, parsed, action: int) -> None:
+        if len(self.samples) < self.samples_wanted:
+            self.samples.append({"env": int(env), "game": game.name, "state": info, "output": text,
+                                 "parsed_action": None if parsed.action is None else game.actions[parsed.action],
+                                 "legal": bool(parsed.legal), "action": game.actions[action], "reward": None})
+
+    def settle_rewards(self, rewards) -> None:
+        """The rewards of the step the kept samples acted in (known once the envs stepped)."""
+        for sample in self.samples:
+            if sample["reward"] is None:
+                sample["reward"] = float(rewards[sample["env"]])
 
     def judge(self, game, info: dict, text: str) -> None:
         reply = reply_object(text)
@@ -102,13 +117,15 @@ class Player:
         head_dtype = next(self.policy.value_head.parameters()).dtype
         return self.policy.value(torch.stack([g.hidden_state for g in gens]).to(head_dtype)).float()
 
-    def _act(self, info: dict, req, gen, value: float, stats: EpisodeStats, record: bool):
-        """One reply as (action, extra reward, Transition or None), counted (and judged) in stats;
-        an illegal reply becomes an action by env.illegal_action (drawing from the player's RNG)."""
+    def _act(self, env: int, info: dict, req, gen, value: float, stats: EpisodeStats, record: bool):
+        """Env `env`'s reply as (action, extra reward, Transition or None), counted (and judged,
+        and perhaps kept as a sample) in stats; an illegal reply becomes an action by
+        env.illegal_action (drawing from the player's RNG)."""
         stats.judge(self.game, info, gen.text)
         parsed = parse_action(self.game, gen.text)
         action, extra = choose_action(parsed, self.game.num_actions, self.rng, self.illegal_action,
                                       self.illegal_penalty)
+        stats.keep_sample(env, self.game, info, gen.text, parsed, action)
         stats.legal += int(parsed.legal)
         stats.outputs += 1
         stats.tokens += len(gen.token_ids)
@@ -132,10 +149,11 @@ class Player:
         extra = np.zeros(len(gens), np.float32)
         transitions = []
         for i, (req, gen) in enumerate(zip(requests, gens)):
-            actions[i], extra[i], transition = self._act(infos[i], req, gen, float(values[i]), stats, record)
+            actions[i], extra[i], transition = self._act(i, infos[i], req, gen, float(values[i]), stats, record)
             if record:
                 transitions.append(transition)
         obs, rewards, terminated, truncated, step_infos = self.envs.step(actions)
+        stats.settle_rewards(rewards + extra)
         self.episode_return += rewards
         self.episode_length += 1
         ended = terminated | truncated
@@ -145,12 +163,14 @@ class Player:
             self.episode_return[i], self.episode_length[i] = 0.0, 0
         return transitions, rewards + extra, terminated, truncated, obs, step_infos
 
-    def collect(self, obs, storage: RolloutStorage, gamma: float, desc: str = "rollout", reward_scale: float = 1.0):
+    def collect(self, obs, storage: RolloutStorage, gamma: float, desc: str = "rollout", reward_scale: float = 1.0,
+                samples: int = 0):
         """Fill storage with storage.num_steps steps; returns (obs after, stats, seconds, V(obs after)).
-        The stored rewards are scaled by reward_scale (the critic's units; the stats keep the env's)."""
-        stats = EpisodeStats()
+        The stored rewards are scaled by reward_scale (the critic's units; the stats keep the env's).
+        stats.samples keeps the first `samples` replies."""
+        stats = EpisodeStats(samples_wanted=samples)
         start = time.perf_counter()
-        for t in tqdm(range(storage.num_steps), desc=desc, leave=False):
+        for t in progress(range(storage.num_steps), desc=desc, leave=False):
             transitions, rewards, terminated, truncated, obs, infos = self.step(obs, self.sampling.temperature, stats)
             rewards = rewards.astype(np.float32) * np.float32(reward_scale)
             if truncated.any():
@@ -165,7 +185,7 @@ class Player:
         return obs, stats, time.perf_counter() - start, last_values
 
     @torch.no_grad()
-    def collect_groups(self, seed: int, group_size: int, max_steps: int, reward_scale: float = 1.0):
+    def collect_groups(self, seed: int, group_size: int, max_steps: int, reward_scale: float = 1.0, samples: int = 0):
         """Episodes in groups of `group_size` from identical starts (env i plays group i // K,
         seeded `seed + group`), each played to its end (at most `max_steps`), for the critic-free
         algorithms. Returns (episodes, stats, seconds). An env whose episode ended sits out the
@@ -182,8 +202,8 @@ class Player:
         episodes = [Episode(group=i // group_size) for i in range(n)]
         alive = np.ones(n, bool)
         clock = anchor_clock(self.game)
-        stats = EpisodeStats()
-        for _ in tqdm(range(max_steps), desc="rollout", leave=False):
+        stats = EpisodeStats(samples_wanted=samples)
+        for _ in progress(range(max_steps), desc="rollout", leave=False):
             live = np.flatnonzero(alive)
             if not len(live):
                 break
@@ -195,12 +215,13 @@ class Player:
             actions = np.zeros(n, np.int64)  # an env that sat out steps with 0; that episode is never used
             extra = np.zeros(n, np.float32)
             for j, (i, req, gen) in enumerate(zip(live, requests, gens)):
-                actions[i], extra[i], transition = self._act(infos[j], req, gen, float(values[j]), stats, record=True)
+                actions[i], extra[i], transition = self._act(i, infos[j], req, gen, float(values[j]), stats, record=True)
                 episodes[i].transitions.append(transition)
                 anchor = states[i].copy()
                 anchor[clock] = 0  # the same state reached at another step is the same anchor (GiGPO)
                 episodes[i].states.append(anchor.tobytes())
             obs, rewards, terminated, truncated, _ = self.envs.step(actions)
+            stats.settle_rewards(rewards + extra)
             for i in live:
                 episodes[i].rewards.append(float((rewards[i] + extra[i]) * reward_scale))
                 self.episode_return[i] += rewards[i]
@@ -246,7 +267,7 @@ class Player:
         started = n
         returns = np.full(episodes, np.nan)
         stats = EpisodeStats()
-        with tqdm(total=episodes, desc=desc, leave=False) as bar:
+        with progress(total=episodes, desc=desc, leave=False) as bar:
             while np.isnan(returns).any():
                 before = len(stats.returns)
                 _, _, terminated, truncated, obs, _ = self.step(obs, temperature, stats, record=False)

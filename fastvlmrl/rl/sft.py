@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from fastvlmrl.console import progress
 from fastvlmrl.envs.oracles import oracle_step
 from fastvlmrl.envs.prompts import task_prompt
 from fastvlmrl.envs.vector import make_batch
@@ -69,7 +69,7 @@ def encode_demos(encoder, demos: Iterable[Demo], total: int | None = None) -> li
     demonstrations show 30 frames)."""
     encoded: dict[tuple[bytes, str], tuple[torch.Tensor, dict]] = {}
     samples = []
-    for demo in tqdm(demos, total=total, desc="encode demos", leave=False):
+    for demo in progress(demos, total=total, desc="encode demos", leave=False):
         key = (hashlib.blake2b(np.ascontiguousarray(demo.frame).data, digest_size=16).digest(), demo.task)
         if key not in encoded:
             encoded[key] = encoder.encode(demo.frame, demo.task)
@@ -84,8 +84,8 @@ def sft_lr(step: int, total: int, lr: float, warmup: int) -> float:
     """Linear warm-up, then cosine decay to zero."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 0.5 * lr * (1 + math.cos(math.pi * min(progress, 1.0)))
+    done = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * lr * (1 + math.cos(math.pi * min(done, 1.0)))
 
 
 def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: int = 0, log=None,
@@ -98,7 +98,7 @@ def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: in
     rng = np.random.default_rng(seed)
     losses = []
     policy.train()
-    bar = tqdm(range(cfg.steps), desc="sft", leave=False)
+    bar = progress(range(cfg.steps), desc="sft", leave=False)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = sft_lr(step, cfg.steps, cfg.lr, cfg.warmup_steps)
