@@ -5,7 +5,9 @@
     fastvlmrl sft [config.yaml | preset] [section.key=value ...]     (SFT on oracle demonstrations only)
     fastvlmrl eval RUN_DIR [eval.episodes=N ...]
     fastvlmrl envs [--game NAME] [--policy oracle|random] [--episodes N] [--num-envs N] [--threads T]
+    fastvlmrl render RUN_DIR [--checkpoint step_N] [--episodes N] [--seed S] --out ep.gif|ep.png
     fastvlmrl render --game NAME [--policy oracle|random] [--seed S] --out episode.png|.gif
+    fastvlmrl plot RUN_DIR... --out runs.png [--x steps|time]       (overlay runs; seeds as mean and band)
 """
 
 from __future__ import annotations
@@ -52,15 +54,27 @@ def cmd_envs(args) -> int:
 
 
 def cmd_render(args) -> int:
-    """Play one episode and write its frames with the policy's reply under each one."""
+    """Play episodes and draw every step with its reply: a run's checkpoint (RUN_DIR), or a
+    game's oracle or random policy (--game)."""
+    from fastvlmrl.envs.strip import check_picture_path
+
+    check_picture_path(args.out)  # before anything is loaded or played
+    if args.run_dir is not None:
+        from fastvlmrl.render import render_run
+
+        if args.game is not None:
+            raise ValueError("render: give a run directory or --game, not both (a run plays its own game)")
+        print(render_run(args.run_dir, args.out, checkpoint=args.checkpoint, episodes=args.episodes, seed=args.seed,
+                         max_steps=args.max_steps))
+        return 0
+    if args.game is None:
+        raise ValueError("render: give a run directory (its model plays) or --game NAME (an oracle or random policy)")
     from fastvlmrl.envs import get_game
     from fastvlmrl.envs.play import reply_policy
     from fastvlmrl.envs.strip import episode_strip
     from fastvlmrl.envs.vector import make_batch
 
     game = get_game(args.game)
-    if not args.out.lower().endswith((".png", ".gif")):
-        raise ValueError(f"--out must end in .png or .gif, got {args.out!r}")
     envs = make_batch(game.name, 1, autoreset_mode="Disabled", height=args.size, width=args.size)
     obs, _ = envs.reset(seed=args.seed)
     policy = reply_policy(args.policy, args.seed)
@@ -146,6 +160,23 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    """Overlay runs' curves in one picture; runs that differ only in run.seed as a mean with a band."""
+    from pathlib import Path
+
+    from fastvlmrl.curves import group_runs, plot_runs
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must end in .png, got {args.out!r}")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out: the directory {out.parent} does not exist")
+    plot_runs([Path(d) for d in args.run_dirs], out, x=args.x)
+    groups = group_runs([Path(d) for d in args.run_dirs])
+    print(f"wrote {out}: {len(args.run_dirs)} runs in {len(groups)} configurations")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastvlmrl", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -175,14 +206,23 @@ def build_parser() -> argparse.ArgumentParser:
     envs.add_argument("--seed", type=int, default=0)
     envs.set_defaults(func=cmd_envs)
 
-    render = sub.add_parser("render", help="write one episode as a PNG strip or GIF, with the replies")
-    render.add_argument("--game", required=True)
+    render = sub.add_parser("render", help="draw episodes with every reply: a run's model (RUN_DIR) or a policy (--game)")
+    render.add_argument("run_dir", nargs="?", help="a run directory: its checkpoint plays (greedy, eval.temperature)")
+    render.add_argument("--checkpoint", help="step_N (default: the run's latest)")
+    render.add_argument("--episodes", type=_positive, default=2, help="episodes to play with a run (env i: seed + i)")
+    render.add_argument("--game", help="without a run: the game an oracle or random policy plays")
     render.add_argument("--policy", choices=["oracle", "random"], default="oracle")
     render.add_argument("--seed", type=int, default=0)
-    render.add_argument("--size", type=_positive, default=300, help="frame side in pixels")
+    render.add_argument("--size", type=_positive, default=300, help="frame side in pixels (--game)")
     render.add_argument("--max-steps", type=_positive, default=30)
-    render.add_argument("--out", required=True, help="output path ending in .png or .gif")
+    render.add_argument("--out", required=True, help="output path: .png (contact sheet) or .gif (animation)")
     render.set_defaults(func=cmd_render)
+
+    plot = sub.add_parser("plot", help="overlay the curves of runs (seeds of one setting as mean and band)")
+    plot.add_argument("run_dirs", nargs="+", help="run directories (runs/<name>)")
+    plot.add_argument("--out", required=True, help="output path ending in .png")
+    plot.add_argument("--x", choices=["steps", "time"], default="steps", help="env steps or wall time (minutes)")
+    plot.set_defaults(func=cmd_plot)
     return parser
 
 
@@ -197,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastvlmrl.console import quiet_libraries
 
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "sft", "eval"):  # the commands that load a model
+    if args.command in ("train", "sft", "eval", "render"):  # the commands that load a model
         quiet_libraries()
     try:
         return args.func(args)
