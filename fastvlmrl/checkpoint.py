@@ -33,14 +33,19 @@ def check_resume_overrides(overrides: list[str]) -> None:
                          f"changed, not {', '.join(changed)}")
 
 
-def check_new_run_dir(run_dir: Path) -> None:
-    """A new run never writes into a directory that already holds one."""
-    if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
+def check_new_run_dir(run_dir: Path) -> bool:
+    """A new run never writes into a directory that holds a run (a checkpoint or an update); one
+    left by a run that stopped before its first update (nothing to resume) is cleared for reuse.
+    Returns True when it was."""
+    from fastvlmrl.run_dir import clear_before_first_update, holds_updates
+
+    if holds_updates(run_dir):
         hint = (f"continue it with `fastvlmrl train resume={run_dir}`, or pick another run.name"
                 if (run_dir / "checkpoints" / "latest").is_file() else
                 "it stopped before its first checkpoint, so it cannot be resumed: delete the directory or "
                 "pick another run.name")
         raise ValueError(f"{run_dir} already holds a run: {hint}")
+    return clear_before_first_update(run_dir)
 
 
 def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor, resume_state: dict | None = None) -> Path:

@@ -120,7 +120,7 @@ def cmd_train(args) -> int:
 
     resumes = [a for a in args.settings if a.startswith("resume=")]
     if not resumes:
-        return _report(train(_config_from(args)))
+        return _report(train(_with_free_name(_config_from(args), args.settings)))
     overrides = [a for a in args.settings if not a.startswith("resume=")]
     if len(resumes) > 1 or (overrides and "=" not in overrides[0]):
         raise ValueError("resume=RUN_DIR takes the run's own config: give one run directory and only key=value overrides")
@@ -129,6 +129,16 @@ def cmd_train(args) -> int:
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
     return _report(train(load_config(run_dir / "config.yaml", overrides), run_dir=run_dir, resume=True))
+
+
+def _with_free_name(cfg, settings):
+    """A run name from the preset or config file is a default: a second run of it gets the next
+    free `name-N`. A run.name given on the command line is the user's: a run there is refused."""
+    from fastvlmrl.run_dir import free_run_name
+
+    if not any(s.startswith("run.name=") for s in settings):
+        cfg.run.name = free_run_name(cfg.run.out_dir, cfg.run.name)
+    return cfg
 
 
 def _report(run_dir) -> int:
@@ -144,7 +154,7 @@ def cmd_sft(args) -> int:
     from fastvlmrl.train import train
 
     args.settings = list(args.settings) + ["ppo.updates=0"]
-    cfg = _config_from(args)
+    cfg = _with_free_name(_config_from(args), args.settings)
     if cfg.sft.steps == 0:
         raise ValueError("sft.steps is 0: set sft.steps=N to train on N batches of demonstrations")
     return _report(train(cfg))
@@ -239,11 +249,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("train", "sft", "eval", "render"):  # the commands that load a model
         quiet_libraries()
+    from fastvlmrl.run_dir import RunStopped
+
     try:
         return args.func(args)
     except ValueError as error:  # a user-fixable problem: one clear line, no traceback
         print(f"fastvlmrl {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RunStopped as stopped:  # Ctrl-C or SIGTERM, at a safe point
+        print(f"fastvlmrl {args.command}: {stopped}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C: at once
+        print(f"fastvlmrl {args.command}: interrupted (the latest checkpoint, if any, is intact: "
+              "resume=RUN_DIR continues from it)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from fastvlmrl.config import Config, save_config
 from fastvlmrl.curves import redraw_curves
 from fastvlmrl.evaluate import final_evaluation
 from fastvlmrl.metrics_log import MetricsLog
+from fastvlmrl.run_dir import GracefulStop, RunLock, RunStopped
 
 
 def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Path:
@@ -37,6 +38,18 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     learning-rate schedule, RNG states and the envs' episodes are restored, metrics.jsonl keeps
     the lines up to that checkpoint, and the updates that follow are the ones the uninterrupted
     run would have made."""
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.out_dir) / cfg.run.name
+    lock = RunLock(run_dir)  # one process per run directory: taken once the directory is this run's
+    try:
+        with GracefulStop(notify=say) as stop:
+            return _train(cfg, run_dir, resume, stop, lock)
+    finally:
+        lock.release()
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: RunLock) -> Path:
     from fastvlmrl.models import load_policy
     from fastvlmrl.rl.ppo import cosine_lr, make_optimizer, ppo_update, set_lr
     from fastvlmrl.rl.reference_policy import ReferencePolicy
@@ -44,21 +57,24 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
 
     device = resolve_device(cfg)
     dtype = resolve_dtype(cfg, device)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.out_dir) / cfg.run.name
     tensorboard_dir = run_dir / "tensorboard" if cfg.log.tensorboard else None
 
     # -- the policy: fresh (a new run) or from the latest checkpoint (resume) ------------------
     if resume:
+        lock.acquire()
         checkpoint = ckpt.latest_checkpoint(run_dir)
         state = ckpt.read_trainer_state(checkpoint, cfg.ppo.updates)
         log = None  # opened once the run is restored: a failed resume leaves the directory as it was
         policy, processor = ckpt.load_checkpoint(cfg, checkpoint, device, dtype, trainable=True)
     else:
-        ckpt.check_new_run_dir(run_dir)
+        if run_dir.is_dir():
+            lock.acquire()  # a live run there (still in its SFT) is refused here
+        if ckpt.check_new_run_dir(run_dir):
+            say(f"reusing {run_dir}: the run there stopped before its first update (nothing to resume)")
         torch.manual_seed(cfg.run.seed)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if lock.file is None:
+            lock.acquire()
         save_config(cfg, run_dir / "config.yaml")
         log = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir)
         policy, processor = load_policy(cfg.model.path, lora=cfg.model.lora, lora_r=cfg.model.lora_r,
@@ -79,8 +95,13 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
                              total=cfg.sft.demos)
         start = time.perf_counter()
         losses = sft_train(policy, encoder, demos, cfg.sft, device=device, seed=cfg.run.seed, logit_bias=logit_bias,
-                           log=lambda step, loss: log.write({"sft/step": step, "sft/loss": loss}) if step % 10 == 0 else None)
+                           log=lambda step, loss: log.write({"sft/step": step, "sft/loss": loss}) if step % 10 == 0 else None,
+                           should_stop=lambda: stop.requested)
         del demos
+        if stop.requested:
+            log.close()
+            raise RunStopped(f"stopped during SFT (step {len(losses)} of {cfg.sft.steps}): the run holds no update, "
+                             "so the same command starts it again in the same directory")
         tail = losses[-10:]
         say(f"SFT: {len(losses)} steps in {time.perf_counter() - start:.0f}s, final loss "
             f"{sum(tail) / max(len(tail), 1):.4f} (mean of the last {len(tail)} steps)")
@@ -135,10 +156,15 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         bar.set_postfix(success=f"{record['rollout/success_rate']:.3f}")
         say(update_line(record, cfg.ppo.updates))
         done = update + 1
-        if done == cfg.ppo.updates or (cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0):
+        if done == cfg.ppo.updates or stop.requested or (cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0):
             save_checkpoint(run_dir, done, policy, optimizer, processor,
                             ckpt.capture(planned, env_steps, generator, player))
             redraw_curves(run_dir)
+        if stop.requested and done < cfg.ppo.updates:
+            log.close()
+            player.envs.close()
+            raise RunStopped(f"stopped after update {done} of {cfg.ppo.updates}, checkpoint saved: continue with "
+                             f"`fastvlmrl train resume={run_dir}`")
 
     if cfg.ppo.updates == 0 or first >= cfg.ppo.updates:  # SFT only, or a finished run resumed
         if not (run_dir / "checkpoints" / f"step_{cfg.ppo.updates}").is_dir():

@@ -127,8 +127,7 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, l
         return path
 
     monkeypatch.setattr(train_module, "save_checkpoint", killed_after_step_2)
-    with pytest.raises(KeyboardInterrupt):
-        main(["train", *args, f"run.out_dir={tmp_path}", "run.name=stopped"])
+    assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=stopped"]) == 130  # interrupted
     monkeypatch.setattr(train_module, "save_checkpoint", save)
     stopped = tmp_path / "stopped"
     assert not (stopped / "eval.json").exists()
@@ -164,8 +163,14 @@ def test_resume_with_lora_and_errors(tmp_path, capsys):
     (tmp_path / "early" / "config.yaml").write_text((run / "config.yaml").read_text())
     assert main(["train", f"resume={tmp_path / 'early'}"]) == 2
     assert "cannot be resumed" in capsys.readouterr().err
-    (tmp_path / "early" / "metrics.jsonl").write_text("")
-    assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=early"]) == 2
+    (tmp_path / "early" / "metrics.jsonl").write_text(json.dumps({"sft/step": 0, "sft/loss": 4.0}) + "\n")
+    # a run that stopped before its first update does not block its corrected rerun
+    assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=early"]) == 0
+    assert "reusing" in capsys.readouterr().out
+    assert "sft/loss" not in (tmp_path / "early" / "metrics.jsonl").read_text()
+    (tmp_path / "early2").mkdir()  # an update logged but no checkpoint: kept, and refused
+    (tmp_path / "early2" / "metrics.jsonl").write_text(json.dumps({"update": 0, "env_steps": 4}) + "\n")
+    assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=early2"]) == 2
     assert "stopped before its first checkpoint, so it cannot be resumed" in capsys.readouterr().err
 
 

@@ -89,10 +89,11 @@ def sft_lr(step: int, total: int, lr: float, warmup: int) -> float:
 
 
 def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: int = 0, log=None,
-              logit_bias: torch.Tensor | None = None) -> list[float]:
+              logit_bias: torch.Tensor | None = None, should_stop=None) -> list[float]:
     """cfg.steps steps of cross-entropy on the replies of `demos` (`encode_demos`; prompt tokens
     carry no loss); losses per step.
-    logit_bias: see rl.batch.forward_logp_and_values (tokens the sampler never emits)."""
+    logit_bias: see rl.batch.forward_logp_and_values (tokens the sampler never emits).
+    should_stop: polled before each step; True ends the training there."""
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
     rng = np.random.default_rng(seed)
@@ -100,6 +101,8 @@ def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: in
     policy.train()
     bar = progress(range(cfg.steps), desc="sft", leave=False)
     for step in bar:
+        if should_stop is not None and should_stop():  # a graceful stop (Ctrl-C): the steps so far
+            break
         for group in optimizer.param_groups:
             group["lr"] = sft_lr(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         picks = rng.choice(len(demos), size=min(cfg.batch_size, len(demos)), replace=False)
