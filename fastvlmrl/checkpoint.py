@@ -81,6 +81,17 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / pointer.read_text().strip()
 
 
+def named_checkpoint(run_dir: Path, name: str) -> Path:
+    """checkpoints/<name> (e.g. step_20), or a ValueError listing the ones there are."""
+    path = Path(run_dir) / "checkpoints" / name
+    if not path.is_dir() or name.startswith("."):
+        root = Path(run_dir) / "checkpoints"
+        found = sorted((p.name for p in root.glob("step_*") if p.is_dir()), key=lambda n: int(n.split("_")[1])) \
+            if root.is_dir() else []
+        raise ValueError(f"{run_dir} has no checkpoint {name!r} (it has: {', '.join(found) or 'none'})")
+    return path
+
+
 def load_checkpoint(cfg: Config, checkpoint: Path, device, dtype, trainable: bool = False):
     """(policy, processor) from a checkpoint: full weights, or the base model plus LoRA adapters
     (trainable: the adapters take gradients, to resume training)."""

@@ -3,7 +3,7 @@
     fastvlmrl train [config.yaml | preset] [section.key=value ...]   (default preset: tiny/numberline)
     fastvlmrl train resume=RUN_DIR [section.key=value ...]           (continue from its latest checkpoint)
     fastvlmrl sft [config.yaml | preset] [section.key=value ...]     (SFT on oracle demonstrations only)
-    fastvlmrl eval RUN_DIR [eval.episodes=N ...]
+    fastvlmrl eval RUN_DIR [--checkpoint step_N] [eval.episodes=N ...]
     fastvlmrl envs [--game NAME] [--policy oracle|random] [--episodes N] [--num-envs N] [--threads T]
     fastvlmrl render RUN_DIR [--checkpoint step_N] [--episodes N] [--seed S] --out ep.gif|ep.png
     fastvlmrl render --game NAME [--policy oracle|random] [--seed S] --out episode.png|.gif
@@ -161,10 +161,10 @@ def cmd_sft(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    """Evaluate a run's latest checkpoint on fresh seeds; writes eval.json into the run directory."""
+    """Evaluate a run's checkpoint on fresh seeds; writes eval/<checkpoint>_<episodes>ep.json."""
     from fastvlmrl.evaluate import evaluate_run
 
-    result, path = evaluate_run(args.run_dir, list(args.settings))
+    result, path = evaluate_run(args.run_dir, list(args.settings), checkpoint=args.checkpoint)
     print(json.dumps(result))
     print(f"wrote {path}")
     return 0
@@ -202,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("settings", nargs="*", help="as for train; sft.* keys set the demonstrations and steps")
     sft.set_defaults(func=cmd_sft)
 
-    evaluate = sub.add_parser("eval", help="play episodes with a run's latest checkpoint and write eval.json")
+    evaluate = sub.add_parser("eval", help="play episodes with a run's checkpoint; write eval/<checkpoint>_<N>ep.json")
     evaluate.add_argument("run_dir", help="a run directory (runs/<name>)")
+    evaluate.add_argument("--checkpoint", help="step_N (default: the run's latest)")
     evaluate.add_argument("settings", nargs="*", help="section.key=value overrides, e.g. eval.episodes=1000")
     evaluate.set_defaults(func=cmd_eval)
 
@@ -246,7 +247,13 @@ def _positive(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     from fastvlmrl.console import quiet_libraries
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value settings after an option (`eval RUN --checkpoint step_2 eval.episodes=9`) are still settings
+    if extra and hasattr(args, "settings") and all("=" in e and not e.startswith("-") for e in extra):
+        args.settings = list(args.settings) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command in ("train", "sft", "eval", "render"):  # the commands that load a model
         quiet_libraries()
     from fastvlmrl.run_dir import RunStopped

@@ -219,6 +219,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"ppo.value_clip must be 0 (no clip) or more, got {cfg.ppo.value_clip}")
     if cfg.ppo.value_lr is not None and cfg.ppo.value_lr <= 0:
         raise ConfigError(f"ppo.value_lr must be positive (or null for ppo.lr), got {cfg.ppo.value_lr}")
+    _check_ranges(cfg)
     if cfg.ppo.updates == 0 and cfg.sft.steps == 0:
         raise ConfigError("nothing to train: set sft.steps or ppo.updates above 0")
     if cfg.ppo.gamma > 1 or cfg.ppo.gae_lambda > 1:
@@ -236,6 +237,37 @@ def validate(cfg: Config) -> None:
         if not has_image_processor(str(path)):
             raise ConfigError(f"model.path {cfg.model.path!r} has no image processor (no preprocessor_config.json): "
                               "save the model's processor into it (processor.save_pretrained)")
+
+
+def _check_ranges(cfg: Config) -> None:
+    """The numeric ranges that torch, the C envs or the loss would otherwise reject (or silently
+    accept) only after demonstrations, SFT or the run directory were made."""
+    ranges = [  # (key, value, low, high, low inclusive, high inclusive)
+        ("sft.lr", cfg.sft.lr, 0, None, False, None),
+        ("sft.max_grad_norm", cfg.sft.max_grad_norm, 0, None, False, None),
+        ("sft.warmup_steps", cfg.sft.warmup_steps, 0, None, True, None),
+        ("ppo.lr_end", cfg.ppo.lr_end, 0, cfg.ppo.lr, True, True),
+        ("ppo.clip", cfg.ppo.clip, 0, 1, False, False),
+        ("ppo.clip_high", cfg.ppo.clip_high, 0, 1, False, False),
+        ("ppo.ratio_cap", cfg.ppo.ratio_cap, 1, None, False, None),
+        ("ppo.value_coef", cfg.ppo.value_coef, 0, None, True, None),
+        ("ppo.thought_coef", cfg.ppo.thought_coef, 0, 1, True, True),
+        ("ppo.max_grad_norm", cfg.ppo.max_grad_norm, 0, None, False, None),
+        ("algo.step_weight", cfg.algo.step_weight, 0, None, True, None),
+        ("env.image_size", cfg.env.image_size, 32, 4096, True, True),  # the C renderer's limits
+        ("sampling.repetition_penalty", cfg.sampling.repetition_penalty, 0, None, False, None),
+        ("run.seed", cfg.run.seed, 0, None, True, None),
+        ("eval.seed", cfg.eval.seed, 0, None, True, None),
+    ]
+    for key, value, low, high, low_in, high_in in ranges:
+        if value is None:
+            continue
+        below = value < low if low_in else value <= low
+        above = high is not None and (value > high if high_in else value >= high)
+        if below or above:
+            lo = f"{'[' if low_in else '('}{low:g}"
+            hi = "inf)" if high is None else f"{high:g}{']' if high_in else ')'}"
+            raise ConfigError(f"{key} must be in {lo}, {hi}, got {value}")
 
 
 def to_dict(cfg: Config) -> dict:

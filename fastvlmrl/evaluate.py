@@ -1,5 +1,6 @@
-"""`fastvlmrl eval RUN_DIR`: a run's latest checkpoint plays eval.episodes episodes on fresh seeds;
-the result replaces the run's eval.json."""
+"""`fastvlmrl eval RUN_DIR [--checkpoint step_N]`: a run's checkpoint (default the latest) plays
+eval.episodes episodes on fresh seeds; the result goes to eval/<checkpoint>_<episodes>ep.json,
+beside the others (eval.json keeps the training's own final result)."""
 
 from __future__ import annotations
 
@@ -7,29 +8,43 @@ import json
 from pathlib import Path
 
 from fastvlmrl.build import build_encoder, build_player, resolve_device, resolve_dtype
-from fastvlmrl.checkpoint import latest_checkpoint, load_checkpoint
-from fastvlmrl.curves import redraw_curves
+from fastvlmrl.checkpoint import latest_checkpoint, load_checkpoint, named_checkpoint
 
 
-def evaluate_run(run_dir, overrides: list[str]) -> tuple[dict, Path]:
-    """Evaluate a run's latest checkpoint (eval.* settings from the run's config and overrides)."""
+EVAL_KEYS = ("eval.", "run.threads", "run.device", "env.threads")  # the overrides an evaluation uses
+
+
+def evaluate_run(run_dir, overrides: list[str], checkpoint: str | None = None) -> tuple[dict, Path]:
+    """Evaluate a run's checkpoint (`step_N`, default the latest; eval.* settings from the run's
+    config and overrides); (result, the file it was written to)."""
     from fastvlmrl.config import load_config
+
+    import torch
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
+    for text in overrides:
+        key = text.split("=", 1)[0]
+        if not key.startswith(EVAL_KEYS):
+            raise ValueError(f"eval uses only {', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in EVAL_KEYS)}"
+                             f": {key} would change nothing here (the run's own settings play)")
     cfg = load_config(run_dir / "config.yaml", overrides)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg)
     dtype = resolve_dtype(cfg, device)
-    policy, processor = load_checkpoint(cfg, latest_checkpoint(run_dir), device, dtype)
+    path = latest_checkpoint(run_dir) if checkpoint is None else named_checkpoint(run_dir, checkpoint)
+    policy, processor = load_checkpoint(cfg, path, device, dtype)
     policy.eval()
     player = build_player(cfg, policy, processor, build_encoder(policy, processor, dtype))
     result = final_evaluation(cfg, player)
     player.envs.close()
-    path = run_dir / "eval.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    redraw_curves(run_dir)
-    return result, path
+    out = run_dir / "eval" / f"{path.name}_{cfg.eval.episodes}ep.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({**result, "checkpoint": path.name, "temperature": cfg.eval.temperature,
+                               "seed": cfg.eval.seed}, indent=2) + "\n")
+    return result, out
 
 
 def final_evaluation(cfg, player) -> dict:

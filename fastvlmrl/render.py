@@ -33,7 +33,7 @@ def play_run(run_dir, checkpoint: str | None, episodes: int, seed: int, max_step
     import numpy as np
 
     from fastvlmrl.build import build_encoder, build_player, resolve_device, resolve_dtype
-    from fastvlmrl.checkpoint import latest_checkpoint, load_checkpoint
+    from fastvlmrl.checkpoint import latest_checkpoint, load_checkpoint, named_checkpoint
     from fastvlmrl.config import load_config
     from fastvlmrl.rl.rollout import EpisodeStats
 
@@ -42,13 +42,7 @@ def play_run(run_dir, checkpoint: str | None, episodes: int, seed: int, max_step
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml", list(overrides))
     cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, num_envs=episodes))
-    if checkpoint is None:
-        path = latest_checkpoint(run_dir)
-    else:
-        path = run_dir / "checkpoints" / checkpoint
-        if not path.is_dir():
-            found = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").is_dir() else []
-            raise ValueError(f"{run_dir} has no checkpoint {checkpoint!r} (it has: {', '.join(found) or 'none'})")
+    path = latest_checkpoint(run_dir) if checkpoint is None else named_checkpoint(run_dir, checkpoint)
     device = resolve_device(cfg)
     dtype = resolve_dtype(cfg, device)
     policy, processor = load_checkpoint(cfg, path, device, dtype)

@@ -44,6 +44,20 @@ def test_yaml_then_overrides(tmp_path):
         ("ppo.critic_warmup_updates=-1", "ppo.critic_warmup_updates must be 0 or more"),
         ("algo.name=a2c", "algo.name must be ppo, grpo or gigpo"),
         ("ppo.loss_level=episode", "ppo.loss_level must be"),
+        # values torch, the C envs or the loss rejected (or took) only after work was done
+        ("sft.lr=-1", "sft.lr must be in \\(0, inf\\), got -1"),
+        ("ppo.clip=50", "ppo.clip must be in \\(0, 1\\), got 50"),
+        ("env.image_size=5000", "env.image_size must be in \\[32, 4096\\], got 5000"),
+        ("env.image_size=16", "env.image_size must be in \\[32, 4096\\]"),
+        ("ppo.value_coef=-5", "ppo.value_coef must be in \\[0, inf\\)"),
+        ("ppo.thought_coef=-1", "ppo.thought_coef must be in \\[0, 1\\]"),
+        ("ppo.thought_coef=1.5", "ppo.thought_coef must be in \\[0, 1\\]"),
+        ("ppo.lr_end=-1", "ppo.lr_end must be in \\[0, 1e-05\\]"),
+        ("ppo.lr_end=1", "ppo.lr_end must be in \\[0, 1e-05\\]"),
+        ("sft.warmup_steps=-3", "sft.warmup_steps must be in \\[0, inf\\)"),
+        ("ppo.clip_high=2", "ppo.clip_high must be in \\(0, 1\\)"),
+        ("ppo.max_grad_norm=0", "ppo.max_grad_norm must be in \\(0, inf\\)"),
+        ("run.seed=-1", "run.seed must be in \\[0, inf\\)"),
     ],
 )
 def test_bad_overrides_say_what_to_fix(override, message):

@@ -51,8 +51,18 @@ def test_train_writes_the_run_directory_then_eval_reloads_it(tmp_path, capsys):
     assert "update 1/2 success" in out and "update 2/2 success" in out
     assert "final model: success" in out
     assert "\r" not in out and "it/s" not in capsys.readouterr().err  # off a terminal: no bars
-    assert main(["eval", str(run), "eval.episodes=3"]) == 0
-    assert json.loads((run / "eval.json").read_text())["episodes"] == 3
+    final = (run / "eval.json").read_text()
+    assert main(["eval", str(run), "eval.episodes=3", "run.threads=1"]) == 0
+    assert json.loads((run / "eval" / "step_2_3ep.json").read_text())["episodes"] == 3
+    assert main(["eval", str(run), "--checkpoint", "step_2", "eval.episodes=4"]) == 0
+    assert json.loads((run / "eval" / "step_2_4ep.json").read_text())["checkpoint"] == "step_2"
+    assert (run / "eval.json").read_text() == final  # the training's own result stays
+    capsys.readouterr()
+    assert main(["eval", str(run), "ppo.clip=0.2"]) == 2
+    assert "eval uses only eval.*, run.threads, run.device, env.threads: ppo.clip would change nothing" \
+        in capsys.readouterr().err
+    assert main(["eval", str(run), "--checkpoint", "step_7"]) == 2
+    assert "has no checkpoint 'step_7' (it has: step_2)" in capsys.readouterr().err
 
 
 @pytest.fixture
