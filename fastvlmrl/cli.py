@@ -1,6 +1,8 @@
 """The `fastvlmrl` command.
 
     fastvlmrl train [config.yaml | preset] [section.key=value ...]   (default preset: tiny/numberline)
+    fastvlmrl train ... --print-config                                (the resolved settings; no training)
+    fastvlmrl config [config.yaml | preset] [section.key=value ...]  (every key with its value and doc)
     fastvlmrl train resume=RUN_DIR [section.key=value ...]           (continue from its latest checkpoint)
     fastvlmrl sft [config.yaml | preset] [section.key=value ...]     (SFT on oracle demonstrations only)
     fastvlmrl eval RUN_DIR [--checkpoint step_N] [eval.episodes=N ...]
@@ -103,10 +105,23 @@ def _config_from(args):
     from fastvlmrl.config import load_config
     from fastvlmrl.configs import preset_path
 
-    overrides = list(args.settings)
-    source = overrides.pop(0) if overrides and "=" not in overrides[0] else DEFAULT_PRESET
-    path = Path(source) if Path(source).is_file() else preset_path(source.removesuffix(".yaml"))
-    return load_config(path, overrides)
+    settings = list(args.settings)
+    source = settings.pop(0) if settings and "=" not in settings[0] else DEFAULT_PRESET
+    if Path(source).is_file():
+        path = Path(source)
+    else:
+        try:
+            path = preset_path(source.removesuffix(".yaml"))
+        except ValueError as error:
+            if "." in source and "/" not in source and not source.endswith(".yaml"):  # `ppo.clip 0.2`
+                value = settings[0] if settings and "=" not in settings[0] else "VALUE"
+                raise ValueError(f"{source!r} is neither a config file nor a preset; settings are written "
+                                 f"key=value: did you mean {source}={value}?") from None
+            raise ValueError(str(error)) from None
+    loose = [text for text in settings if "=" not in text]
+    if loose:
+        raise ValueError(f"{loose[0]!r} is not key=value (only the first setting may name a config file or preset)")
+    return load_config(path, settings)
 
 
 def cmd_train(args) -> int:
@@ -116,11 +131,16 @@ def cmd_train(args) -> int:
 
     from fastvlmrl.checkpoint import check_resume_overrides
     from fastvlmrl.config import load_config
+    from fastvlmrl.config_io import describe_config
     from fastvlmrl.train import train
 
     resumes = [a for a in args.settings if a.startswith("resume=")]
     if not resumes:
-        return _report(train(_with_free_name(_config_from(args), args.settings)))
+        cfg = _with_free_name(_config_from(args), args.settings)
+        if args.print_config:  # a dry run: what would train, and where
+            print("\n".join(describe_config(cfg)))
+            return 0
+        return _report(train(cfg))
     overrides = [a for a in args.settings if not a.startswith("resume=")]
     if len(resumes) > 1 or (overrides and "=" not in overrides[0]):
         raise ValueError("resume=RUN_DIR takes the run's own config: give one run directory and only key=value overrides")
@@ -128,7 +148,11 @@ def cmd_train(args) -> int:
     run_dir = Path(resumes[0].removeprefix("resume="))
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
-    return _report(train(load_config(run_dir / "config.yaml", overrides), run_dir=run_dir, resume=True))
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    if args.print_config:
+        print("\n".join(describe_config(cfg)))
+        return 0
+    return _report(train(cfg, run_dir=run_dir, resume=True))
 
 
 def _with_free_name(cfg, settings):
@@ -146,6 +170,14 @@ def _report(run_dir) -> int:
     interval = (f" (95% interval {result['success_ci95_low']:.3f}-{result['success_ci95_high']:.3f})"
                 if "success_ci95_low" in result else "")
     print(f"run: {run_dir}  eval success_rate {result['success_rate']:.3f}{interval} over {result['episodes']} episodes")
+    return 0
+
+
+def cmd_config(args) -> int:
+    """Print every config key with its value (the preset's or file's, then the overrides) and doc."""
+    from fastvlmrl.config_io import describe_config
+
+    print("\n".join(describe_config(_config_from(args))))
     return 0
 
 
@@ -188,14 +220,23 @@ def cmd_plot(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastvlmrl", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="fastvlmrl", description=__doc__.split("\n")[0],
+                                     epilog="fastvlmrl config [preset] lists every setting with its default and doc")
+    parser.add_argument("--version", action="version", version=f"fastvlmrl {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="list every setting (key, value, doc) of a preset or config file")
+    config.add_argument("settings", nargs="*", help="a YAML config file or a preset (default tiny/numberline), "
+                                                    "then section.key=value overrides")
+    config.set_defaults(func=cmd_config)
 
     train = sub.add_parser("train", help="fine-tune a VLM agent with PPO (the tiny VLM on NumberLine by default)")
     train.add_argument("settings", nargs="*",
                        help="a YAML config file or a preset (tiny/numberline, rl4vlm/points24, ...; default "
                             "tiny/numberline), then section.key=value overrides; or resume=RUN_DIR to continue "
                             "a stopped run from its latest checkpoint")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved settings (every key with its doc) and exit without training")
     train.set_defaults(func=cmd_train)
 
     sft = sub.add_parser("sft", help="supervised fine-tuning on (optionally noisy) oracle demonstrations only")
@@ -235,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--x", choices=["steps", "time"], default="steps", help="env steps or wall time (minutes)")
     plot.set_defaults(func=cmd_plot)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fastvlmrl")
+    except PackageNotFoundError:  # a plain checkout, not installed
+        return "unknown (not installed)"
 
 
 def _positive(text: str) -> int:

@@ -24,16 +24,16 @@ __all__ = ["Config", "ConfigError", "load_config", "parse_override", "save_confi
 @dataclass
 class RunConfig:
     name: str = "run"  # the run directory is <out_dir>/<name>
-    out_dir: str = "runs"
-    seed: int = 0
+    out_dir: str = "runs"  # where run directories are made
+    seed: int = 0  # seeds the model's init, SFT, sampling and the envs
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
 
 @dataclass
 class EnvConfig:
-    name: str = "NumberLine"
-    num_envs: int = 32
+    name: str = "NumberLine"  # NumberLine, EZPoints, Points24 or Blackjack
+    num_envs: int = 32  # envs stepped together (one reply each per step)
     image_size: int = 300  # frames are rendered at this size, then preprocessed for the model
     face_cards_as_10: bool = True  # Points24
     illegal_action: str = "random"  # "random" (RL4VLM) or "penalty"
@@ -50,54 +50,54 @@ class PromptConfig:
 @dataclass
 class ModelConfig:
     path: str | None = None  # a local Hugging Face directory; None = the built-in tiny VLM
-    lora: bool = False
-    lora_r: int = 128
-    lora_alpha: int = 256
-    lora_dropout: float = 0.05
-    freeze_vision: bool = False
+    lora: bool = False  # train LoRA adapters (peft) instead of every weight
+    lora_r: int = 128  # LoRA rank
+    lora_alpha: int = 256  # LoRA scale numerator (scale = alpha / r)
+    lora_dropout: float = 0.05  # dropout on the adapters' input (SFT only: PPO runs without dropout)
+    freeze_vision: bool = False  # keep the vision tower's weights fixed
     dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
 
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 0.2
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 256
+    temperature: float = 0.2  # rollout sampling temperature (0 = greedy)
+    top_p: float = 1.0  # nucleus sampling: the smallest token set with this probability mass
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the reply (1 = off)
+    max_new_tokens: int = 256  # reply length limit in tokens
 
 
 @dataclass
 class SFTConfig:
     steps: int = 0  # SFT steps on oracle demonstrations before RL (0 = none)
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup_steps: int = 30
-    noise: float = 0.0  # probability that a demonstration's action is replaced by a random one
+    batch_size: int = 32  # demonstrations per SFT step
+    lr: float = 2e-3  # AdamW learning rate (cosine decay to 0 after the warm-up)
+    warmup_steps: int = 30  # linear warm-up steps of the SFT learning rate
+    noise: float = 0.0  # probability that a demonstration decides a random action (its thought reasons to it; its reading of the frame stays true)
     demos: int = 4096  # demonstrations generated
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # gradient-norm clip of SFT steps
 
 
 @dataclass
 class PPOConfig:
     updates: int = 20  # PPO updates (rollout + optimisation) in the run; 0 = SFT only
     num_steps: int = 8  # env steps per env in one rollout
-    epochs: int = 4
+    epochs: int = 4  # passes over each rollout
     minibatch_size: int = 32  # samples per optimizer step (RL4VLM: 1 sample x 128 accumulation)
-    lr: float = 1e-5
+    lr: float = 1e-5  # Adam learning rate of the policy (cosine schedule over the updates)
     lr_end: float = 0.0  # cosine decay to this over the planned updates (no restart)
     warmup_updates: int = 0  # linear ramp of the learning rate over the first updates
     value_lr: float | None = None  # the value head's own learning rate (same schedule); None = ppo.lr
     critic_warmup_updates: int = 0  # the first updates train only the value head (no policy step)
     reward_scale: float = 1.0  # rewards are multiplied by this for GAE and the critic (not in the stats)
-    clip: float = 0.1
-    ratio_cap: float = 10.0
+    clip: float = 0.1  # PPO ratio clip epsilon
+    ratio_cap: float = 10.0  # ratios above this are capped before the clipped loss (outliers)
     value_clip: float = 0.1  # per update, around the rollout's values; 0 = no value clip
-    value_coef: float = 0.5
-    gamma: float = 0.9
-    gae_lambda: float = 0.95
+    value_coef: float = 0.5  # weight of the value loss beside the policy loss
+    gamma: float = 0.9  # discount
+    gae_lambda: float = 0.95  # GAE lambda
     thought_coef: float = 0.5  # λ: weight of thought tokens in the sequence log-prob
-    max_grad_norm: float = 1.0
-    normalize_advantages: bool = True
+    max_grad_norm: float = 1.0  # gradient-norm clip of PPO steps
+    normalize_advantages: bool = True  # advantages to zero mean and unit std over the rollout
     recompute_logprobs: bool = False  # old log-probs from the trainer's own forward, not the engine's
     entropy_coef: float = 0.0  # bonus on the mean token entropy (tempered distribution)
     kl_coef: float = 0.0  # penalty on the mean token KL (k3) to the policy PPO started from
@@ -116,14 +116,14 @@ class AlgoConfig:
 
 @dataclass
 class EvalConfig:
-    episodes: int = 500
+    episodes: int = 500  # episodes of the final evaluation (the first started from eval.seed)
     temperature: float = 0.0  # greedy
     seed: int = 10_000  # fresh seeds, far from training's
 
 
 @dataclass
 class LogConfig:
-    tensorboard: bool = False
+    tensorboard: bool = False  # also write TensorBoard events (pip install 'fastvlmrl[tensorboard]')
     checkpoint_every: int = 10  # updates between checkpoints (resume points); 0 = only at the end
     samples_every: int = 5  # updates between sampled replies in samples.jsonl (and TensorBoard text); 0 = none
     samples: int = 4  # replies kept each time (the first envs' replies of the rollout)

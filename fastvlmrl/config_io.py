@@ -82,12 +82,52 @@ def set_value(cfg, dotted: str, value) -> None:
     section_name, name = parts
     sections = {f.name for f in dataclasses.fields(cfg)}
     if section_name not in sections:
-        raise ConfigError(f"unknown config section {section_name!r} in {dotted!r}: choose one of {', '.join(sorted(sections))}")
+        raise ConfigError(f"unknown config section {section_name!r} in {dotted!r}{_did_you_mean(section_name, sections)}: "
+                          f"choose one of {', '.join(sorted(sections))}")
     section = getattr(cfg, section_name)
     kinds = _field_types(type(section))
     if name not in kinds:
-        raise ConfigError(f"unknown config key {dotted!r}: {section_name} has {', '.join(kinds)}")
+        near = _did_you_mean(name, kinds, prefix=section_name + ".")
+        raise ConfigError(f"unknown config key {dotted!r}{near}: {section_name} has {', '.join(kinds)}")
     setattr(section, name, _coerce(value, kinds[name], dotted))
+
+
+def _did_you_mean(name: str, options, prefix: str = "") -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Each field's one-line doc: the comment after it in the dataclass's source (the schema
+    documents itself where it is defined)."""
+    import inspect
+    import re
+
+    docs = {}
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return docs
+    for line in source.splitlines():
+        match = re.match(r"\s+(\w+):[^#]*?(?:#\s*(.*))?$", line)
+        if match and match.group(1) in {f.name for f in dataclasses.fields(cls)}:
+            docs[match.group(1)] = (match.group(2) or "").strip()
+    return docs
+
+
+def describe_config(cfg) -> list[str]:
+    """Every key as `section.name: value  # doc`, in schema order."""
+    lines = []
+    for section_field in dataclasses.fields(cfg):
+        section = getattr(cfg, section_field.name)
+        docs = field_docs(type(section))
+        for f in dataclasses.fields(section):
+            value = yaml.safe_dump(getattr(section, f.name), default_flow_style=True).strip().removesuffix("...").strip()
+            doc = docs.get(f.name, "")
+            lines.append(f"{section_field.name}.{f.name}: {value}" + (f"  # {doc}" if doc else ""))
+    return lines
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from PIL import Image
 
 from fastvlmrl.cli import main
@@ -36,3 +38,37 @@ def test_render_writes_png_and_gif(tmp_path, capsys):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "fastvlmrl.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "envs" in result.stdout and "render" in result.stdout
+
+
+def test_the_cli_tells_the_keys(capsys):
+    """`fastvlmrl config` lists every key with its value and doc; --print-config is a dry run;
+    --version; near-miss keys and `key value` get hints."""
+    import dataclasses
+
+    from fastvlmrl.config import Config
+
+    assert main(["config", "ppo.clip=0.3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    keys = [line.split(":")[0] for line in out]
+    cfg = Config()
+    assert keys == [f"{s.name}.{f.name}" for s in dataclasses.fields(cfg) for f in dataclasses.fields(getattr(cfg, s.name))]
+    assert "ppo.clip: 0.3  # PPO ratio clip epsilon" in out
+    assert all("  # " in line for line in out)  # every key has its one-line doc
+    assert main(["train", "--print-config", "run.out_dir=/nonexistent/never/made"]) == 0
+    assert "run.name: tiny-numberline" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0 and capsys.readouterr().out.startswith("fastvlmrl ")
+    for args, message in [
+        (["train", "ppo.clipp=0.2"], "unknown config key 'ppo.clipp' (did you mean ppo.clip?)"),
+        (["train", "ppo.clip", "0.2"], "did you mean ppo.clip=0.2?"),
+        (["train", "ppo.clip=0.2", "0.3"], "'0.3' is not key=value"),
+        (["train", "tiny/chess"], "unknown preset 'tiny/chess'"),
+    ]:
+        assert main(args) == 2
+        assert message in capsys.readouterr().err, args
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "fastvlmrl", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("fastvlmrl ")

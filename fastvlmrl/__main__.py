@@ -1,0 +1,7 @@
+"""`python -m fastvlmrl`: the `fastvlmrl` command."""
+
+import sys
+
+from fastvlmrl.cli import main
+
+sys.exit(main())
