@@ -10,6 +10,7 @@
     fastvlmrl render RUN_DIR [--checkpoint step_N] [--episodes N] [--seed S] --out ep.gif|ep.png
     fastvlmrl render --game NAME [--policy oracle|random] [--seed S] --out episode.png|.gif
     fastvlmrl plot RUN_DIR... --out runs.png [--x steps|time]       (overlay runs; seeds as mean and band)
+    fastvlmrl export RUN_DIR OUT_DIR [--checkpoint step_N]            (a Hugging Face model directory, LoRA merged)
 """
 
 from __future__ import annotations
@@ -181,6 +182,16 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """A run's checkpoint as a standard Hugging Face model directory (LoRA merged), value head beside it."""
+    from fastvlmrl.export import export_run
+
+    out = export_run(args.run_dir, args.out_dir, checkpoint=args.checkpoint)
+    print(f"wrote {out}: AutoModelForImageTextToText.from_pretrained({str(out)!r}) loads it; "
+          "value_head.safetensors holds the critic")
+    return 0
+
+
 def cmd_sft(args) -> int:
     """Supervised fine-tuning on oracle demonstrations only (train with ppo.updates=0)."""
     from fastvlmrl.train import train
@@ -270,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", required=True, help="output path: .png (contact sheet) or .gif (animation)")
     render.set_defaults(func=cmd_render)
 
+    export = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face model directory (LoRA merged)")
+    export.add_argument("run_dir", help="a run directory (runs/<name>)")
+    export.add_argument("out_dir", help="a new (or empty) directory")
+    export.add_argument("--checkpoint", help="step_N (default: the run's latest)")
+    export.set_defaults(func=cmd_export)
+
     plot = sub.add_parser("plot", help="overlay the curves of runs (seeds of one setting as mean and band)")
     plot.add_argument("run_dirs", nargs="+", help="run directories (runs/<name>)")
     plot.add_argument("--out", required=True, help="output path ending in .png")
@@ -304,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         args.settings = list(args.settings) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command in ("train", "sft", "eval", "render"):  # the commands that load a model
+    if args.command in ("train", "sft", "eval", "render", "export"):  # the commands that load a model
         quiet_libraries()
     from fastvlmrl.run_dir import RunStopped
 
