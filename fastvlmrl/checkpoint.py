@@ -2,8 +2,13 @@
 
     runs/<name>/checkpoints/step_N/   model/ (weights or LoRA adapters + processor),
                                       value_head.safetensors, trainer_state.pt (optimizer, update,
-                                      RNG states, the envs' snapshot, the player's counters)
+                                      RNG states, the envs' snapshot, the player's counters),
+                                      manifest.json (every file's size and SHA-256, written last)
     runs/<name>/checkpoints/latest    the name of the newest complete step_N
+
+Resume, eval, render and export verify the manifest: a corrupt or partial latest checkpoint is
+reported in one line and the newest one that verifies is used. log.keep_checkpoints keeps only
+the newest K; a full disk fails the checkpoint being written, cleanly, and says so.
 
 `fastvlmrl train resume=RUN_DIR` reloads the latest checkpoint and continues as if the run had
 not stopped: only the settings in RESUMABLE may change, metrics.jsonl keeps the lines up to the
@@ -12,8 +17,11 @@ checkpoint, and nothing is written before the restore has succeeded.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -48,10 +56,12 @@ def check_new_run_dir(run_dir: Path) -> bool:
     return clear_before_first_update(run_dir)
 
 
-def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor, resume_state: dict | None = None) -> Path:
-    """checkpoints/step_N/ written to a temporary folder first, then renamed: a run killed while
-    saving leaves the previous checkpoint and `latest` intact. `resume_state` (see `capture`) is
-    what a resumed run needs to continue exactly."""
+def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor, resume_state: dict | None = None,
+                    keep: int = 0) -> Path:
+    """checkpoints/step_N/ written to a temporary folder first, its manifest last, then renamed:
+    a run killed (or out of disk) while saving leaves the previous checkpoint and `latest` intact.
+    `resume_state` (see `capture`) is what a resumed run needs to continue exactly; keep > 0
+    removes all but the newest `keep` checkpoints."""
     from safetensors.torch import save_file
 
     root = run_dir / "checkpoints"
@@ -59,36 +69,106 @@ def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor, re
     tmp = root / f".step_{update}.partial"
     if tmp.exists():  # left by a run killed while saving
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    policy.model.save_pretrained(tmp / "model")
-    processor.save_pretrained(tmp / "model")
-    save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
-              tmp / "value_head.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "update": update, **(resume_state or {})}, tmp / "trainer_state.pt")
+    try:
+        tmp.mkdir(parents=True)
+        policy.model.save_pretrained(tmp / "model")
+        processor.save_pretrained(tmp / "model")
+        save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
+                  tmp / "value_head.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "update": update, **(resume_state or {})},
+                   tmp / "trainer_state.pt")
+        write_manifest(tmp)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if error.errno == errno.ENOSPC:
+            raise ValueError(f"the disk is full: checkpoint step_{update} of {run_dir} was not written (the previous "
+                             "one is intact); free space, then resume") from None
+        raise
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
     (root / "latest.tmp").write_text(final.name)
     (root / "latest.tmp").replace(root / "latest")
+    if keep > 0:
+        for old in checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old)
     return final
 
 
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(checkpoint: Path) -> None:
+    files = sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != "manifest.json")
+    manifest = {str(p.relative_to(checkpoint)): {"bytes": p.stat().st_size, "sha256": _digest(p)} for p in files}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def verify_checkpoint(checkpoint: Path) -> str | None:
+    """None if every file of the manifest is there with its size and checksum, else what is wrong.
+    (A checkpoint from before manifests existed is taken as it is.)"""
+    path = checkpoint / "manifest.json"
+    if not checkpoint.is_dir():
+        return "it is missing"
+    if not path.is_file():
+        return None if (checkpoint / "trainer_state.pt").is_file() else "it has no manifest (a partial write)"
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return "its manifest is not JSON"
+    for name, entry in manifest.items():
+        file = checkpoint / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != entry["bytes"]:
+            return f"{name} has {file.stat().st_size} bytes, not {entry['bytes']}"
+        if _digest(file) != entry["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The run's step_N directories, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step_*") if p.is_dir() and p.name.split("_", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("_", 1)[1]))
+
+
 def latest_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint `latest` names, verified; if it is corrupt or partial, one line says so and
+    the newest checkpoint that verifies is used."""
     pointer = run_dir / "checkpoints" / "latest"
     if not pointer.is_file():
         raise ValueError(f"{run_dir} has no checkpoint (no checkpoints/latest; a run stopped before its first "
                          "checkpoint cannot be resumed): train first, or check the path")
-    return run_dir / "checkpoints" / pointer.read_text().strip()
+    latest = run_dir / "checkpoints" / pointer.read_text().strip()
+    problem = verify_checkpoint(latest)
+    if problem is None:
+        return latest
+    for candidate in reversed(checkpoints(run_dir)):
+        if candidate != latest and verify_checkpoint(candidate) is None:
+            print(f"warning: checkpoint {latest.name} of {run_dir} is unusable ({problem}): using {candidate.name}",
+                  file=sys.stderr)
+            return candidate
+    raise ValueError(f"checkpoint {latest.name} of {run_dir} is unusable ({problem}) and no earlier one verifies")
 
 
 def named_checkpoint(run_dir: Path, name: str) -> Path:
-    """checkpoints/<name> (e.g. step_20), or a ValueError listing the ones there are."""
+    """checkpoints/<name> (e.g. step_20), verified, or a ValueError listing the ones there are."""
     path = Path(run_dir) / "checkpoints" / name
     if not path.is_dir() or name.startswith("."):
-        root = Path(run_dir) / "checkpoints"
-        found = sorted((p.name for p in root.glob("step_*") if p.is_dir()), key=lambda n: int(n.split("_")[1])) \
-            if root.is_dir() else []
+        found = [p.name for p in checkpoints(run_dir)]
         raise ValueError(f"{run_dir} has no checkpoint {name!r} (it has: {', '.join(found) or 'none'})")
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise ValueError(f"checkpoint {name} of {run_dir} is unusable: {problem}")
     return path
 
 

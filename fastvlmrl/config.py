@@ -125,6 +125,7 @@ class EvalConfig:
 class LogConfig:
     tensorboard: bool = False  # also write TensorBoard events (pip install 'fastvlmrl[tensorboard]')
     checkpoint_every: int = 10  # updates between checkpoints (resume points); 0 = only at the end
+    keep_checkpoints: int = 0  # keep only the newest K checkpoints; 0 = keep all
     samples_every: int = 5  # updates between sampled replies in samples.jsonl (and TensorBoard text); 0 = none
     samples: int = 4  # replies kept each time (the first envs' replies of the rollout)
 
@@ -174,6 +175,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be at least 1, got {value}")
     for key, value in {"sft.steps": cfg.sft.steps, "ppo.updates": cfg.ppo.updates,
                        "log.checkpoint_every": cfg.log.checkpoint_every, "log.samples_every": cfg.log.samples_every,
+                       "log.keep_checkpoints": cfg.log.keep_checkpoints,
                        "log.samples": cfg.log.samples, "ppo.warmup_updates": cfg.ppo.warmup_updates,
                        "ppo.critic_warmup_updates": cfg.ppo.critic_warmup_updates,
                        "run.threads": cfg.run.threads}.items():

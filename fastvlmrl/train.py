@@ -158,7 +158,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         done = update + 1
         if done == cfg.ppo.updates or stop.requested or (cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0):
             save_checkpoint(run_dir, done, policy, optimizer, processor,
-                            ckpt.capture(planned, env_steps, generator, player))
+                            ckpt.capture(planned, env_steps, generator, player), keep=cfg.log.keep_checkpoints)
             redraw_curves(run_dir)
         if stop.requested and done < cfg.ppo.updates:
             log.close()
@@ -169,7 +169,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
     if cfg.ppo.updates == 0 or first >= cfg.ppo.updates:  # SFT only, or a finished run resumed
         if not (run_dir / "checkpoints" / f"step_{cfg.ppo.updates}").is_dir():
             save_checkpoint(run_dir, cfg.ppo.updates, policy, optimizer, processor,
-                            ckpt.capture(planned, env_steps, generator, player))
+                            ckpt.capture(planned, env_steps, generator, player), keep=cfg.log.keep_checkpoints)
 
     # -- evaluation on fresh seeds -------------------------------------------------------------
     policy.eval()
