@@ -26,6 +26,7 @@ from fastvlmrl.console import banner, progress, result_line, say, update_line
 from fastvlmrl.checkpoint import save_checkpoint  # by name: the resume test replaces it to kill a run
 from fastvlmrl.config import Config, save_config
 from fastvlmrl.curves import redraw_curves
+from fastvlmrl.engine.nvtx import nvtx_range
 from fastvlmrl.evaluate import final_evaluation
 from fastvlmrl.metrics_log import MetricsLog
 from fastvlmrl.run_dir import GracefulStop, RunLock, RunStopped
@@ -135,31 +136,40 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
     # -- PPO: rollout -> advantages -> update -> log -> checkpoint ---------------------------
     # the critic-free algorithms train no value head
     update_cfg = cfg.ppo if cfg.algo.name == "ppo" else dataclasses.replace(cfg.ppo, value_coef=0.0)
+    checkpoint_s = 0.0
     bar = progress(range(first, cfg.ppo.updates), desc="ppo", initial=first, total=cfg.ppo.updates)
     for update in bar:
         # over the updates the run first planned: a run extended by resume holds lr_end after them
+        iteration_start = time.perf_counter()
         lr = cosine_lr(update, planned, cfg.ppo.lr, cfg.ppo.lr_end, cfg.ppo.warmup_updates)
         set_lr(optimizer, lr)
         policy.eval()
-        obs, storage, stats, rollout_s, steps, critic = collect_rollout(cfg, player, obs, update)
+        with nvtx_range("rollout"):
+            obs, storage, stats, rollout_s, steps, critic = collect_rollout(cfg, player, obs, update)
         start = time.perf_counter()
-        metrics = ppo_update(policy, optimizer, storage, update_cfg, temperature=logprob_temperature(cfg),
-                             pad_id=encoder.pad_id, device=device, generator=generator, logit_bias=logit_bias,
-                             critic_only=update < cfg.ppo.critic_warmup_updates, reference=reference)
+        with nvtx_range("update"):
+            metrics = ppo_update(policy, optimizer, storage, update_cfg, temperature=logprob_temperature(cfg),
+                                 pad_id=encoder.pad_id, device=device, generator=generator, logit_bias=logit_bias,
+                                 critic_only=update < cfg.ppo.critic_warmup_updates, reference=reference)
         update_s = time.perf_counter() - start
         env_steps += steps
         record = {"update": update, "env_steps": env_steps, "lr": lr, **stats.summary(), **metrics, **critic,
                   "timing/rollout_s": rollout_s, "timing/update_s": update_s,
+                  **{f"timing/{k}_s": v for k, v in stats.seconds.items()},
+                  "timing/checkpoint_s": checkpoint_s,  # the previous update's checkpoint and curves
+                  "timing/iteration_s": time.perf_counter() - iteration_start,
                   "throughput/tokens_per_s": stats.tokens / max(rollout_s, 1e-9)}
         log.write(record)
         log.write_samples(update, env_steps, stats.samples)
         bar.set_postfix(success=f"{record['rollout/success_rate']:.3f}")
         say(update_line(record, cfg.ppo.updates))
         done = update + 1
+        checkpoint_start = time.perf_counter()
         if done == cfg.ppo.updates or stop.requested or (cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0):
             save_checkpoint(run_dir, done, policy, optimizer, processor,
                             ckpt.capture(planned, env_steps, generator, player), keep=cfg.log.keep_checkpoints)
             redraw_curves(run_dir)
+        checkpoint_s = time.perf_counter() - checkpoint_start
         if stop.requested and done < cfg.ppo.updates:
             log.close()
             player.envs.close()

@@ -15,9 +15,11 @@ weighted from those.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
+from fastvlmrl.engine.nvtx import nvtx_range
 from fastvlmrl.kernels import ppo_clip_loss, ppo_clip_loss_token_level
 from fastvlmrl.rl.batch import forward_logp_and_values, pack
 from fastvlmrl.rl.reference_policy import k3_kl
@@ -163,6 +165,7 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
         score_reference(reference, storage, cfg, temperature=temperature, pad_id=pad_id, device=device,
                         logit_bias=logit_bias)
     first_log_ratio = None
+    seconds = {"forward_backward": 0.0, "optimizer": 0.0}  # of the mini-batch steps (timing/ppo_*_s)
     for _ in range(cfg.epochs):
         epochs += 1
         epoch_kl, epoch_steps = 0.0, 0
@@ -173,8 +176,10 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
             returns = torch.tensor([s[2] for s in samples], device=device)
             old_logp = torch.stack([sequence_logp(t, cfg.thought_coef) for t in transitions]).to(device)
             old_values = torch.tensor([t.value for t in transitions], device=device)
-            token_logp, values, entropy = forward_logp_and_values(policy, batch, temperature, logit_bias,
-                                                                  return_entropy=True)
+            tick = time.perf_counter()
+            with nvtx_range("ppo/forward"):
+                token_logp, values, entropy = forward_logp_and_values(policy, batch, temperature, logit_bias,
+                                                                      return_entropy=True)
             if first_log_ratio is None:  # before any step: 0 up to numerics, or rollout and trainer disagree
                 first_log_ratio = sequence_log_ratio(token_logp, batch, old_logp, cfg.thought_coef).abs()
             weights = token_weights(batch.is_action, cfg.thought_coef)
@@ -196,7 +201,10 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
             if not torch.isfinite(loss):
                 skipped += 1  # never applied: a NaN/inf step would ruin the weights
                 continue
-            loss.backward()
+            with nvtx_range("ppo/backward"):
+                loss.backward()
+            seconds["forward_backward"] += time.perf_counter() - tick
+            tick = time.perf_counter()
             if critic_only:  # Adam skips a parameter without a gradient: no step, no moment update
                 for p in params:
                     if id(p) not in head:
@@ -206,7 +214,9 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 continue
-            optimizer.step()
+            with nvtx_range("ppo/optimizer_step"):
+                optimizer.step()
+            seconds["optimizer"] += time.perf_counter() - tick
             steps += 1
             sums["actor/pg_loss"] += float(out.policy_loss.detach())
             sums["critic/value_loss"] += float(out.value_loss.detach())
@@ -226,6 +236,7 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
     if engine_gap is not None:  # what recomputing replaced: the engine/trainer log-prob gap
         metrics["actor/engine_trainer_logprob_max_diff"] = engine_gap
     metrics["actor/skipped_nonfinite"] = skipped
+    metrics.update({f"timing/ppo_{k}_s": v for k, v in seconds.items()})
     if first_log_ratio is not None:
         metrics["actor/log_ratio_first_minibatch_mean"] = float(first_log_ratio.mean())
         metrics["actor/log_ratio_first_minibatch_max"] = float(first_log_ratio.max())

@@ -16,6 +16,7 @@ import torch
 
 from fastvlmrl.console import progress
 from fastvlmrl.engine import Request, SamplingParams
+from fastvlmrl.engine.nvtx import nvtx_range
 from fastvlmrl.envs.parse import choose_action, parse_action, reply_object
 from fastvlmrl.envs.prompts import task_prompt
 from fastvlmrl.rl.storage import RolloutStorage, Transition
@@ -37,6 +38,8 @@ class EpisodeStats:
     # a few replies as they were (samples.jsonl): the first `samples_wanted` of the rollout
     samples_wanted: int = 0
     samples: list[dict] = field(default_factory=list)
+    # where the rollout's time went (timing/*_s): prompts, generation, reading replies, env steps
+    seconds: dict = field(default_factory=lambda: {"prompt": 0.0, "generate": 0.0, "parse": 0.0, "env": 0.0})
 
     def summary(self) -> dict[str, float]:
         r = np.array(self.returns, dtype=np.float64)
@@ -141,18 +144,29 @@ class Player:
     def step(self, obs, temperature: float, stats: EpisodeStats, record: bool = True):
         """One env step for every env: (transitions, rewards for PPO, dones, new obs, step infos).
         record=False (evaluation) keeps no transitions and skips the action/thought token split."""
+        tick = time.perf_counter()
         infos = [self.envs.describe(i) for i in range(self.envs.num_envs)]
         requests = self._requests(obs, infos)
-        gens = self._generate(requests, temperature, self.sampling.max_new_tokens)
-        values = self._values_of(gens)
+        tock = time.perf_counter()
+        stats.seconds["prompt"] += tock - tick
+        with nvtx_range("rollout/generate"):
+            gens = self._generate(requests, temperature, self.sampling.max_new_tokens)
+            values = self._values_of(gens)
+        tick = time.perf_counter()
+        stats.seconds["generate"] += tick - tock
         actions = np.zeros(len(gens), np.int64)
         extra = np.zeros(len(gens), np.float32)
         transitions = []
-        for i, (req, gen) in enumerate(zip(requests, gens)):
-            actions[i], extra[i], transition = self._act(i, infos[i], req, gen, float(values[i]), stats, record)
-            if record:
-                transitions.append(transition)
-        obs, rewards, terminated, truncated, step_infos = self.envs.step(actions)
+        with nvtx_range("rollout/parse"):
+            for i, (req, gen) in enumerate(zip(requests, gens)):
+                actions[i], extra[i], transition = self._act(i, infos[i], req, gen, float(values[i]), stats, record)
+                if record:
+                    transitions.append(transition)
+        tock = time.perf_counter()
+        stats.seconds["parse"] += tock - tick
+        with nvtx_range("rollout/env_step"):
+            obs, rewards, terminated, truncated, step_infos = self.envs.step(actions)
+        stats.seconds["env"] += time.perf_counter() - tock
         stats.settle_rewards(rewards + extra)
         self.episode_return += rewards
         self.episode_length += 1
