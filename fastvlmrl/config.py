@@ -124,6 +124,9 @@ class EvalConfig:
 @dataclass
 class LogConfig:
     tensorboard: bool = False  # also write TensorBoard events (pip install 'fastvlmrl[tensorboard]')
+    wandb: bool = False  # also log to Weights & Biases (pip install 'fastvlmrl[wandb]')
+    wandb_project: str = "fastvlmrl"  # the W&B project
+    wandb_mode: str = "online"  # online, offline (runs/<name>/wandb/, for `wandb sync`) or disabled
     checkpoint_every: int = 10  # updates between checkpoints (resume points); 0 = only at the end
     keep_checkpoints: int = 0  # keep only the newest K checkpoints; 0 = keep all
     samples_every: int = 5  # updates between sampled replies in samples.jsonl (and TensorBoard text); 0 = none
@@ -181,6 +184,8 @@ def validate(cfg: Config) -> None:
                        "run.threads": cfg.run.threads}.items():
         if value < 0:
             raise ConfigError(f"{key} must be 0 or more, got {value}")
+    if cfg.log.wandb_mode not in ("online", "offline", "disabled"):
+        raise ConfigError(f"log.wandb_mode must be online, offline or disabled, got {cfg.log.wandb_mode!r}")
     if cfg.prompt.style not in ("full", "short"):
         raise ConfigError(f"prompt.style must be 'full' or 'short', got {cfg.prompt.style!r}")
     if cfg.env.illegal_action not in ("random", "penalty"):

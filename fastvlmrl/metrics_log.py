@@ -2,7 +2,8 @@
 written, so a killed run keeps its lines), `samples.jsonl` (a few of the model's replies as it
 wrote them, every log.samples_every updates) and, with `log.tensorboard=true`, the same scalars
 as TensorBoard events in `runs/<name>/tensorboard/sft/` (by SFT step) and
-`runs/<name>/tensorboard/ppo/` (by env step), the samples as text there."""
+`runs/<name>/tensorboard/ppo/` (by env step), the samples as text there; with `log.wandb=true`,
+the same to Weights & Biases (`fastvlmrl/wandb_log.py`)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ def tensorboard_writer(log_dir: Path, purge_step: int | None = None):
 class MetricsLog:
     """Appends records to metrics.jsonl; non-finite numbers are written as null (valid JSON)."""
 
-    def __init__(self, path: Path, tensorboard_dir: Path | None = None, purge_step: int | None = None):
+    def __init__(self, path: Path, tensorboard_dir: Path | None = None, purge_step: int | None = None,
+                 wandb=None):
         self.path = path
+        self.wandb = wandb  # a WandbLogger (log.wandb=true), or None
         self.writers = {}
         if tensorboard_dir is not None:  # SFT and PPO count steps differently: one writer each
             self.writers = {"sft": tensorboard_writer(tensorboard_dir / "sft"),
@@ -41,6 +44,8 @@ class MetricsLog:
         clean["time"] = round(time.time(), 3)
         self.file.write(json.dumps(clean) + "\n")
         self.file.flush()
+        if self.wandb is not None:
+            self.wandb.log(clean)
         if self.writers:
             ppo = "env_steps" in record
             writer = self.writers["ppo" if ppo else "sft"]
@@ -55,9 +60,12 @@ class MetricsLog:
         """One line per reply in samples.jsonl; one TensorBoard text entry for the update."""
         if not samples:
             return
+        rows = [{"update": update, "env_steps": env_steps, **sample} for sample in samples]
         with self.samples_path.open("a") as f:
-            for sample in samples:
-                f.write(json.dumps({"update": update, "env_steps": env_steps, **sample}) + "\n")
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log_samples(env_steps, rows)
         if self.writers:
             text = "\n\n".join(
                 f"**{s['game']}** state `{json.dumps(s['state'])}` -> action `{s['action']}` "
@@ -68,6 +76,9 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
         for writer in self.writers.values():
             writer.close()
 

@@ -12,7 +12,8 @@ import threading
 from pathlib import Path
 
 # what a run writes before its first update; a directory holding only these is reused
-_BEFORE_FIRST_UPDATE = ("config.yaml", "metrics.jsonl", "samples.jsonl", "curves.png", "tensorboard", "reference")
+_BEFORE_FIRST_UPDATE = ("config.yaml", "metrics.jsonl", "samples.jsonl", "curves.png", "tensorboard", "reference",
+                        "wandb", "wandb_id")
 
 
 def holds_updates(run_dir: Path) -> bool:

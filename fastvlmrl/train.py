@@ -6,6 +6,7 @@ evaluation on fresh seeds. Everything a run writes goes to runs/<name>/:
     samples.jsonl     a few replies every log.samples_every updates: game, state, output, action, legal, reward
     curves.png        the curves of metrics.jsonl, redrawn at every checkpoint
     tensorboard/      the same scalars as TensorBoard events (log.tensorboard=true)
+    wandb/, wandb_id  Weights & Biases files and the W&B run's id, kept for resume (log.wandb=true)
     checkpoints/      step_N/ and `latest` (fastvlmrl/checkpoint.py): `fastvlmrl train
                       resume=runs/<name>` continues from there
     eval.json         success_rate (+ its 95% interval), episode_return, legal_action_rate, episodes
@@ -30,6 +31,7 @@ from fastvlmrl.engine.nvtx import nvtx_range
 from fastvlmrl.evaluate import final_evaluation
 from fastvlmrl.metrics_log import MetricsLog
 from fastvlmrl.run_dir import GracefulStop, RunLock, RunStopped
+from fastvlmrl.wandb_log import WandbLogger, require_wandb
 
 
 def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Path:
@@ -59,6 +61,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
     device = resolve_device(cfg)
     dtype = resolve_dtype(cfg, device)
     tensorboard_dir = run_dir / "tensorboard" if cfg.log.tensorboard else None
+    if cfg.log.wandb:
+        require_wandb()  # before anything is written
 
     # -- the policy: fresh (a new run) or from the latest checkpoint (resume) ------------------
     if resume:
@@ -77,7 +81,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         if lock.file is None:
             lock.acquire()
         save_config(cfg, run_dir / "config.yaml")
-        log = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir)
+        log = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir,
+                         wandb=WandbLogger(cfg, run_dir, resume=False) if cfg.log.wandb else None)
         policy, processor = load_policy(cfg.model.path, lora=cfg.model.lora, lora_r=cfg.model.lora_r,
                                         lora_alpha=cfg.model.lora_alpha, lora_dropout=cfg.model.lora_dropout,
                                         freeze_vision=cfg.model.freeze_vision, dtype=dtype, device=device,
@@ -127,7 +132,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         ckpt.truncate_metrics(run_dir / "metrics.jsonl", first)
         ckpt.truncate_metrics(run_dir / "samples.jsonl", first)
         save_config(cfg, run_dir / "config.yaml")
-        log = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir, purge_step=env_steps + 1)
+        log = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir, purge_step=env_steps + 1,
+                         wandb=WandbLogger(cfg, run_dir, resume=True) if cfg.log.wandb else None)
         print(f"resuming {run_dir} from {checkpoint.name} (update {first} of {cfg.ppo.updates})")
     else:
         obs = player.reset(cfg.run.seed)
