@@ -57,16 +57,18 @@ def check_new_run_dir(run_dir: Path) -> bool:
 
 
 def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor, resume_state: dict | None = None,
-                    keep: int = 0) -> Path:
+                    keep: int = 0, name: str | None = None) -> Path:
     """checkpoints/step_N/ written to a temporary folder first, its manifest last, then renamed:
     a run killed (or out of disk) while saving leaves the previous checkpoint and `latest` intact.
     `resume_state` (see `capture`) is what a resumed run needs to continue exactly; keep > 0
-    removes all but the newest `keep` checkpoints."""
+    removes all but the newest `keep` checkpoints. name: the folder (default step_<update>; SFT's
+    are sft_<step>)."""
     from safetensors.torch import save_file
 
     root = run_dir / "checkpoints"
-    final = root / f"step_{update}"
-    tmp = root / f".step_{update}.partial"
+    name = name or f"step_{update}"
+    final = root / name
+    tmp = root / f".{name}.partial"
     if tmp.exists():  # left by a run killed while saving
         shutil.rmtree(tmp)
     try:
@@ -81,7 +83,7 @@ def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor, re
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
         if error.errno == errno.ENOSPC:
-            raise ValueError(f"the disk is full: checkpoint step_{update} of {run_dir} was not written (the previous "
+            raise ValueError(f"the disk is full: checkpoint {name} of {run_dir} was not written (the previous "
                              "one is intact); free space, then resume") from None
         raise
     if final.exists():
@@ -89,8 +91,11 @@ def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor, re
     tmp.rename(final)
     (root / "latest.tmp").write_text(final.name)
     (root / "latest.tmp").replace(root / "latest")
-    if keep > 0:
-        for old in checkpoints(run_dir)[:-keep]:
+    if name.startswith("sft_"):  # SFT's: only the newest is kept (it resumes the SFT)
+        for old in checkpoints(run_dir, "sft")[:-1]:
+            shutil.rmtree(old)
+    elif keep > 0:
+        for old in checkpoints(run_dir, "step")[:-keep]:
             shutil.rmtree(old)
     return final
 
@@ -132,13 +137,19 @@ def verify_checkpoint(checkpoint: Path) -> str | None:
     return None
 
 
-def checkpoints(run_dir: Path) -> list[Path]:
-    """The run's step_N directories, oldest first."""
+def checkpoints(run_dir: Path, kind: str | None = None) -> list[Path]:
+    """The run's checkpoint directories, oldest first: SFT's sft_N, then PPO's step_N (kind:
+    "sft" or "step" for one kind only)."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step_*") if p.is_dir() and p.name.split("_", 1)[1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("_", 1)[1]))
+    out = []
+    for prefix in ("sft", "step"):
+        if kind not in (None, prefix):
+            continue
+        found = [p for p in root.glob(f"{prefix}_*") if p.is_dir() and p.name.split("_", 1)[1].isdigit()]
+        out += sorted(found, key=lambda p: int(p.name.split("_", 1)[1]))
+    return out
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
@@ -196,12 +207,31 @@ def read_trainer_state(checkpoint: Path, updates: int) -> dict:
     """The checkpoint's trainer state, checked before anything is restored from it (`updates`:
     the resumed run's ppo.updates)."""
     state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)
+    if "sft_step" in state:  # a checkpoint during SFT: the run continues its SFT
+        return state
     if "envs" not in state:
         raise ValueError(f"{checkpoint} has no resume state (written by an older fastvlmrl): start a new run")
     if updates < state["update"]:
         raise ValueError(f"ppo.updates={updates} is below the {state['update']} updates {checkpoint} "
                          "already made: give ppo.updates >= that to resume")
     return state
+
+
+def truncate_sft_metrics(path: Path, step: int) -> None:
+    """Keep the SFT lines before `step` (a run killed after an SFT checkpoint may have logged more)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "sft/step" in record and record["sft/step"] < step:
+            keep.append(record)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    tmp.replace(path)
 
 
 def capture(planned_updates: int, env_steps: int, generator: torch.Generator, player) -> dict:

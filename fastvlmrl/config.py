@@ -75,6 +75,7 @@ class SFTConfig:
     noise: float = 0.0  # probability that a demonstration decides a random action (its thought reasons to it; its reading of the frame stays true)
     demos: int = 4096  # demonstrations generated
     max_grad_norm: float = 1.0  # gradient-norm clip of SFT steps
+    checkpoint_every: int = 200  # SFT steps between checkpoints (sft_N: a run killed in its SFT resumes); 0 = none
 
 
 @dataclass
@@ -179,6 +180,7 @@ def validate(cfg: Config) -> None:
     for key, value in {"sft.steps": cfg.sft.steps, "ppo.updates": cfg.ppo.updates,
                        "log.checkpoint_every": cfg.log.checkpoint_every, "log.samples_every": cfg.log.samples_every,
                        "log.keep_checkpoints": cfg.log.keep_checkpoints,
+                       "sft.checkpoint_every": cfg.sft.checkpoint_every,
                        "log.samples": cfg.log.samples, "ppo.warmup_updates": cfg.ppo.warmup_updates,
                        "ppo.critic_warmup_updates": cfg.ppo.critic_warmup_updates,
                        "run.threads": cfg.run.threads}.items():

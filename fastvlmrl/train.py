@@ -71,7 +71,14 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         state = ckpt.read_trainer_state(checkpoint, cfg.ppo.updates)
         log = None  # opened once the run is restored: a failed resume leaves the directory as it was
         policy, processor = ckpt.load_checkpoint(cfg, checkpoint, device, dtype, trainable=True)
+        sft_state = state if "sft_step" in state else None
+        if sft_state is not None:  # stopped during SFT: it continues from its checkpoint, then all as new
+            torch.set_rng_state(sft_state["torch_rng"])
+            ckpt.truncate_sft_metrics(run_dir / "metrics.jsonl", sft_state["sft_step"])
+            log = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir,
+                             wandb=WandbLogger(cfg, run_dir, resume=True) if cfg.log.wandb else None)
     else:
+        sft_state = None
         if run_dir.is_dir():
             lock.acquire()  # a live run there (still in its SFT) is refused here
         if ckpt.check_new_run_dir(run_dir):
@@ -92,8 +99,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
     for line in banner(cfg, run_dir, device, dtype, policy, resume_from=checkpoint.name if resume else None):
         say(line)
 
+    resume_ppo = resume and sft_state is None  # a resumed run past its SFT
+
     # -- SFT warm start on (noisy) oracle demonstrations ---------------------------------------
-    if cfg.sft.steps and not resume:
+    if cfg.sft.steps and not resume_ppo:
         demos = encode_demos(encoder, demo_stream(cfg.env.name, cfg.sft.demos, noise=cfg.sft.noise, seed=cfg.run.seed,
                                                   cot=cfg.prompt.cot, style=cfg.prompt.style,
                                                   image_size=cfg.env.image_size,
@@ -102,29 +111,37 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         start = time.perf_counter()
         losses = sft_train(policy, encoder, demos, cfg.sft, device=device, seed=cfg.run.seed, logit_bias=logit_bias,
                            log=lambda step, loss: log.write({"sft/step": step, "sft/loss": loss}) if step % 10 == 0 else None,
-                           should_stop=lambda: stop.requested)
+                           should_stop=lambda: stop.requested, resume=sft_state,
+                           on_checkpoint=(lambda step, optimizer, rng: save_checkpoint(
+                               run_dir, 0, policy, optimizer, processor,
+                               {"sft_step": step, "sft_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()},
+                               name=f"sft_{step}")) if cfg.sft.checkpoint_every else None)
         del demos
         if stop.requested:
             log.close()
-            raise RunStopped(f"stopped during SFT (step {len(losses)} of {cfg.sft.steps}): the run holds no update, "
+            done = (sft_state or {}).get("sft_step", 0) + len(losses)
+            if cfg.sft.checkpoint_every and done > (sft_state or {}).get("sft_step", 0):
+                raise RunStopped(f"stopped during SFT (step {done} of {cfg.sft.steps}), checkpoint saved: continue "
+                                 f"with `fastvlmrl train resume={run_dir}`")
+            raise RunStopped(f"stopped during SFT (step {done} of {cfg.sft.steps}): the run holds no update, "
                              "so the same command starts it again in the same directory")
         tail = losses[-10:]
         say(f"SFT: {len(losses)} steps in {time.perf_counter() - start:.0f}s, final loss "
             f"{sum(tail) / max(len(tail), 1):.4f} (mean of the last {len(tail)} steps)")
 
     player = build_player(cfg, policy, processor, encoder)
-    if cfg.sft.steps and cfg.ppo.updates and not resume:  # the warm-started model's success, to compare with PPO's
+    if cfg.sft.steps and cfg.ppo.updates and not resume_ppo:  # the warm-started model's success, to compare with PPO's
         policy.eval()
         sft_eval = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed, desc="eval sft")
         log.write({f"sft/eval_{k}": v for k, v in sft_eval.items()})
         say(result_line("SFT model", sft_eval))
     optimizer = make_optimizer(policy, cfg.ppo)
-    reference = (ReferencePolicy.build(policy, run_dir, lora=cfg.model.lora, resume=resume)
+    reference = (ReferencePolicy.build(policy, run_dir, lora=cfg.model.lora, resume=resume_ppo)
                  if cfg.ppo.kl_coef > 0 else None)  # the policy PPO starts from, for the KL penalty
     generator = torch.Generator().manual_seed(cfg.run.seed)  # mini-batch order
 
     # -- where the updates start: 0, or the checkpoint's --------------------------------------
-    if resume:
+    if resume_ppo:
         optimizer.load_state_dict(state["optimizer"])
         obs = ckpt.restore(state, generator, player)
         first, env_steps, planned = state["update"], state["env_steps"], state["planned_updates"]

@@ -78,12 +78,34 @@ def test_a_stop_during_sft_is_rerun_in_place(tmp_path, capsys, monkeypatch):
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(sft, "forward_logp_and_values", signalled)
-    args = ["train", *TOY, "sft.steps=4", f"run.out_dir={tmp_path}", "run.name=r"]
+    args = ["train", *TOY, "sft.steps=4", "sft.checkpoint_every=0", f"run.out_dir={tmp_path}", "run.name=r"]
     assert main(args) == 130
-    assert "stopped during SFT (step 1 of 4)" in capsys.readouterr().err
+    assert "stopped during SFT (step 1 of 4): the run holds no update" in capsys.readouterr().err
     monkeypatch.setattr(sft, "forward_logp_and_values", forward)
     assert main(args) == 0  # the same command again: nothing to resume, the directory is reused
     assert "reusing" in capsys.readouterr().out and _updates(tmp_path / "r") == [0, 1, 2]
+
+
+def test_a_stop_during_sft_with_sft_checkpoints_resumes(tmp_path, capsys, monkeypatch):
+    import fastvlmrl.rl.sft as sft
+
+    forward, calls = sft.forward_logp_and_values, []
+
+    def signalled(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "forward_logp_and_values", signalled)
+    args = ["train", *TOY, "sft.steps=6", f"run.out_dir={tmp_path}", "run.name=r"]
+    assert main(args) == 130
+    run = tmp_path / "r"
+    assert f"stopped during SFT (step 3 of 6), checkpoint saved: continue with `fastvlmrl train resume={run}`" \
+        in capsys.readouterr().err
+    assert (run / "checkpoints" / "latest").read_text() == "sft_3"
+    monkeypatch.setattr(sft, "forward_logp_and_values", forward)
+    assert main(["train", f"resume={run}"]) == 0 and _updates(run) == [0, 1, 2]
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path, capsys, monkeypatch):

@@ -157,6 +157,35 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, l
     assert (stopped / "curves.png").stat().st_size > 0
 
 
+def test_a_run_killed_during_sft_resumes_from_its_sft_checkpoint_exactly(tmp_path, monkeypatch):
+    """SFT is the longest phase of the tiny runs: its checkpoints (sft.checkpoint_every) resume it
+    as if it had not stopped, then the run goes on as a new one would."""
+    import fastvlmrl.train as train_module
+
+    args = [*TOY, "sft.steps=6", "sft.checkpoint_every=2", "sampling.temperature=1.0"]
+    assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=whole"]) == 0
+    assert sorted(p.name for p in (tmp_path / "whole" / "checkpoints").iterdir() if p.is_dir()) == ["sft_4", "step_2"]
+    save = train_module.save_checkpoint
+
+    def killed_after_sft_4(run_dir, update, *a, **k):
+        path = save(run_dir, update, *a, **k)
+        if k.get("name") == "sft_4":
+            (run_dir / "metrics.jsonl").open("a").write(json.dumps({"sft/step": 4, "sft/loss": -1.0}) + "\n")
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(train_module, "save_checkpoint", killed_after_sft_4)
+    assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=stopped"]) == 130
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    stopped = tmp_path / "stopped"
+    assert (stopped / "checkpoints" / "latest").read_text() == "sft_4"
+    assert main(["train", "resume=" + str(stopped)]) == 0
+    whole = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x) for x in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert _comparable(resumed) == _comparable(whole)
+    assert (stopped / "eval.json").read_text() == (tmp_path / "whole" / "eval.json").read_text()
+
+
 def test_resume_with_lora_and_errors(tmp_path, capsys):
     args = [*TOY, "sft.steps=0", "ppo.updates=1", "model.lora=true", "model.lora_r=4", "model.lora_alpha=8"]
     assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=lora"]) == 0

@@ -89,19 +89,29 @@ def sft_lr(step: int, total: int, lr: float, warmup: int) -> float:
 
 
 def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: int = 0, log=None,
-              logit_bias: torch.Tensor | None = None, should_stop=None) -> list[float]:
+              logit_bias: torch.Tensor | None = None, should_stop=None, resume: dict | None = None,
+              on_checkpoint=None) -> list[float]:
     """cfg.steps steps of cross-entropy on the replies of `demos` (`encode_demos`; prompt tokens
-    carry no loss); losses per step.
+    carry no loss); the losses of the steps it made.
     logit_bias: see rl.batch.forward_logp_and_values (tokens the sampler never emits).
-    should_stop: polled before each step; True ends the training there."""
+    should_stop: polled before each step; True ends the training there (with a checkpoint).
+    on_checkpoint(steps_done, optimizer, rng): every cfg.checkpoint_every steps and at a stop.
+    resume: a checkpoint's trainer state ("optimizer", "sft_step", "sft_rng") to continue from."""
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
     rng = np.random.default_rng(seed)
+    first = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        rng.bit_generator.state = resume["sft_rng"]
+        first = resume["sft_step"]
     losses = []
     policy.train()
-    bar = progress(range(cfg.steps), desc="sft", leave=False)
+    bar = progress(range(first, cfg.steps), desc="sft", leave=False, initial=first, total=cfg.steps)
     for step in bar:
-        if should_stop is not None and should_stop():  # a graceful stop (Ctrl-C): the steps so far
+        if should_stop is not None and should_stop():  # a graceful stop (Ctrl-C): a checkpoint of the steps so far
+            if on_checkpoint is not None and step > first:
+                on_checkpoint(step, optimizer, rng)
             break
         for group in optimizer.param_groups:
             group["lr"] = sft_lr(step, cfg.steps, cfg.lr, cfg.warmup_steps)
@@ -110,13 +120,15 @@ def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: in
         token_logp, _ = forward_logp_and_values(policy, batch, 1.0, logit_bias)
         loss = -token_logp.mean()
         optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            continue
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if log is not None:
-            log(step, losses[-1])
+        if torch.isfinite(loss):  # a non-finite batch is skipped, never applied
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if log is not None:
+                log(step, losses[-1])
+        done = step + 1
+        if on_checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            on_checkpoint(done, optimizer, rng)
     return losses
