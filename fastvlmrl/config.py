@@ -218,9 +218,8 @@ def validate(cfg: Config) -> None:
                               f"got {cfg.algo.group_size}")
         if cfg.algo.max_episode_steps < 1:
             raise ConfigError(f"algo.max_episode_steps must be at least 1, got {cfg.algo.max_episode_steps}")
-        if cfg.ppo.critic_warmup_updates or cfg.ppo.value_lr is not None:
-            raise ConfigError(f"algo.name={cfg.algo.name} trains no critic: leave ppo.critic_warmup_updates and "
-                              "ppo.value_lr unset")
+        if cfg.ppo.critic_warmup_updates:  # (a preset's ppo.value_lr is left unused: no value head is trained)
+            raise ConfigError(f"algo.name={cfg.algo.name} trains no critic: leave ppo.critic_warmup_updates at 0")
     if cfg.ppo.kl_coef > 0 and cfg.model.lora and cfg.sft.steps > 0:
         raise ConfigError("ppo.kl_coef with model.lora scores the reference with the adapters off, which would be the "
                           "model before this run's SFT: set sft.steps=0 (SFT the model beforehand) or model.lora=false")

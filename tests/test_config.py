@@ -94,7 +94,9 @@ def test_settings_that_would_be_silently_meaningless_are_refused():
     with pytest.raises(ConfigError, match="must be at least 2 and divide env.num_envs=32"):
         load_config(None, ["algo.name=grpo", "algo.group_size=3"])
     with pytest.raises(ConfigError, match="trains no critic"):
-        load_config(None, ["algo.name=gigpo", "algo.group_size=4", "ppo.value_lr=1e-3"])
+        load_config(None, ["algo.name=gigpo", "algo.group_size=4", "ppo.critic_warmup_updates=2"])
+    # a preset's critic learning rate does not block a critic-free run of it (no value head is trained)
+    assert load_config(None, ["algo.name=gigpo", "algo.group_size=4", "ppo.value_lr=1e-3"]).algo.name == "gigpo"
     with pytest.raises(ConfigError, match="adapters off"):
         load_config(None, ["ppo.kl_coef=0.1", "model.lora=true", "sft.steps=10"])
     assert load_config(None, ["ppo.kl_coef=0.1", "model.lora=true"]).ppo.kl_coef == 0.1

@@ -28,10 +28,11 @@ def test_train_writes_the_run_directory_then_eval_reloads_it(tmp_path, capsys):
     for key in METRICS:
         assert key in updates[0], key
     assert any("sft/loss" in r for r in lines) and any("sft/eval_success_rate" in r for r in lines)
-    for r in updates:  # the timings add up to the update's wall time
-        assert r["timing/rollout_s"] + r["timing/update_s"] == pytest.approx(r["timing/iteration_s"], rel=0.05)
-        parts = sum(r[f"timing/{k}_s"] for k in ("prompt", "generate", "parse", "env"))
-        assert parts <= r["timing/rollout_s"] and parts == pytest.approx(r["timing/rollout_s"], rel=0.25)
+    for r in updates:  # the timings add up to the update's wall time (slack for a loaded machine)
+        assert r["timing/rollout_s"] + r["timing/update_s"] == pytest.approx(r["timing/iteration_s"], rel=0.05, abs=0.05)
+        parts = sum(r[f"timing/{k}_s"] for k in ("prompt", "generate", "parse", "env", "value"))
+        assert parts <= r["timing/rollout_s"] + 1e-6
+        assert parts == pytest.approx(r["timing/rollout_s"], rel=0.05, abs=0.05)
         assert r["timing/ppo_forward_backward_s"] + r["timing/ppo_optimizer_s"] <= r["timing/update_s"]
     assert (run / "checkpoints" / "latest").read_text() == "step_2"
     result = json.loads((run / "eval.json").read_text())

@@ -39,7 +39,8 @@ class EpisodeStats:
     samples_wanted: int = 0
     samples: list[dict] = field(default_factory=list)
     # where the rollout's time went (timing/*_s): prompts, generation, reading replies, env steps
-    seconds: dict = field(default_factory=lambda: {"prompt": 0.0, "generate": 0.0, "parse": 0.0, "env": 0.0})
+    seconds: dict = field(default_factory=lambda: {"prompt": 0.0, "generate": 0.0, "parse": 0.0, "env": 0.0,
+                                                   "value": 0.0})
 
     def summary(self) -> dict[str, float]:
         r = np.array(self.returns, dtype=np.float64)
@@ -187,6 +188,7 @@ class Player:
         for t in progress(range(storage.num_steps), desc=desc, leave=False):
             transitions, rewards, terminated, truncated, obs, infos = self.step(obs, self.sampling.temperature, stats)
             rewards = rewards.astype(np.float32) * np.float32(reward_scale)
+            tick = time.perf_counter()
             if truncated.any():
                 # time-limit truncation: bootstrap from the value of the state the episode stopped in
                 idx = np.flatnonzero(truncated)
@@ -194,8 +196,11 @@ class Player:
                 final_infos = [self.envs.describe_final(i) for i in idx]
                 rewards[idx] += gamma * self.values(finals, final_infos).cpu().numpy()
             storage.add(t, transitions, rewards, terminated | truncated)
+            stats.seconds["value"] += time.perf_counter() - tick
+        tick = time.perf_counter()
         infos = [self.envs.describe(i) for i in range(self.envs.num_envs)]
         last_values = self.values(obs, infos).cpu()
+        stats.seconds["value"] += time.perf_counter() - tick
         return obs, stats, time.perf_counter() - start, last_values
 
     @torch.no_grad()

@@ -84,7 +84,7 @@ def test_the_critic_learns_within_the_presets_budget_with_its_own_learning_rate(
     preset = load_config(preset_path("tiny/numberline")).ppo  # 30 updates x 8 steps, lr 4e-5 -> 4e-6
     assert explained_variance_after(dataclasses.replace(preset, value_lr=1e-3)) > 0.5
     # the defect, for the record: at the policy's rate the head barely leaves zero
-    assert explained_variance_after(dataclasses.replace(preset, value_lr=None)) < 0.5
+    assert explained_variance_after(dataclasses.replace(preset, value_lr=None, value_clip=0.1)) < 0.5
 
 
 def test_optimizer_groups_follow_the_schedule_and_only_the_critic_moves_in_warm_up():
@@ -157,7 +157,7 @@ def test_reward_scale_scales_what_the_critic_sees_not_the_statistics():
 
 def test_two_groups_at_one_rate_step_exactly_as_one_adam():
     """ppo.value_lr unset: the second parameter group changes nothing (Adam is per parameter)."""
-    cfg = load_config(preset_path("tiny/numberline")).ppo
+    cfg = dataclasses.replace(load_config(preset_path("tiny/numberline")).ppo, value_lr=None)
     a, b = FeaturePolicy(), FeaturePolicy()
     storage_a, storage_b = fixed_rollout(2, 16), fixed_rollout(2, 16)
     for policy, storage, optimizer in ((a, storage_a, make_optimizer(a, cfg)),
