@@ -80,23 +80,24 @@ def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor, re
         torch.save({"optimizer": optimizer.state_dict(), "update": update, **(resume_state or {})},
                    tmp / "trainer_state.pt")
         write_manifest(tmp)
-    except OSError as error:
+        (root / "latest.tmp").write_text(final.name)
+    except Exception as error:  # torch and safetensors report a full disk as their own errors
         shutil.rmtree(tmp, ignore_errors=True)
-        if error.errno == errno.ENOSPC:
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error):
             raise ValueError(f"the disk is full: checkpoint {name} of {run_dir} was not written (the previous "
                              "one is intact); free space, then resume") from None
         raise
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    (root / "latest.tmp").write_text(final.name)
     (root / "latest.tmp").replace(root / "latest")
     if name.startswith("sft_"):  # SFT's: only the newest is kept (it resumes the SFT)
         for old in checkpoints(run_dir, "sft")[:-1]:
             shutil.rmtree(old)
     elif keep > 0:
         for old in checkpoints(run_dir, "step")[:-keep]:
-            shutil.rmtree(old)
+            if old != final:  # (a higher-numbered, corrupt one a resume passed over may still be there)
+                shutil.rmtree(old)
     return final
 
 
@@ -163,7 +164,8 @@ def latest_checkpoint(run_dir: Path) -> Path:
     problem = verify_checkpoint(latest)
     if problem is None:
         return latest
-    for candidate in reversed(checkpoints(run_dir)):
+    kind = latest.name.split("_", 1)[0]  # never back from PPO's checkpoints into SFT's
+    for candidate in reversed(checkpoints(run_dir, kind)):
         if candidate != latest and verify_checkpoint(candidate) is None:
             print(f"warning: checkpoint {latest.name} of {run_dir} is unusable ({problem}): using {candidate.name}",
                   file=sys.stderr)

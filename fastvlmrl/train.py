@@ -66,6 +66,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
 
     # -- the policy: fresh (a new run) or from the latest checkpoint (resume) ------------------
     if resume:
+        if not run_dir.is_dir():
+            raise ValueError(f"{run_dir} is not a run directory")
         lock.acquire()
         checkpoint = ckpt.latest_checkpoint(run_dir)
         state = ckpt.read_trainer_state(checkpoint, cfg.ppo.updates)
@@ -74,19 +76,19 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         sft_state = state if "sft_step" in state else None
         if sft_state is not None:  # stopped during SFT: it continues from its checkpoint, then all as new
             torch.set_rng_state(sft_state["torch_rng"])
+            if sft_state.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(sft_state["cuda_rng"])
             ckpt.truncate_sft_metrics(run_dir / "metrics.jsonl", sft_state["sft_step"])
+            save_config(cfg, run_dir / "config.yaml")  # the overrides resume allows (ppo.updates, log.*)
             log = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir,
                              wandb=WandbLogger(cfg, run_dir, resume=True) if cfg.log.wandb else None)
     else:
         sft_state = None
-        if run_dir.is_dir():
-            lock.acquire()  # a live run there (still in its SFT) is refused here
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # before anything there is judged or cleared: a live run there is refused
         if ckpt.check_new_run_dir(run_dir):
             say(f"reusing {run_dir}: the run there stopped before its first update (nothing to resume)")
         torch.manual_seed(cfg.run.seed)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if lock.file is None:
-            lock.acquire()
         save_config(cfg, run_dir / "config.yaml")
         log = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir,
                          wandb=WandbLogger(cfg, run_dir, resume=False) if cfg.log.wandb else None)
@@ -109,21 +111,21 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
                                                   face_cards_as_10=cfg.env.face_cards_as_10),
                              total=cfg.sft.demos)
         start = time.perf_counter()
-        losses = sft_train(policy, encoder, demos, cfg.sft, device=device, seed=cfg.run.seed, logit_bias=logit_bias,
+        losses, reached = sft_train(policy, encoder, demos, cfg.sft, device=device, seed=cfg.run.seed, logit_bias=logit_bias,
                            log=lambda step, loss: log.write({"sft/step": step, "sft/loss": loss}) if step % 10 == 0 else None,
                            should_stop=lambda: stop.requested, resume=sft_state,
                            on_checkpoint=(lambda step, optimizer, rng: save_checkpoint(
                                run_dir, 0, policy, optimizer, processor,
-                               {"sft_step": step, "sft_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()},
+                               {"sft_step": step, "sft_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                                name=f"sft_{step}")) if cfg.sft.checkpoint_every else None)
         del demos
-        if stop.requested:
+        if stop.requested and reached < cfg.sft.steps:  # (a stop in SFT's last step waits for the first update)
             log.close()
-            done = (sft_state or {}).get("sft_step", 0) + len(losses)
-            if cfg.sft.checkpoint_every and done > (sft_state or {}).get("sft_step", 0):
-                raise RunStopped(f"stopped during SFT (step {done} of {cfg.sft.steps}), checkpoint saved: continue "
+            if ckpt.checkpoints(run_dir):
+                raise RunStopped(f"stopped during SFT (step {reached} of {cfg.sft.steps}), checkpoint saved: continue "
                                  f"with `fastvlmrl train resume={run_dir}`")
-            raise RunStopped(f"stopped during SFT (step {done} of {cfg.sft.steps}): the run holds no update, "
+            raise RunStopped(f"stopped during SFT (step {reached} of {cfg.sft.steps}): the run holds no update, "
                              "so the same command starts it again in the same directory")
         tail = losses[-10:]
         say(f"SFT: {len(losses)} steps in {time.perf_counter() - start:.0f}s, final loss "

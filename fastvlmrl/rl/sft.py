@@ -90,9 +90,9 @@ def sft_lr(step: int, total: int, lr: float, warmup: int) -> float:
 
 def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: int = 0, log=None,
               logit_bias: torch.Tensor | None = None, should_stop=None, resume: dict | None = None,
-              on_checkpoint=None) -> list[float]:
+              on_checkpoint=None) -> tuple[list[float], int]:
     """cfg.steps steps of cross-entropy on the replies of `demos` (`encode_demos`; prompt tokens
-    carry no loss); the losses of the steps it made.
+    carry no loss); (the losses of the steps it made, the step it reached: cfg.steps unless stopped).
     logit_bias: see rl.batch.forward_logp_and_values (tokens the sampler never emits).
     should_stop: polled before each step; True ends the training there (with a checkpoint).
     on_checkpoint(steps_done, optimizer, rng): every cfg.checkpoint_every steps and at a stop.
@@ -108,6 +108,7 @@ def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: in
     losses = []
     policy.train()
     bar = progress(range(first, cfg.steps), desc="sft", leave=False, initial=first, total=cfg.steps)
+    reached = first
     for step in bar:
         if should_stop is not None and should_stop():  # a graceful stop (Ctrl-C): a checkpoint of the steps so far
             if on_checkpoint is not None and step > first:
@@ -128,7 +129,7 @@ def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: in
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if log is not None:
                 log(step, losses[-1])
-        done = step + 1
+        done = reached = step + 1
         if on_checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             on_checkpoint(done, optimizer, rng)
-    return losses
+    return losses, reached
