@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -333,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as stopped:  # Ctrl-C or SIGTERM, at a safe point
         print(f"fastvlmrl {args.command}: {stopped}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fastvlmrl config | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:  # a second Ctrl-C: at once
         print(f"fastvlmrl {args.command}: interrupted (the latest checkpoint, if any, is intact: "
               "resume=RUN_DIR continues from it)", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""Configuration as data: dataclasses with every default named once, a YAML file, and dotted
-overrides on the command line (`ppo.clip=0.2 env.name=Points24`).
+"""Configuration as data: dataclasses with every default named once (the schema, one comment of
+doc per field), a YAML file, and dotted overrides on the command line (`ppo.clip=0.2
+env.name=Points24`), read with OmegaConf (`fastvlmrl.config_io`).
 
     cfg = load_config("configs/tiny/numberline.yaml", ["ppo.lr=3e-4", "env.num_envs=16"])
     cfg.ppo.clip, cfg.env.name
@@ -14,11 +15,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from omegaconf import OmegaConf
 
-from fastvlmrl.config_io import ConfigError, parse_override, read_yaml, set_value
+from fastvlmrl.config_io import ConfigError, read_settings
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_override", "save_config", "validate"]
+__all__ = ["Config", "ConfigError", "load_config", "save_config", "validate"]
 
 
 @dataclass
@@ -150,12 +151,7 @@ class Config:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file (if any), then the overrides; validated."""
-    cfg = Config()
-    if path is not None:
-        for key, value in read_yaml(path).items():
-            set_value(cfg, key, value)
-    for text in overrides:
-        set_value(cfg, *parse_override(text))
+    cfg = read_settings(Config, path, overrides)
     validate(cfg)
     return cfg
 
@@ -283,4 +279,4 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    OmegaConf.save(OmegaConf.structured(cfg), path)

@@ -1,95 +1,107 @@
-"""Reading settings into a tree of dataclasses, whatever its schema: YAML mappings and dotted
-`section.key=value` overrides, each value coerced to its field's type, with one-line errors that
-name the key. `fastvlmrl.config` holds the schema and its checks."""
+"""Reading settings into a tree of dataclasses, whatever its schema, with OmegaConf: the schema
+becomes a structured config, a YAML file and `section.key=value` dot-list overrides (what verl,
+verl-agent and Hydra users type) are merged onto it, OmegaConf coerces each value to its field's
+type, and its multi-line errors become one line that names the key. Interpolations work
+(`ppo.value_lr=${ppo.lr}`). `fastvlmrl.config` holds the schema and its checks."""
 
 from __future__ import annotations
 
 import dataclasses
-import types
+import re
 import typing
 from pathlib import Path
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 
 class ConfigError(ValueError):
     """A configuration the user can fix: the message says how."""
 
 
+def read_settings(schema: type, path: str | Path | None = None, overrides: typing.Sequence[str] = ()):
+    """An instance of the dataclass `schema`: its defaults, then the YAML file (if any), then each
+    override in order (a later one wins). Raises ConfigError with one line on any bad key or value."""
+    merged = OmegaConf.structured(schema)
+    layers = ([] if path is None else [(f"config file {str(path)!r}", read_yaml(path))])
+    layers += [(f"override {text!r}", parse_override(text)) for text in overrides]
+    for origin, layer in layers:
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as e:
+            raise ConfigError(_one_line(e, schema, origin)) from None
+    try:
+        return OmegaConf.to_object(merged)  # interpolations resolve here
+    except OmegaConfBaseException as e:
+        raise ConfigError(_one_line(e, schema, "the settings")) from None
+
+
+def read_yaml(path: str | Path) -> DictConfig:
+    """A YAML config file as an OmegaConf tree ({section: {key: value}})."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        tree = OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(tree, DictConfig):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    return tree
+
+
+def parse_override(text: str) -> DictConfig:
+    """'ppo.clip=0.2' as an OmegaConf tree {ppo: {clip: 0.2}}; the value is read as YAML (numbers,
+    true/false, null), everything after the first '=' is the value."""
+    key, sep, _ = text.partition("=")
+    if not sep:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. ppo.clip=0.2")
+    if len(key.strip().split(".")) != 2:
+        raise ConfigError(f"unknown config key {key.strip()!r}: keys look like section.name, e.g. ppo.clip")
+    try:
+        return OmegaConf.from_dotlist([text.strip()])
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"override {text!r}: {str(e).splitlines()[0]}") from None
+
+
+_KIND_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _one_line(error: OmegaConfBaseException, schema: type, origin: str) -> str:
+    """OmegaConf's error as one line in the project's words: what key, what is wrong, what to do."""
+    key = error.full_key or ""
+    section, _, name = key.partition(".")
+    sections = {f.name: f for f in dataclasses.fields(schema)}
+    first_line = str(error).splitlines()[0]
+    merge = re.search(r"is not a subclass of (\w+)", first_line)  # a value where a section belongs
+    if not key and merge:
+        hints = typing.get_type_hints(schema)
+        section = next((n for n in sections if getattr(hints[n], "__name__", "") == merge.group(1)), "")
+    if isinstance(error, ConfigKeyError) and section not in sections:
+        near = _did_you_mean(section, sections)
+        return (f"unknown config section {section!r} in {origin}{near}: choose one of {', '.join(sorted(sections))}")
+    if isinstance(error, ConfigKeyError):
+        fields = _field_types(typing.get_type_hints(schema)[section])
+        near = _did_you_mean(name.split(".")[0], fields, prefix=section + ".")
+        return f"unknown config key {key!r}{near}: {section} has {', '.join(fields)}"
+    if isinstance(error, ValidationError) and section in sections and name:
+        kind = _field_types(typing.get_type_hints(schema)[section]).get(name.split(".")[0])
+        value = re.match(r"Value '(.*?)'(?: of type| is not)", first_line)
+        if "DictConfig" in first_line:
+            return f"{key} is one setting, not a section ({origin}): keys look like section.name, e.g. ppo.clip"
+        words = " or ".join(_KIND_WORDS[k] for k in typing.get_args(kind) or (kind,) if k in _KIND_WORDS)
+        if words:
+            got = value.group(1) if value else "?"
+            return f"{key} must be {words}, got {got!r}"
+    if section in sections and not name and ("Merge error" in first_line or isinstance(error, ValidationError)):
+        return f"{section} in {origin} must be a mapping of its keys (e.g. {section}: {{...}}), not a value"
+    return f"{key or origin}: {first_line}"
+
+
 def _field_types(cls) -> dict[str, type]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _coerce(value, kind, key: str):
-    """value (from YAML or an override string) as `kind`, or a ConfigError naming the key."""
-    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-        options = typing.get_args(kind)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in options:
-                return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-            if number is not None and number.is_integer():
-                return int(number)
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if kind is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key} must be a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {kind}")
-
-
-def set_value(cfg, dotted: str, value) -> None:
-    """cfg.<section>.<name> = value coerced to the field's type (`dotted` is 'section.name')."""
-    parts = dotted.split(".")
-    if len(parts) != 2:
-        raise ConfigError(f"unknown config key {dotted!r}: keys look like section.name, e.g. ppo.clip")
-    section_name, name = parts
-    sections = {f.name for f in dataclasses.fields(cfg)}
-    if section_name not in sections:
-        raise ConfigError(f"unknown config section {section_name!r} in {dotted!r}{_did_you_mean(section_name, sections)}: "
-                          f"choose one of {', '.join(sorted(sections))}")
-    section = getattr(cfg, section_name)
-    kinds = _field_types(type(section))
-    if name not in kinds:
-        near = _did_you_mean(name, kinds, prefix=section_name + ".")
-        raise ConfigError(f"unknown config key {dotted!r}{near}: {section_name} has {', '.join(kinds)}")
-    setattr(section, name, _coerce(value, kinds[name], dotted))
 
 
 def _did_you_mean(name: str, options, prefix: str = "") -> str:
@@ -103,7 +115,6 @@ def field_docs(cls) -> dict[str, str]:
     """Each field's one-line doc: the comment after it in the dataclass's source (the schema
     documents itself where it is defined)."""
     import inspect
-    import re
 
     docs = {}
     try:
@@ -128,40 +139,3 @@ def describe_config(cfg) -> list[str]:
             doc = docs.get(f.name, "")
             lines.append(f"{section_field.name}.{f.name}: {value}" + (f"  # {doc}" if doc else ""))
     return lines
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    """'ppo.clip=0.2' -> ('ppo.clip', 0.2); the value is read as YAML (numbers, true/false, null)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key=value, e.g. ppo.clip=0.2")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
-def read_yaml(path: str | Path) -> dict[str, object]:
-    """A YAML config file as dotted keys ('ppo.clip': 0.2)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
-    return _flatten(tree)

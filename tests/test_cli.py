@@ -72,3 +72,12 @@ def test_the_cli_tells_the_keys(capsys):
 def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "fastvlmrl", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("fastvlmrl ")
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    """`fastvlmrl config | head -1`: the reader leaves early; the CLI stops quietly."""
+    proc = subprocess.Popen([sys.executable, "-m", "fastvlmrl", "config"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child writes: its print meets a closed pipe
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and b"Traceback" not in err, err.decode()

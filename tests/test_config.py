@@ -1,6 +1,6 @@
 import pytest
 
-from fastvlmrl.config import Config, ConfigError, load_config, parse_override, save_config
+from fastvlmrl.config import Config, ConfigError, load_config, save_config
 
 
 def test_defaults_are_the_papers():
@@ -28,6 +28,9 @@ def test_yaml_then_overrides(tmp_path):
         ("pp.clip=0.2", "unknown config section 'pp'"),
         ("clip=0.2", "keys look like section.name"),
         ("ppo.clip", "must look like key=value"),
+        ("ppo.clip.low=0.1", "keys look like section.name"),
+        ("pp.clip=0.2", "did you mean ppo"),
+        ("model.path=7", "model.path '7' is not a directory"),
         ("ppo.epochs=two", "ppo.epochs must be an integer"),
         ("ppo.updates=-1", "ppo.updates must be 0 or more"),
         ("ppo.epochs=1.5", "ppo.epochs must be an integer"),
@@ -78,10 +81,41 @@ def test_bad_files(tmp_path):
 
 
 def test_override_values_are_read_as_yaml():
-    assert parse_override("a.b=0.5") == ("a.b", 0.5)
-    assert parse_override("a.b=true") == ("a.b", True)
-    assert parse_override("a.b=null") == ("a.b", None)
-    assert parse_override("a.b=x=y") == ("a.b", "x=y")
+    cfg = load_config(None, ["ppo.clip=0.5", "prompt.cot=false", "ppo.value_lr=null", "run.name=a=b", "run.name=x=y"])
+    assert (cfg.ppo.clip, cfg.prompt.cot, cfg.ppo.value_lr) == (0.5, False, None)
+    assert cfg.run.name == "x=y"  # everything after the first '=' is the value; a later override wins
+
+
+def test_the_reader_is_omegaconf(tmp_path):
+    """Interpolations, as verl and Hydra users write them; an int where a float is asked; the
+    file's values under the command line's."""
+    cfg = load_config(None, ["ppo.lr=3e-4", "ppo.value_lr=${ppo.lr}", "ppo.value_coef=1"])
+    assert cfg.ppo.value_lr == 3e-4 and isinstance(cfg.ppo.value_coef, float)
+    path = tmp_path / "c.yaml"
+    path.write_text("ppo:\n  lr: 2.0e-4\n  value_lr: ${ppo.lr}\n")
+    assert load_config(path).ppo.value_lr == 2e-4
+    assert load_config(path, ["ppo.lr=1e-4"]).ppo.value_lr == 1e-4  # resolved after every override
+    with pytest.raises(ConfigError, match="ppo.value_lr"):
+        load_config(None, ["ppo.value_lr=${ppo.no_such_key}"])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("ppo: 3\n", "ppo in config file .* must be a mapping of its keys"),
+        ("ppo:\n  clip:\n    low: 0.1\n", "ppo.clip is one setting, not a section"),
+        ("ppo:\n  clipp: 0.2\n", "unknown config key 'ppo.clipp' \\(did you mean ppo.clip\\?\\)"),
+        ("colour: red\n", "unknown config section 'colour' in config file"),
+        ("ppo:\n  epochs: [1, 2]\n", "ppo.epochs must be an integer"),
+        ("- a\n- b\n", "must hold a mapping of sections"),
+    ],
+)
+def test_bad_file_contents_are_one_line(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
 
 
 def test_critic_settings():
