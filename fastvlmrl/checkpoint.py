@@ -28,9 +28,11 @@ import torch
 
 from fastvlmrl.config import Config
 
-# What `train resume=` may change: the length of the run and how it is logged and evaluated; the
-# rest would make the continuation a different run.
-RESUMABLE = ("ppo.updates", "eval.", "log.", "run.threads")
+# What `train resume=` may change: the length of the run, how it is logged and evaluated, and how
+# its memory is spent (micro-batches and recomputation give the same gradients); the rest would
+# make the continuation a different run.
+RESUMABLE = ("ppo.updates", "eval.", "log.", "run.threads", "ppo.micro_batch_size", "sft.micro_batch_size",
+             "model.gradient_checkpointing")
 
 
 def check_resume_overrides(overrides: list[str]) -> None:

@@ -57,6 +57,8 @@ class ModelConfig:
     lora_dropout: float = 0.05  # dropout on the adapters' input (SFT only: PPO runs without dropout)
     freeze_vision: bool = False  # keep the vision tower's weights fixed
     dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    gradient_checkpointing: bool = False  # recompute the decoder layers' activations in the backward (memory for time)
+    gradient_checkpointing_vision: bool = False  # the vision tower's layers too (when it trains: no LoRA, not frozen)
 
 
 @dataclass
@@ -71,6 +73,7 @@ class SamplingConfig:
 class SFTConfig:
     steps: int = 0  # SFT steps on oracle demonstrations before RL (0 = none)
     batch_size: int = 32  # demonstrations per SFT step
+    micro_batch_size: int = 0  # demonstrations per forward/backward, gradients accumulated to the step; 0 = the batch
     lr: float = 2e-3  # AdamW learning rate (cosine decay to 0 after the warm-up)
     warmup_steps: int = 30  # linear warm-up steps of the SFT learning rate
     noise: float = 0.0  # probability that a demonstration decides a random action (its thought reasons to it; its reading of the frame stays true)
@@ -85,6 +88,7 @@ class PPOConfig:
     num_steps: int = 8  # env steps per env in one rollout
     epochs: int = 4  # passes over each rollout
     minibatch_size: int = 32  # samples per optimizer step (RL4VLM: 1 sample x 128 accumulation)
+    micro_batch_size: int = 0  # samples per forward/backward, gradients accumulated to the mini-batch; 0 = the mini-batch
     lr: float = 1e-5  # Adam learning rate of the policy (cosine schedule over the updates)
     lr_end: float = 0.0  # cosine decay to this over the planned updates (no restart)
     warmup_updates: int = 0  # linear ramp of the learning rate over the first updates
@@ -177,7 +181,8 @@ def validate(cfg: Config) -> None:
                        "log.checkpoint_every": cfg.log.checkpoint_every, "log.samples_every": cfg.log.samples_every,
                        "log.keep_checkpoints": cfg.log.keep_checkpoints,
                        "sft.checkpoint_every": cfg.sft.checkpoint_every,
-                       "log.samples": cfg.log.samples, "ppo.warmup_updates": cfg.ppo.warmup_updates,
+                       "log.samples": cfg.log.samples, "ppo.micro_batch_size": cfg.ppo.micro_batch_size,
+                       "sft.micro_batch_size": cfg.sft.micro_batch_size, "ppo.warmup_updates": cfg.ppo.warmup_updates,
                        "ppo.critic_warmup_updates": cfg.ppo.critic_warmup_updates,
                        "run.threads": cfg.run.threads}.items():
         if value < 0:
@@ -219,6 +224,8 @@ def validate(cfg: Config) -> None:
     if cfg.ppo.kl_coef > 0 and cfg.model.lora and cfg.sft.steps > 0:
         raise ConfigError("ppo.kl_coef with model.lora scores the reference with the adapters off, which would be the "
                           "model before this run's SFT: set sft.steps=0 (SFT the model beforehand) or model.lora=false")
+    if cfg.model.gradient_checkpointing_vision and not cfg.model.gradient_checkpointing:
+        raise ConfigError("model.gradient_checkpointing_vision needs model.gradient_checkpointing=true")
     if cfg.ppo.value_clip < 0:
         raise ConfigError(f"ppo.value_clip must be 0 (no clip) or more, got {cfg.ppo.value_clip}")
     if cfg.ppo.value_lr is not None and cfg.ppo.value_lr <= 0:

@@ -54,6 +54,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
 
 def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: RunLock) -> Path:
     from fastvlmrl.models import load_policy
+    from fastvlmrl.models.policy import enable_gradient_checkpointing
     from fastvlmrl.rl.ppo import cosine_lr, make_optimizer, ppo_update, set_lr
     from fastvlmrl.rl.reference_policy import ReferencePolicy
     from fastvlmrl.rl.sft import demo_stream, encode_demos, sft_train
@@ -96,6 +97,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
                                         lora_alpha=cfg.model.lora_alpha, lora_dropout=cfg.model.lora_dropout,
                                         freeze_vision=cfg.model.freeze_vision, dtype=dtype, device=device,
                                         seed=cfg.run.seed)
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(policy, vision=cfg.model.gradient_checkpointing_vision)
     encoder = build_encoder(policy, processor, dtype)
     logit_bias = encoder.logit_bias(policy.lm_head_weight().shape[0], device, policy.lm_head_weight().dtype)
     for line in banner(cfg, run_dir, device, dtype, policy, resume_from=checkpoint.name if resume else None):

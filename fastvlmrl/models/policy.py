@@ -164,6 +164,31 @@ def make_policy(
     return Policy(model, head)
 
 
+def enable_gradient_checkpointing(policy: Policy, *, vision: bool = False) -> int:
+    """Recompute each decoder layer's activations in the backward instead of keeping them (and the
+    vision tower's layers too with `vision`): memory for one layer's activations plus each layer's
+    input, at the cost of a second forward. Non-reentrant `torch.utils.checkpoint`, so it works
+    with frozen inputs (LoRA) and full fine-tuning alike, and the RNG (dropout) replays the same.
+    Only training forwards are checkpointed: the engine runs the layers in eval mode without
+    gradients. Returns the number of layers checkpointed."""
+    from functools import partial
+
+    from torch.utils.checkpoint import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    inner = policy.hf_model.model
+    if not isinstance(getattr(inner, "language_model", None), nn.Module):
+        raise ValueError(f"model.gradient_checkpointing: no language_model in {type(policy.hf_model).__name__}")
+    roots = [inner.language_model] + ([_vision_tower(policy.hf_model)] if vision else [])
+    layers = [m for root in roots for m in root.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(f"model.gradient_checkpointing: {type(policy.hf_model).__name__}'s layers do not support it")
+    for layer in layers:
+        layer.gradient_checkpointing = True
+        layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+    return len(layers)
+
+
 def _load_pretrained(path: str, dtype: torch.dtype) -> tuple[nn.Module, object]:
     if not os.path.isdir(path):
         raise ValueError(f"model directory not found: {path}")

@@ -24,6 +24,12 @@ class PackedBatch:
     cu_seqlens: torch.Tensor  # [B + 1] int32
 
 
+def micro_batches(samples: list, size: int) -> list[list]:
+    """Samples in pieces of `size` for one forward (and backward) each; 0: one piece."""
+    size = size or len(samples)
+    return [samples[i:i + size] for i in range(0, len(samples), size)]
+
+
 def pack(transitions: list[Transition], pad_id: int, device) -> PackedBatch:
     """Right-pad prompt+output sequences and index the hidden states that predict output tokens."""
     seqs = [torch.cat([t.prompt_ids, t.output_ids]) for t in transitions]

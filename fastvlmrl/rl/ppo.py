@@ -1,6 +1,7 @@
 """PPO as RL4VLM: λ-weighted sequence log-probs of the outputs, clipped surrogate with the ratio
 cap, clipped value loss, Adam with a cosine learning rate, gradient-norm clipping; a mini-batch
-whose loss is not finite is skipped and counted.
+whose loss is not finite is skipped and counted. A mini-batch can run as micro-batches
+(`ppo.micro_batch_size`) whose gradients accumulate to exactly the unsplit mini-batch's.
 
 The training forward (`rl.batch`) stops at the final hidden states; the per-token log-probs come
 from `fastvlmrl.kernels.fused_linear_logprob` (no [T, V] logits) and the loss from
@@ -21,7 +22,7 @@ import torch
 
 from fastvlmrl.engine.nvtx import nvtx_range
 from fastvlmrl.kernels import ppo_clip_loss, ppo_clip_loss_token_level
-from fastvlmrl.rl.batch import forward_logp_and_values, pack
+from fastvlmrl.rl.batch import forward_logp_and_values, micro_batches, pack
 from fastvlmrl.rl.reference_policy import k3_kl
 from fastvlmrl.rl.storage import RolloutStorage, Transition
 from fastvlmrl.rl.token_weights import token_weights
@@ -69,8 +70,7 @@ def recompute_logprobs(policy, storage: RolloutStorage, cfg, *, temperature: flo
     Returns the largest |engine - trainer| per-token log-prob difference it replaced."""
     transitions = [t for row in storage.transitions for t in row]
     largest = 0.0
-    for start in range(0, len(transitions), cfg.minibatch_size):
-        chunk = transitions[start:start + cfg.minibatch_size]
+    for chunk in micro_batches(transitions, cfg.micro_batch_size or cfg.minibatch_size):
         batch = pack(chunk, pad_id, device)
         token_logp, _ = forward_logp_and_values(policy, batch, temperature, logit_bias)
         for t, logprobs in zip(chunk, torch.split(token_logp.float().cpu(), [len(t.output_ids) for t in chunk])):
@@ -82,7 +82,8 @@ def recompute_logprobs(policy, storage: RolloutStorage, cfg, *, temperature: flo
 def token_level_loss(token_logp, weights, batch, transitions, advantages, values, old_values, returns, cfg,
                      value_clip: float | None, device):
     """Per-token ratios (GRPO/DAPO style, `ppo_clip_loss_token_level`): each token of a reply gets
-    its sample's advantage; the value loss is RL4VLM's clipped one, as at the sequence level."""
+    its sample's advantage (a weighted token mean); the value loss is RL4VLM's clipped one, as at
+    the sequence level (a sample mean)."""
     lengths = torch.diff(batch.cu_seqlens.long())
     out = ppo_clip_loss_token_level(token_logp, weights, torch.cat([t.logprobs for t in transitions]).to(device),
                                     advantages.repeat_interleave(lengths), clip_eps=cfg.clip,
@@ -128,11 +129,65 @@ def score_reference(reference, storage: RolloutStorage, cfg, *, temperature: flo
                     logit_bias: torch.Tensor | None = None) -> None:
     """Each transition's per-token log-probs under the KL reference policy, once per rollout."""
     transitions = [t for row in storage.transitions for t in row]
-    for start in range(0, len(transitions), cfg.minibatch_size):
-        chunk = transitions[start:start + cfg.minibatch_size]
+    for chunk in micro_batches(transitions, cfg.micro_batch_size or cfg.minibatch_size):
         ref = reference.logprobs(pack(chunk, pad_id, device), temperature, logit_bias)
         for t, logprobs in zip(chunk, torch.split(ref.float().cpu(), [len(t.output_ids) for t in chunk])):
             t.ref_logprobs = logprobs
+
+
+def _minibatch_totals(samples, thought_coef: float) -> dict[str, float]:
+    """What each loss term of a mini-batch is averaged over: its samples, its output tokens and the
+    sum of their λ weights (the token-level policy loss is a weighted token mean)."""
+    is_action = torch.cat([s[0].is_action for s in samples])
+    return {"samples": float(len(samples)), "tokens": float(len(is_action)),
+            "weight": float(token_weights(is_action, thought_coef).sum())}
+
+
+def _micro_loss(policy, samples, totals: dict[str, float], cfg, *, value_clip, temperature: float, pad_id: int,
+                device, logit_bias):
+    """One micro-batch's forward and its part of the mini-batch loss: each term is the micro-batch's
+    mean weighted by its share of what the mini-batch's term averages over (samples for the
+    sequence loss and the value loss, λ weight for the token-level policy loss, tokens for the
+    entropy and the KL), so the gradients summed over micro-batches are the unsplit mini-batch's.
+    Returns (loss, metrics weighted the same way, |first log-ratios| of the sequences)."""
+    transitions = [s[0] for s in samples]
+    batch = pack(transitions, pad_id, device)
+    advantages = torch.tensor([s[1] for s in samples], device=device)
+    returns = torch.tensor([s[2] for s in samples], device=device)
+    old_logp = torch.stack([sequence_logp(t, cfg.thought_coef) for t in transitions]).to(device)
+    old_values = torch.tensor([t.value for t in transitions], device=device)
+    with nvtx_range("ppo/forward"):
+        token_logp, values, entropy = forward_logp_and_values(policy, batch, temperature, logit_bias,
+                                                              return_entropy=True)
+    log_ratio = sequence_log_ratio(token_logp, batch, old_logp, cfg.thought_coef).abs()
+    sample_share = len(samples) / totals["samples"]
+    if cfg.loss_level == "token":
+        weights = token_weights(batch.is_action, cfg.thought_coef)
+        out = token_level_loss(token_logp, weights, batch, transitions, advantages, values, old_values,
+                               returns, cfg, value_clip, device)
+        policy_share = float(weights.sum()) / totals["weight"] if totals["weight"] > 0 else 0.0
+    else:
+        out = ppo_clip_loss(token_logp, token_weights(batch.is_action, cfg.thought_coef), batch.cu_seqlens, old_logp,
+                            advantages, clip_eps=cfg.clip, ratio_cap=cfg.ratio_cap, values=values,
+                            old_values=old_values, returns=returns, value_clip=value_clip, value_coef=cfg.value_coef)
+        policy_share = sample_share
+    tokens = max(totals["tokens"], 1.0)
+    loss = policy_share * out.policy_loss + sample_share * cfg.value_coef * out.value_loss
+    stats = {"actor/pg_loss": policy_share * float(out.policy_loss.detach()),
+             "critic/value_loss": sample_share * float(out.value_loss.detach()),
+             "actor/clip_frac": policy_share * float(out.clip_fraction),
+             "actor/approx_kl": policy_share * float(out.approx_kl),
+             "actor/ratio_mean": policy_share * float(out.ratio_mean),
+             "actor/grad_norm": 0.0,
+             "actor/entropy": float(entropy.detach().float().sum()) / tokens}
+    if cfg.entropy_coef:
+        loss = loss - cfg.entropy_coef * entropy.sum() / tokens
+    if cfg.kl_coef > 0:
+        ref_logp = torch.cat([t.ref_logprobs for t in transitions]).to(device)
+        kl_sum = k3_kl(token_logp.float(), ref_logp).sum()
+        loss = loss + cfg.kl_coef * kl_sum / tokens
+        stats["actor/kl_ref"] = float(kl_sum.detach()) / tokens
+    return loss, stats, log_ratio
 
 
 def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: float, pad_id: int,
@@ -164,46 +219,35 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
     if cfg.kl_coef > 0:
         score_reference(reference, storage, cfg, temperature=temperature, pad_id=pad_id, device=device,
                         logit_bias=logit_bias)
-    first_log_ratio = None
+    first_log_ratios = []  # of the first mini-batch, before any step: 0 up to numerics, or rollout and trainer disagree
     seconds = {"forward_backward": 0.0, "optimizer": 0.0}  # of the mini-batch steps (timing/ppo_*_s)
     for _ in range(cfg.epochs):
         epochs += 1
         epoch_kl, epoch_steps = 0.0, 0
         for samples in storage.minibatches(cfg.minibatch_size, generator):
-            transitions = [s[0] for s in samples]
-            batch = pack(transitions, pad_id, device)
-            advantages = torch.tensor([s[1] for s in samples], device=device)
-            returns = torch.tensor([s[2] for s in samples], device=device)
-            old_logp = torch.stack([sequence_logp(t, cfg.thought_coef) for t in transitions]).to(device)
-            old_values = torch.tensor([t.value for t in transitions], device=device)
-            tick = time.perf_counter()
-            with nvtx_range("ppo/forward"):
-                token_logp, values, entropy = forward_logp_and_values(policy, batch, temperature, logit_bias,
-                                                                      return_entropy=True)
-            if first_log_ratio is None:  # before any step: 0 up to numerics, or rollout and trainer disagree
-                first_log_ratio = sequence_log_ratio(token_logp, batch, old_logp, cfg.thought_coef).abs()
-            weights = token_weights(batch.is_action, cfg.thought_coef)
-            if cfg.loss_level == "token":
-                out = token_level_loss(token_logp, weights, batch, transitions, advantages, values, old_values,
-                                       returns, cfg, value_clip, device)
-            else:
-                out = ppo_clip_loss(token_logp, weights, batch.cu_seqlens, old_logp, advantages, clip_eps=cfg.clip,
-                                    ratio_cap=cfg.ratio_cap, values=values, old_values=old_values, returns=returns,
-                                    value_clip=value_clip, value_coef=cfg.value_coef)
-            loss = out.loss
-            if cfg.entropy_coef:
-                loss = loss - cfg.entropy_coef * entropy.mean()
-            if cfg.kl_coef > 0:
-                ref_logp = torch.cat([t.ref_logprobs for t in transitions]).to(device)
-                kl_ref = k3_kl(token_logp.float(), ref_logp).mean()
-                loss = loss + cfg.kl_coef * kl_ref
             optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
-                skipped += 1  # never applied: a NaN/inf step would ruin the weights
+            totals = _minibatch_totals(samples, cfg.thought_coef)
+            step_sums = dict.fromkeys(sums, 0.0)
+            finite = True
+            for part in micro_batches(samples, cfg.micro_batch_size):
+                tick = time.perf_counter()
+                loss, stats, log_ratio = _micro_loss(policy, part, totals, cfg, value_clip=value_clip,
+                                                     temperature=temperature, pad_id=pad_id, device=device,
+                                                     logit_bias=logit_bias)
+                if steps + skipped == 0:
+                    first_log_ratios.append(log_ratio)
+                if not torch.isfinite(loss):
+                    finite = False  # never applied: a NaN/inf step would ruin the weights
+                    break
+                with nvtx_range("ppo/backward"):
+                    loss.backward()
+                seconds["forward_backward"] += time.perf_counter() - tick
+                for key, value in stats.items():
+                    step_sums[key] += value
+            if not finite:
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
                 continue
-            with nvtx_range("ppo/backward"):
-                loss.backward()
-            seconds["forward_backward"] += time.perf_counter() - tick
             tick = time.perf_counter()
             if critic_only:  # Adam skips a parameter without a gradient: no step, no moment update
                 for p in params:
@@ -218,16 +262,10 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
                 optimizer.step()
             seconds["optimizer"] += time.perf_counter() - tick
             steps += 1
-            sums["actor/pg_loss"] += float(out.policy_loss.detach())
-            sums["critic/value_loss"] += float(out.value_loss.detach())
-            sums["actor/clip_frac"] += float(out.clip_fraction)
-            sums["actor/approx_kl"] += float(out.approx_kl)
-            sums["actor/ratio_mean"] += float(out.ratio_mean)
-            sums["actor/grad_norm"] += float(grad_norm)
-            sums["actor/entropy"] += float(entropy.detach().mean())
-            if cfg.kl_coef > 0:
-                sums["actor/kl_ref"] += float(kl_ref.detach())
-            epoch_kl, epoch_steps = epoch_kl + float(out.approx_kl), epoch_steps + 1
+            step_sums["actor/grad_norm"] = float(grad_norm)
+            for key, value in step_sums.items():
+                sums[key] += value
+            epoch_kl, epoch_steps = epoch_kl + step_sums["actor/approx_kl"], epoch_steps + 1
         if cfg.target_kl > 0 and epoch_steps and epoch_kl / epoch_steps > cfg.target_kl:
             break  # the policy moved far enough from the rollout's for this update
     metrics = {k: v / max(steps, 1) for k, v in sums.items()}
@@ -237,7 +275,8 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
         metrics["actor/engine_trainer_logprob_max_diff"] = engine_gap
     metrics["actor/skipped_nonfinite"] = skipped
     metrics.update({f"timing/ppo_{k}_s": v for k, v in seconds.items()})
-    if first_log_ratio is not None:
-        metrics["actor/log_ratio_first_minibatch_mean"] = float(first_log_ratio.mean())
-        metrics["actor/log_ratio_first_minibatch_max"] = float(first_log_ratio.max())
+    if first_log_ratios:
+        first = torch.cat(first_log_ratios)
+        metrics["actor/log_ratio_first_minibatch_mean"] = float(first.mean())
+        metrics["actor/log_ratio_first_minibatch_max"] = float(first.max())
     return metrics

@@ -18,7 +18,7 @@ from fastvlmrl.console import progress
 from fastvlmrl.envs.oracles import oracle_step
 from fastvlmrl.envs.prompts import task_prompt
 from fastvlmrl.envs.vector import make_batch
-from fastvlmrl.rl.batch import forward_logp_and_values, pack
+from fastvlmrl.rl.batch import forward_logp_and_values, micro_batches, pack
 from fastvlmrl.rl.storage import Transition
 
 
@@ -88,6 +88,25 @@ def sft_lr(step: int, total: int, lr: float, warmup: int) -> float:
     return 0.5 * lr * (1 + math.cos(math.pi * min(done, 1.0)))
 
 
+def sft_backward(policy, samples: list[Transition], micro_batch_size: int, *, pad_id: int, device,
+                 logit_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The batch's mean reply-token cross-entropy, its gradients accumulated into `.grad` over
+    micro-batches of `micro_batch_size` demonstrations (0: one): each micro-batch's token sum over
+    the whole batch's token count, so the gradients are the unsplit batch's. Returns the loss
+    (detached); a non-finite one leaves the gradients zeroed and unapplied."""
+    tokens = max(sum(len(t.output_ids) for t in samples), 1)
+    total = torch.zeros((), device=device)
+    for part in micro_batches(samples, micro_batch_size):
+        token_logp, _ = forward_logp_and_values(policy, pack(part, pad_id, device), 1.0, logit_bias)
+        loss = -token_logp.float().sum() / tokens
+        if not torch.isfinite(loss):
+            policy.zero_grad(set_to_none=True)
+            return loss.detach()
+        loss.backward()
+        total += loss.detach()
+    return total
+
+
 def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: int = 0, log=None,
               logit_bias: torch.Tensor | None = None, should_stop=None, resume: dict | None = None,
               on_checkpoint=None) -> tuple[list[float], int]:
@@ -117,12 +136,10 @@ def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: in
         for group in optimizer.param_groups:
             group["lr"] = sft_lr(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         picks = rng.choice(len(demos), size=min(cfg.batch_size, len(demos)), replace=False)
-        batch = pack([demos[i] for i in picks], encoder.pad_id, device)
-        token_logp, _ = forward_logp_and_values(policy, batch, 1.0, logit_bias)
-        loss = -token_logp.mean()
         optimizer.zero_grad(set_to_none=True)
+        loss = sft_backward(policy, [demos[i] for i in picks], cfg.micro_batch_size, pad_id=encoder.pad_id,
+                            device=device, logit_bias=logit_bias)
         if torch.isfinite(loss):  # a non-finite batch is skipped, never applied
-            loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             losses.append(float(loss.detach()))
