@@ -31,9 +31,9 @@ from transformers import (
     GenerationConfig,
     LlamaConfig,
     LlavaConfig,
-    Qwen2VLConfig,
 )
 
+from fastvlmrl.architectures import llava_15_7b, qwen2_vl_2b
 from fastvlmrl.engine import Engine, Request, SamplingParams
 
 PROMPT_TOKENS = 600
@@ -72,67 +72,7 @@ def tiny_llava_config() -> LlavaConfig:
     return LlavaConfig(vision_config=vision, text_config=text, image_token_id=127, vision_feature_layer=-1)
 
 
-def llava15_7b_config() -> LlavaConfig:
-    """llava-hf/llava-1.5-7b-hf's architecture (CLIP ViT-L/14-336 + Vicuna-7B)."""
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-    )
-    text = LlamaConfig(
-        vocab_size=32064,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        max_position_embeddings=4096,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=32000, vision_feature_layer=-2)
-
-
-def qwen2_vl_2b_config() -> Qwen2VLConfig:
-    """Qwen/Qwen2-VL-2B-Instruct's architecture."""
-    return Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=151936,
-            hidden_size=1536,
-            intermediate_size=8960,
-            num_hidden_layers=28,
-            num_attention_heads=12,
-            num_key_value_heads=2,
-            max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-            bos_token_id=151643,
-            eos_token_id=151645,
-            pad_token_id=151643,
-        ),
-        vision_config=dict(
-            depth=32,
-            embed_dim=1280,
-            hidden_size=1536,
-            num_heads=16,
-            mlp_ratio=4,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
-        image_token_id=151655,
-        video_token_id=151656,
-        vision_start_token_id=151652,
-        vision_end_token_id=151653,
-        tie_word_embeddings=True,
-    )
-
-
-CONFIGS = {"tiny-llava": tiny_llava_config, "llava-1.5-7b": llava15_7b_config, "qwen2-vl-2b": qwen2_vl_2b_config}
+CONFIGS = {"tiny-llava": tiny_llava_config, "llava-1.5-7b": llava_15_7b, "qwen2-vl-2b": qwen2_vl_2b}
 
 
 def build(case: Case):

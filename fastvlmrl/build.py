@@ -41,12 +41,25 @@ def build_player(cfg: Config, policy, processor, encoder, *, ignore_eos: bool = 
     from fastvlmrl.envs.vector import make_batch
     from fastvlmrl.rl.rollout import Player
 
-    engine = Engine(policy.model, processor)
     envs = make_batch(cfg.env.name, cfg.env.num_envs, height=cfg.env.image_size, width=cfg.env.image_size,
                       num_threads=cfg.env.threads, autoreset_mode="SameStep", face_cards_as_10=cfg.env.face_cards_as_10)
+    engine = Engine(policy.model, processor, expected_seqs=cfg.env.num_envs,
+                    expected_seq_len=longest_prompt_tokens(cfg, envs, encoder) + cfg.sampling.max_new_tokens)
     return Player(policy, engine, encoder, envs, cot=cfg.prompt.cot, style=cfg.prompt.style,
                   sampling=cfg.sampling, illegal_action=cfg.env.illegal_action,
                   illegal_penalty=cfg.env.illegal_penalty, seed=cfg.run.seed, ignore_eos=ignore_eos)
+
+
+def longest_prompt_tokens(cfg: Config, envs, encoder) -> int:
+    """The longest prompt (in tokens, image placeholders included) an env of this run can see: a
+    frame of the run's size with the game's text state at its longest (`Game.longest_info`). The
+    envs are reset to read a state; every caller resets them again before playing."""
+    from fastvlmrl.envs.prompts import task_prompt
+
+    obs, _ = envs.reset(seed=cfg.run.seed)
+    info = envs.game.longest_info(envs.describe(0))
+    prompt_ids, _ = encoder.encode(obs[0], task_prompt(envs.game, info, cot=cfg.prompt.cot, style=cfg.prompt.style))
+    return len(prompt_ids)
 
 
 def logprob_temperature(cfg: Config) -> float:

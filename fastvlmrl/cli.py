@@ -100,7 +100,7 @@ def cmd_render(args) -> int:
 DEFAULT_PRESET = "tiny/numberline"
 
 
-def _config_from(args):
+def _config_from(args, check_model_files: bool = True):
     """A config file or preset name (default: the tiny NumberLine preset), then key=value overrides."""
     from pathlib import Path
 
@@ -123,7 +123,7 @@ def _config_from(args):
     loose = [text for text in settings if "=" not in text]
     if loose:
         raise ValueError(f"{loose[0]!r} is not key=value (only the first setting may name a config file or preset)")
-    return load_config(path, settings)
+    return load_config(path, settings, check_model_files=check_model_files)
 
 
 def cmd_train(args) -> int:
@@ -231,6 +231,15 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """The estimated peak memory of the run's rollout and update, and whether it fits each GPU size."""
+    from fastvlmrl.plan import describe_plan, plan_run
+
+    cfg = _config_from(args, check_model_files=args.model is None)
+    print("\n".join(describe_plan(cfg, plan_run(cfg, args.model), args.gpu_gb)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastvlmrl", description=__doc__.split("\n")[0],
                                      epilog="fastvlmrl config [preset] lists every setting with its default and doc")
@@ -288,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", help="step_N (default: the run's latest)")
     export.set_defaults(func=cmd_export)
 
+    plan = sub.add_parser("plan", help="estimate a run's peak GPU memory (rollout and update) before launching it")
+    plan.add_argument("settings", nargs="*", help="a YAML config file or a preset, then section.key=value overrides")
+    plan.add_argument("--model", help="a named architecture instead of model.path (no files needed): "
+                                      "llava-1.5-7b, llava-1.6-mistral-7b, qwen2-vl-2b, qwen2-vl-7b")
+    plan.add_argument("--gpu-gb", type=float, nargs="+", default=[24, 40, 80], help="GPU sizes to check (GB)")
+    plan.set_defaults(func=cmd_plan)
+
     plot = sub.add_parser("plot", help="overlay the curves of runs (seeds of one setting as mean and band)")
     plot.add_argument("run_dirs", nargs="+", help="run directories (runs/<name>)")
     plot.add_argument("--out", required=True, help="output path ending in .png")
@@ -322,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         args.settings = list(args.settings) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command in ("train", "sft", "eval", "render", "export"):  # the commands that load a model
+    if args.command in ("train", "sft", "eval", "render", "export", "plan"):  # the commands that load a model
         quiet_libraries()
     from fastvlmrl.run_dir import RunStopped
 

@@ -153,14 +153,16 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file (if any), then the overrides; validated."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                check_model_files: bool = True) -> Config:
+    """Defaults, then the YAML file (if any), then the overrides; validated (model.path's files
+    too, unless check_model_files is False: `fastvlmrl plan --model` needs none)."""
     cfg = read_settings(Config, path, overrides)
-    validate(cfg)
+    validate(cfg, check_model_files=check_model_files)
     return cfg
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, *, check_model_files: bool = True) -> None:
     """Checks of values (types are checked on the way in)."""
     from fastvlmrl.envs.games import get_game
 
@@ -235,7 +237,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("nothing to train: set sft.steps or ppo.updates above 0")
     if cfg.ppo.gamma > 1 or cfg.ppo.gae_lambda > 1:
         raise ConfigError("ppo.gamma and ppo.gae_lambda must be at most 1")
-    if cfg.model.path is not None:
+    if cfg.model.path is not None and check_model_files:
         path = Path(cfg.model.path)
         if not path.is_dir():
             raise ConfigError(f"model.path {cfg.model.path!r} is not a directory: give a local Hugging Face model "

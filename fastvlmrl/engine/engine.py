@@ -13,7 +13,7 @@ from fastvlmrl.engine.attention import flash_usable, select_backend
 from fastvlmrl.engine.block_manager import BlockManager
 from fastvlmrl.engine.cuda_graphs import DecodeGraphs
 from fastvlmrl.engine.families import eos_ids, family_for, sliding_window
-from fastvlmrl.engine.kv_cache import KVCache, cache_shape_for, num_blocks_for
+from fastvlmrl.engine.kv_cache import KVCache, cache_shape_for, kv_blocks_needed, num_blocks_for
 from fastvlmrl.engine.model_runner import ModelRunner
 from fastvlmrl.engine.nvtx import nvtx_range
 from fastvlmrl.engine.requests import Request, SequenceBuilder, per_request, preprocess, with_sampling
@@ -52,9 +52,11 @@ class Engine:
 
     - ``block_size``: tokens per KV block, a power of two. None = 256 when flash-attn's paged
       decode can run (it needs a multiple of 256), else 16 (the project's paged-decode kernel).
-    - ``num_blocks``: KV blocks to allocate; None = as many as fit in ``memory_fraction`` of the
-      device's free memory now (capped at what ``max_num_seqs`` sequences of ``max_model_len``
-      tokens could use).
+    - ``num_blocks``: KV blocks to allocate; None = what ``expected_seqs`` sequences of
+      ``expected_seq_len`` tokens need (each rounded up to whole blocks; without them, what
+      ``max_num_seqs`` sequences of ``max_model_len`` tokens could use), clamped to what fits in
+      ``memory_fraction`` of the device's free memory now. Fewer blocks than needed is correct but
+      slower: sequences are preempted and recomputed (logged).
     - ``max_num_seqs`` / ``max_num_batched_tokens``: per-step limits (a prefill step packs up to
       this many prompt tokens).
     - ``max_model_len``: context limit; defaults to the text config's ``max_position_embeddings``.
@@ -76,6 +78,8 @@ class Engine:
         block_size: int | None = None,
         num_blocks: int | None = None,
         memory_fraction: float = 0.3,
+        expected_seqs: int | None = None,
+        expected_seq_len: int | None = None,
         max_num_seqs: int = 256,
         max_num_batched_tokens: int = 16384,
         max_model_len: int | None = None,
@@ -114,9 +118,13 @@ class Engine:
             self.max_model_len = window
 
         shape = cache_shape_for(text_config, block_size, dtype)
-        max_useful = max_num_seqs * -(-self.max_model_len // block_size)
         if num_blocks is None:
-            num_blocks = num_blocks_for(shape, device, memory_fraction, max_useful)
+            needed = kv_blocks_needed(expected_seqs or max_num_seqs,
+                                      min(expected_seq_len or self.max_model_len, self.max_model_len), block_size)
+            num_blocks = num_blocks_for(shape, device, memory_fraction, needed)
+            if num_blocks < needed:
+                logger.warning("fastvlmrl engine: %d KV blocks needed, %d fit in %.0f%% of free memory: sequences "
+                               "will be preempted and recomputed", needed, num_blocks, 100 * memory_fraction)
         self.kv = KVCache(shape, num_blocks, device)
         self.attention = select_backend(device, dtype, block_size, use_flash_attn)
         self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
@@ -135,7 +143,7 @@ class Engine:
             try:
                 self.capture_cuda_graphs()
                 graphs = f"CUDA graphs for batch sizes {self.runner.graphs.batch_sizes}"
-            except Exception as e:  # noqa: BLE001 - asked for explicitly: fail; by default: run eager
+            except Exception as e:
                 if use_cuda_graphs:
                     raise
                 self.runner.graphs = None
@@ -266,7 +274,7 @@ class Engine:
         if graphs_stale:
             try:
                 self.capture_cuda_graphs()
-            except Exception as e:  # noqa: BLE001 - as at construction: required = fail, else eager
+            except Exception as e:
                 self.runner.graphs = None
                 self.weight_versions.graphs_dropped()
                 if self._require_graphs:

@@ -37,6 +37,12 @@ def free_memory_bytes(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def kv_blocks_needed(num_seqs: int, tokens_per_seq: int, block_size: int) -> int:
+    """Blocks for `num_seqs` sequences of up to `tokens_per_seq` tokens each, each rounded up to
+    whole blocks (an upper bound: shared prompt prefixes take fewer)."""
+    return max(num_seqs, 1) * max(-(-tokens_per_seq // block_size), 1)
+
+
 def num_blocks_for(shape: CacheShape, device: torch.device, memory_fraction: float, max_useful: int) -> int:
     """Blocks that fit in ``memory_fraction`` of the free memory now, capped at ``max_useful``."""
     if not 0.0 < memory_fraction <= 1.0:

@@ -72,6 +72,11 @@ class Game(abc.ABC):
     def prompt_parts(self, info: dict) -> tuple[str, list[tuple[str, str]], str]:
         """The game's part of the full prompt: (head, JSON fields before "action", action value)."""
 
+    def longest_info(self, info: dict) -> dict:
+        """`info` with its text state at its longest (what the prompt can grow to within an episode,
+        e.g. a formula at the length limit): the rollout's KV cache is sized from it."""
+        return info
+
     def short_state(self, info: dict) -> str:
         """The text state the short prompt carries (" Formula: '...'." for the formula games)."""
         return ""

@@ -57,6 +57,10 @@ class FormulaGame(Game):
             "formula": state[:, _F["formula"]],
         }
 
+    def longest_info(self, info):
+        longest = _F["formula"].stop - _F["formula"].start  # past it the episode ends (csrc: MAX_FORMULA)
+        return {**info, "Formula": ["10"] * longest}
+
     def describe(self, row):
         row = [int(v) for v in row]
         k = self.num_cards

@@ -1,0 +1,314 @@
+"""`fastvlmrl plan`: the peak GPU memory of a run's rollout and update, estimated before anything
+is loaded, so a user sees whether a 7B run fits on 24, 40 or 80 GB.
+
+The model's parameters are counted exactly from its config (built on the meta device: no weights
+are read or allocated); the prompt's length is measured with the model's processor on the run's
+game at its longest prompt (`build.longest_prompt_tokens`), or estimated for a named architecture
+without files (`--model`). What each phase holds:
+
+- always: the weights; the trainable parameters' gradients and Adam's two moments (LoRA adapters
+  are float32: peft keeps them so under a bf16 base); the KL reference's copy of the trainable
+  weights (full fine-tuning with ppo.kl_coef); the engine's KV cache (allocated once, kept through
+  the update): num_envs x (longest prompt + max_new_tokens), rounded to blocks.
+- rollout: the engine's prefill workspace (one chunk of max_num_batched_tokens through one layer).
+- update: the activations the backward keeps for one micro-batch, per decoder layer and token
+  about (10 H + 2 H_kv + 4 I) elements (the normed inputs, q/k/v and the attention output, the
+  MLP's four I-wide tensors), plus LoRA's float32 copies of the adapted layers' inputs (6 H + I);
+  with gradient checkpointing, each layer's input plus one layer's full set; a trained vision
+  tower adds (8 H_v + 2 I_v) per image token and layer.
+- a fixed 1.5 GiB for the CUDA context and the allocator's reserve.
+
+It is an estimate: measure the real peak with `torch.cuda.max_memory_allocated` (the GPU benchmark
+does) and expect within about 15%.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import ceil
+
+import torch
+
+from fastvlmrl.config import Config
+
+GiB = 2**30
+CUDA_OVERHEAD = 1.5 * GiB  # the CUDA context (~0.5 GiB) and what the caching allocator keeps in reserve
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+ENGINE_BLOCK = 16  # the project's paged-decode block (flash-attn's would be 256: more rounding)
+ENGINE_PREFILL_TOKENS = 16384  # Engine's max_num_batched_tokens
+
+
+@dataclass
+class ModelShape:
+    """The sizes the estimate needs, counted from a model built on the meta device."""
+
+    name: str
+    model_type: str
+    params: int
+    vision_params: int
+    lora_params: int  # at the config's lora_r, on the language model and the projector
+    value_head_params: int
+    hidden: int
+    intermediate: int
+    layers: int
+    kv_dim: int  # kv_heads x head_dim
+    vision_hidden: int = 0
+    vision_intermediate: int = 0
+    vision_layers: int = 0
+    lora_linears_per_layer: int = 7
+
+
+@dataclass
+class Plan:
+    shape: ModelShape
+    prompt_tokens: int
+    prompt_measured: bool  # False: estimated from the architecture (no processor)
+    seq_tokens: int
+    micro_batch: int
+    checkpointing: bool
+    parts: dict[str, float] = field(default_factory=dict)  # bytes held in both phases
+    rollout: dict[str, float] = field(default_factory=dict)
+    update: dict[str, float] = field(default_factory=dict)
+    activations_without_checkpointing: float = 0.0
+
+    @property
+    def rollout_peak(self) -> float:
+        return sum(self.parts.values()) + sum(self.rollout.values()) + CUDA_OVERHEAD
+
+    @property
+    def update_peak(self) -> float:
+        return sum(self.parts.values()) + sum(self.update.values()) + CUDA_OVERHEAD
+
+    @property
+    def peak(self) -> float:
+        return max(self.rollout_peak, self.update_peak)
+
+
+def model_shape(config, lora_r: int, name: str) -> ModelShape:
+    """Count a transformers config's parameters without weights (meta device)."""
+    from transformers import AutoModelForImageTextToText
+
+    from fastvlmrl.models.policy import ValueHead, _lora_targets, _vision_tower
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+        head = ValueHead(config.get_text_config().hidden_size)
+    try:
+        vision = _vision_tower(model)
+        vision_params = sum(p.numel() for p in vision.parameters())
+    except ValueError:
+        vision, vision_params = None, 0
+    lora = 0
+    for target in _lora_targets(model):
+        linear = model.get_submodule(target)
+        lora += lora_r * (linear.in_features + linear.out_features)
+    text = config.get_text_config()
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    v_cfg = getattr(config, "vision_config", None)
+    v_hidden = getattr(v_cfg, "hidden_size", 0) if v_cfg is not None else 0
+    if getattr(v_cfg, "embed_dim", None):  # Qwen2-VL's vision config: hidden_size is the merger's output
+        v_hidden = v_cfg.embed_dim
+    v_inter = getattr(v_cfg, "intermediate_size", None) or int(v_hidden * getattr(v_cfg, "mlp_ratio", 4))
+    v_layers = getattr(v_cfg, "num_hidden_layers", None) or getattr(v_cfg, "depth", 0)
+    return ModelShape(
+        name=name, model_type=config.model_type, params=sum(p.numel() for p in model.parameters()),
+        vision_params=vision_params, lora_params=lora, value_head_params=sum(p.numel() for p in head.parameters()),
+        hidden=text.hidden_size, intermediate=text.intermediate_size, layers=text.num_hidden_layers,
+        kv_dim=kv_heads * head_dim, vision_hidden=v_hidden, vision_intermediate=v_inter, vision_layers=v_layers,
+    )
+
+
+def estimated_image_tokens(config, image_size: int) -> int:
+    """Image placeholder tokens of one square frame, as the family's processor counts them."""
+    v = config.vision_config
+    if config.model_type == "llava":
+        return (v.image_size // v.patch_size) ** 2
+    if config.model_type == "llava_next":  # AnyRes: the base image + the unpadded tiles + a newline per row
+        from transformers.image_processing_utils import select_best_resolution
+
+        side = v.image_size // v.patch_size
+        best_h, best_w = select_best_resolution((image_size, image_size), config.image_grid_pinpoints)
+        rows, cols = best_h // v.image_size * side, best_w // v.image_size * side
+        if cols > rows:  # a square frame in a wide canvas: the padded columns are dropped
+            cols -= (cols - rows) // 2 * 2
+        else:
+            rows -= (rows - cols) // 2 * 2
+        return side * side + rows * cols + rows
+    if config.model_type in ("qwen2_vl", "qwen2_5_vl"):  # resized to multiples of patch x merge, 2x2 merged
+        factor = v.patch_size * v.spatial_merge_size
+        side = max(round(image_size / factor), 1) * factor
+        return (side // v.patch_size) ** 2 // v.spatial_merge_size**2 + 2  # + vision start/end
+    raise ValueError(f"no image-token estimate for model_type {config.model_type!r}: give model.path=DIR")
+
+
+def _prompt_tokens(cfg: Config, config, processor) -> tuple[int, bool]:
+    """(the run's longest prompt in tokens, measured?) with the processor, else estimated."""
+    from fastvlmrl.build import longest_prompt_tokens
+    from fastvlmrl.envs.prompts import task_prompt
+    from fastvlmrl.envs.vector import make_batch
+
+    envs = make_batch(cfg.env.name, 1, height=cfg.env.image_size, width=cfg.env.image_size,
+                      face_cards_as_10=cfg.env.face_cards_as_10)
+    try:
+        if processor is not None:
+            from fastvlmrl.models.encoder import PromptEncoder
+
+            return longest_prompt_tokens(cfg, envs, PromptEncoder(processor, ())), True
+        envs.reset(seed=cfg.run.seed)
+        task = task_prompt(envs.game, envs.game.longest_info(envs.describe(0)), cot=cfg.prompt.cot,
+                           style=cfg.prompt.style)
+        chat_overhead = 40  # the chat template's role markers and system line, in tokens
+        return estimated_image_tokens(config, cfg.env.image_size) + ceil(len(task) / 3) + chat_overhead, False
+    finally:
+        envs.close()
+
+
+def plan_run(cfg: Config, architecture_name: str | None = None) -> Plan:
+    """The estimate for `cfg` (its model.path, the tiny VLM, or a named architecture)."""
+    from fastvlmrl.architectures import architecture
+
+    processor = None
+    if architecture_name is not None:
+        config, name = architecture(architecture_name), architecture_name
+    elif cfg.model.path is None:
+        from fastvlmrl.models.tiny import (
+            TinyVLMConfig,
+            build_tiny_processor,
+            tiny_vlm_config,
+        )
+
+        processor = build_tiny_processor()
+        config, name = tiny_vlm_config(TinyVLMConfig(), processor.tokenizer), "the built-in tiny VLM"
+    else:
+        from transformers import AutoConfig
+
+        from fastvlmrl.models.processor import load_processor
+
+        config = AutoConfig.from_pretrained(cfg.model.path, local_files_only=True)
+        processor, name = load_processor(cfg.model.path), cfg.model.path
+    shape = model_shape(config, cfg.model.lora_r, name)
+    prompt, measured = _prompt_tokens(cfg, config, processor)
+    return estimate(cfg, shape, prompt, measured)
+
+
+def estimate(cfg: Config, shape: ModelShape, prompt_tokens: int, prompt_measured: bool = True) -> Plan:
+    """The memory of each phase for a model of `shape` (see the module docstring for the model)."""
+    dtype = "bfloat16" if cfg.model.dtype == "auto" else cfg.model.dtype  # auto is bf16 on GPU
+    b = DTYPE_BYTES[dtype]
+    seq = prompt_tokens + cfg.sampling.max_new_tokens
+    micro = min(cfg.ppo.micro_batch_size or cfg.ppo.minibatch_size, cfg.ppo.minibatch_size)
+    ckpt = cfg.model.gradient_checkpointing
+    lora = cfg.model.lora
+    vision_trains = not (lora or cfg.model.freeze_vision) and shape.vision_params > 0
+
+    if lora:
+        trainable, trainable_bytes = shape.lora_params, 4
+    else:
+        trainable = shape.params - (0 if vision_trains else shape.vision_params)
+        trainable_bytes = b
+    parts = {
+        f"weights ({dtype}{', LoRA float32' if lora else ''})": shape.params * b + (shape.lora_params * 4 if lora else 0),
+        "value head (float32) + its grads and Adam": shape.value_head_params * 16,
+        "gradients": trainable * trainable_bytes,
+        "Adam moments": 2 * trainable * trainable_bytes,
+        "KV cache": _kv_bytes(cfg, shape, seq, b),
+    }
+    if cfg.ppo.kl_coef > 0 and not lora:
+        parts["KL reference (trainable weights)"] = trainable * b
+    rollout = {"engine prefill workspace": ENGINE_PREFILL_TOKENS * (2 * shape.hidden + 2 * shape.intermediate) * b}
+    per_layer = _layer_activation_bytes(shape, b, lora)
+    tokens = micro * seq
+    full = shape.layers * per_layer * tokens
+    kept = (shape.layers * shape.hidden * b + per_layer) * tokens if ckpt else full
+    update = {f"activations (micro-batch {micro} x {seq} tokens{', checkpointed' if ckpt else ''})": kept}
+    if vision_trains:
+        image_tokens = max(prompt_tokens - 64, 1)  # most of the prompt is the image
+        v_layer = (8 * shape.vision_hidden + 2 * shape.vision_intermediate) * b
+        update["vision activations"] = micro * image_tokens * v_layer * (
+            1 if ckpt and cfg.model.gradient_checkpointing_vision else shape.vision_layers)
+    update["backward workspace (one layer's gradients)"] = per_layer * tokens
+    return Plan(shape, prompt_tokens, prompt_measured, seq, micro, ckpt, parts, rollout, update,
+                activations_without_checkpointing=full)
+
+
+def _kv_bytes(cfg: Config, shape: ModelShape, seq: int, b: int) -> float:
+    from fastvlmrl.engine.kv_cache import kv_blocks_needed
+
+    blocks = kv_blocks_needed(cfg.env.num_envs, seq, ENGINE_BLOCK)
+    return blocks * ENGINE_BLOCK * 2 * shape.layers * shape.kv_dim * b
+
+
+def _layer_activation_bytes(shape: ModelShape, b: int, lora: bool) -> float:
+    """Bytes one decoder layer keeps for the backward, per token."""
+    elements = 10 * shape.hidden + 2 * shape.kv_dim + 4 * shape.intermediate
+    extra = (6 * shape.hidden + shape.intermediate) * 4 if lora else 0  # float32 copies into the adapters
+    return elements * b + extra
+
+
+def fitting_micro_batch(cfg: Config, shape: ModelShape, prompt_tokens: int, gpu_bytes: float) -> int | None:
+    """The largest micro-batch (a power of two up to the mini-batch) that fits, or None."""
+    import copy
+
+    best = None
+    size = 1
+    while size <= cfg.ppo.minibatch_size:
+        trial = copy.deepcopy(cfg)
+        trial.ppo.micro_batch_size = size
+        if estimate(trial, shape, prompt_tokens).peak <= gpu_bytes:
+            best = size
+        size *= 2
+    return best
+
+
+def describe_plan(cfg: Config, plan: Plan, gpus_gb: list[float]) -> list[str]:
+    """The plan as the lines `fastvlmrl plan` prints."""
+    s = plan.shape
+    lines = [f"model      {s.name} ({s.model_type}): {s.params / 1e9:.2f} B parameters "
+             f"(vision {s.vision_params / 1e9:.2f} B)"]
+    if cfg.model.lora:
+        lines.append(f"training   LoRA r{cfg.model.lora_r}: {s.lora_params / 1e6:.1f} M trainable (float32), "
+                     f"+ value head {s.value_head_params / 1e6:.2f} M")
+    else:
+        lines.append(f"training   full fine-tuning{' (vision frozen)' if cfg.model.freeze_vision else ''}, "
+                     f"+ value head {s.value_head_params / 1e6:.2f} M")
+    how = "measured with the model's processor" if plan.prompt_measured else "estimated: no processor with --model"
+    lines.append(f"sequences  longest prompt {plan.prompt_tokens} tokens ({how}) + {cfg.sampling.max_new_tokens} "
+                 f"new = {plan.seq_tokens}; rollout {cfg.env.num_envs} envs; update mini-batch "
+                 f"{cfg.ppo.minibatch_size}, micro-batch {plan.micro_batch}, gradient checkpointing "
+                 f"{'on' if plan.checkpointing else 'off'}")
+    lines.append("")
+    width = max(len(k) for k in [*plan.parts, *plan.rollout, *plan.update]) + 2
+    lines.append(f"{'':{width}}    GiB")
+    held = {**plan.parts, "CUDA context + allocator": CUDA_OVERHEAD}
+    for title, items in (("held throughout", held), ("rollout", plan.rollout), ("update", plan.update)):
+        lines.append(f"{title}:")
+        lines += [f"  {k:{width - 2}}{v / GiB:7.2f}" for k, v in items.items()]
+    if plan.checkpointing:
+        lines.append(f"  (activations without checkpointing: {plan.activations_without_checkpointing / GiB:.2f} GiB)")
+    lines.append(f"peak       rollout {plan.rollout_peak / GiB:.1f} GiB, update {plan.update_peak / GiB:.1f} GiB "
+                 f"-> {plan.peak / GiB:.1f} GiB")
+    for gb in gpus_gb:
+        capacity = gb * 1e9  # GPUs are sold in GB
+        if plan.peak <= capacity:
+            lines.append(f"{gb:g} GB GPU  fits ({(capacity - plan.peak) / GiB:.1f} GiB to spare)")
+            continue
+        plain = fitting_micro_batch(_with(cfg, "gradient_checkpointing", False), s, plan.prompt_tokens, capacity)
+        checkpointed = fitting_micro_batch(_with(cfg, "gradient_checkpointing", True), s, plan.prompt_tokens, capacity)
+        options = ([f"ppo.micro_batch_size={plain}"] if plain else []) + (
+            [f"model.gradient_checkpointing=true ppo.micro_batch_size={checkpointed}"] if checkpointed else [])
+        advice = " fits, or ".join(options) + " fits" if options else "not even micro-batch 1 with checkpointing fits"
+        lines.append(f"{gb:g} GB GPU  does not fit (short by {(plan.peak - capacity) / GiB:.1f} GiB): {advice}")
+    return lines
+
+
+def _with(cfg: Config, key: str, value) -> Config:
+    import copy
+
+    trial = copy.deepcopy(cfg)
+    setattr(trial.model, key, value)
+    return trial
+
+
+__all__ = ["ModelShape", "Plan", "describe_plan", "estimate", "estimated_image_tokens", "model_shape", "plan_run"]

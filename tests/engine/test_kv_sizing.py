@@ -1,0 +1,57 @@
+"""The rollout's KV cache is sized from what the run needs (num_envs x (longest prompt +
+max_new_tokens), rounded to blocks), clamped by free memory, not a fraction of free memory."""
+
+import logging
+
+import pytest
+import torch
+
+from fastvlmrl.build import build_encoder, build_player, longest_prompt_tokens
+from fastvlmrl.config import load_config
+from fastvlmrl.engine import Engine
+from fastvlmrl.engine.kv_cache import CacheShape, kv_blocks_needed, num_blocks_for
+from fastvlmrl.models import load_policy
+
+
+def test_blocks_needed_rounds_each_sequence_up():
+    assert kv_blocks_needed(4, 16, 16) == 4
+    assert kv_blocks_needed(4, 17, 16) == 8
+    assert kv_blocks_needed(1, 1, 16) == 1
+    assert kv_blocks_needed(3, 0, 16) == 3  # a sequence holds at least one block
+
+
+def test_free_memory_clamps_the_blocks():
+    shape = CacheShape(num_layers=2, num_kv_heads=2, head_dim=8, block_size=16, dtype=torch.float32)
+    assert num_blocks_for(shape, torch.device("cpu"), 0.5, 10) == 10
+    with pytest.raises(ValueError, match="memory_fraction"):
+        num_blocks_for(shape, torch.device("cpu"), 0.0, 10)
+
+
+@pytest.mark.parametrize("game", ["NumberLine", "Points24"])
+def test_the_players_engine_holds_what_the_run_needs(game):
+    cfg = load_config(None, [f"env.name={game}", "env.num_envs=3", "env.image_size=64", "prompt.style=short",
+                             "sampling.max_new_tokens=40"])
+    policy, processor = load_policy(None, seed=0)
+    encoder = build_encoder(policy, processor, torch.float32)
+    player = build_player(cfg, policy, processor, encoder)
+    try:
+        longest = longest_prompt_tokens(cfg, player.envs, encoder)
+        block = player.engine.block_manager.block_size
+        assert player.engine.kv.num_blocks == 3 * -(-(longest + 40) // block)
+        obs, _ = player.envs.reset(seed=0)
+        if game == "Points24":  # the formula's room is in the estimate: longer than the first prompt
+            from fastvlmrl.envs.prompts import task_prompt
+
+            first = len(encoder.encode(obs[0], task_prompt(player.envs.game, player.envs.describe(0),
+                                                           style="short"))[0])
+            assert longest >= first + 24 * 3 - 1
+    finally:
+        player.envs.close()
+
+
+def test_too_little_memory_is_said(caplog):
+    """(Fewer blocks than needed is correct: the scheduler preempts; its tests hold that.)"""
+    policy, processor = load_policy(None, seed=0)
+    with caplog.at_level(logging.WARNING):
+        engine = Engine(policy.model, processor, expected_seqs=10**6, expected_seq_len=2048, memory_fraction=1e-4)
+    assert "preempted" in caplog.text and engine.kv.num_blocks < kv_blocks_needed(10**6, 2048, 16)
