@@ -10,11 +10,16 @@ from fastvlmrl.config import Config
 
 
 def resolve_device(cfg: Config) -> torch.device:
+    from fastvlmrl.distributed import current
+
     if cfg.run.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(cfg.run.device)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.run.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("run.device is cuda but no CUDA device is available: use run.device=cpu")
+    if device.type == "cuda" and current().active:  # under torchrun: each rank its own GPU
+        return torch.device("cuda", current().local_rank)
     return device
 
 
@@ -37,17 +42,20 @@ def build_player(cfg: Config, policy, processor, encoder, *, ignore_eos: bool = 
     """The Player of cfg's game: an Engine over `policy`'s weights and a batch of cfg.env.num_envs
     C envs (SameStep autoreset, for the truncation bootstrap). Close it with `player.envs.close()`.
     ignore_eos: every reply runs to sampling.max_new_tokens (benchmarks)."""
+    from fastvlmrl.distributed import current as current_world
     from fastvlmrl.engine import Engine
     from fastvlmrl.envs.vector import make_batch
     from fastvlmrl.rl.rollout import Player
 
-    envs = make_batch(cfg.env.name, cfg.env.num_envs, height=cfg.env.image_size, width=cfg.env.image_size,
+    first, count = current_world().local_slice(cfg.env.num_envs, "env.num_envs")  # this rank's envs
+    envs = make_batch(cfg.env.name, count, height=cfg.env.image_size, width=cfg.env.image_size,
                       num_threads=cfg.env.threads, autoreset_mode="SameStep", face_cards_as_10=cfg.env.face_cards_as_10)
-    engine = Engine(policy.model, processor, expected_seqs=cfg.env.num_envs,
+    engine = Engine(policy.model, processor, expected_seqs=count,
                     expected_seq_len=longest_prompt_tokens(cfg, envs, encoder) + cfg.sampling.max_new_tokens)
     return Player(policy, engine, encoder, envs, cot=cfg.prompt.cot, style=cfg.prompt.style,
                   sampling=cfg.sampling, illegal_action=cfg.env.illegal_action,
-                  illegal_penalty=cfg.env.illegal_penalty, seed=cfg.run.seed, ignore_eos=ignore_eos)
+                  illegal_penalty=cfg.env.illegal_penalty, seed=cfg.run.seed, ignore_eos=ignore_eos,
+                  env_offset=first, global_envs=cfg.env.num_envs)
 
 
 def longest_prompt_tokens(cfg: Config, envs, encoder) -> int:

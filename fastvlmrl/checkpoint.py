@@ -251,8 +251,28 @@ def capture(planned_updates: int, env_steps: int, generator: torch.Generator, pl
     }
 
 
-def restore(state: dict, generator: torch.Generator, player):
-    """Put the RNGs, the player and the envs back as they were; returns the current frames."""
+def rank_state(state: dict, world, notify=print) -> dict:
+    """This process's part of a checkpoint's state. A checkpoint written by N processes keeps each
+    rank's envs, player and RNGs (`ranks`); resumed on the same N, rank r continues exactly its own.
+    On another number of processes (or a single-process checkpoint under torchrun, or the reverse)
+    the episodes cannot be split anew (each rank's C envs are one opaque snapshot): the weights,
+    the optimizer, the schedule and the mini-batch order continue, and every env starts a fresh
+    episode (`fresh_episodes`)."""
+    saved = state.get("world_size", 1)
+    if saved == world.size:
+        return state["ranks"][world.rank] if saved > 1 else state
+    notify(f"the checkpoint was written by {saved} process(es), this run has {world.size}: the weights, optimizer "
+           "and schedule continue; the envs start fresh episodes (the run is not the uninterrupted one's)")
+    return {"minibatch_rng": state["minibatch_rng"], "fresh_episodes": True}
+
+
+def restore(state: dict, generator: torch.Generator, player, seed: int = 0):
+    """Put the RNGs, the player and the envs back as they were; returns the current frames. A
+    state marked `fresh_episodes` (`rank_state`) restores the mini-batch order and starts every env
+    anew from `seed` instead."""
+    if state.get("fresh_episodes"):
+        generator.set_state(state["minibatch_rng"])
+        return player.reset(seed)
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         for device, rng in enumerate(state["cuda_rng"][: torch.cuda.device_count()]):

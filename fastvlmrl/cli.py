@@ -167,7 +167,15 @@ def _with_free_name(cfg, settings):
     return cfg
 
 
+def _rank_tag() -> str:
+    """' [rank R]' in a process torchrun started other than rank 0, else ''."""
+    rank = int(os.environ.get("RANK", "0"))
+    return f" [rank {rank}]" if rank else ""
+
+
 def _report(run_dir) -> int:
+    if _rank_tag():  # under torchrun rank 0 reports for the job
+        return 0
     result = json.loads((run_dir / "eval.json").read_text())
     interval = (f" (95% interval {result['success_ci95_low']:.3f}-{result['success_ci95_high']:.3f})"
                 if "success_ci95_low" in result else "")
@@ -345,10 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ValueError as error:  # a user-fixable problem: one clear line, no traceback
-        print(f"fastvlmrl {args.command}: error: {error}", file=sys.stderr)
+        print(f"fastvlmrl {args.command}{_rank_tag()}: error: {error}", file=sys.stderr)
         return 2
-    except RunStopped as stopped:  # Ctrl-C or SIGTERM, at a safe point
-        print(f"fastvlmrl {args.command}: {stopped}", file=sys.stderr)
+    except RunStopped as stopped:  # Ctrl-C or SIGTERM, at a safe point (every rank stops together)
+        if not _rank_tag():
+            print(f"fastvlmrl {args.command}: {stopped}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `fastvlmrl config | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -27,6 +27,7 @@ def read_settings(schema: type, path: str | Path | None = None, overrides: typin
     layers = ([] if path is None else [(f"config file {str(path)!r}", read_yaml(path))])
     layers += [(f"override {text!r}", parse_override(text)) for text in overrides]
     for origin, layer in layers:
+        layer = _strict_values(schema, layer)
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as e:
@@ -54,18 +55,47 @@ def read_yaml(path: str | Path) -> DictConfig:
 def parse_override(text: str) -> DictConfig:
     """'ppo.clip=0.2' as an OmegaConf tree {ppo: {clip: 0.2}}; the value is read as YAML (numbers,
     true/false, null), everything after the first '=' is the value."""
-    key, sep, _ = text.partition("=")
+    key, sep, value = text.partition("=")
     if not sep:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. ppo.clip=0.2")
     if len(key.strip().split(".")) != 2:
         raise ConfigError(f"unknown config key {key.strip()!r}: keys look like section.name, e.g. ppo.clip")
     try:
-        return OmegaConf.from_dotlist([text.strip()])
+        return OmegaConf.from_dotlist([f"{key.strip()}={value.strip()}"])
     except OmegaConfBaseException as e:
         raise ConfigError(f"override {text!r}: {str(e).splitlines()[0]}") from None
 
 
 _KIND_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _strict_values(schema: type, layer: DictConfig) -> DictConfig:
+    """The layer's values as the schema's fields take them, where OmegaConf is looser or stricter
+    than a user expects: a whole number written as a float (`2.0`, `1e3`) for an integer field,
+    `none` for an optional one; a number for a boolean (`model.lora=2`) or a boolean for a string
+    (`env.name=true`) is refused. Interpolations (`${...}`) are left to OmegaConf."""
+    sections = typing.get_type_hints(schema)
+    tree = OmegaConf.to_container(layer, resolve=False)
+    for section, values in tree.items():
+        if section not in sections or not isinstance(values, dict):
+            continue  # OmegaConf's merge reports these
+        kinds = _field_types(sections[section])
+        for name, value in values.items():
+            kind = kinds.get(name)
+            if kind is None or (isinstance(value, str) and value.startswith("${")):
+                continue
+            options = [k for k in typing.get_args(kind) or (kind,) if k is not type(None)]
+            optional = type(None) in typing.get_args(kind)
+            key = f"{section}.{name}"
+            if optional and isinstance(value, str) and value.lower() in ("none", "null"):
+                values[name] = None
+            elif int in options and isinstance(value, float) and value.is_integer():
+                values[name] = int(value)
+            elif bool in options and not isinstance(value, (bool, str)) and value is not None:
+                raise ConfigError(f"{key} must be true or false, got {value!r}")
+            elif options == [str] and isinstance(value, bool):
+                raise ConfigError(f"{key} must be a string, got {value!r}")
+    return OmegaConf.create(tree)
 
 
 def _one_line(error: OmegaConfBaseException, schema: type, origin: str) -> str:

@@ -19,7 +19,9 @@ def progress(*args, **kwargs):
     """A tqdm bar shown only when stderr is a terminal (tqdm's disable=None)."""
     from tqdm.auto import tqdm
 
-    return tqdm(*args, disable=None, **kwargs)
+    from fastvlmrl.distributed import current
+
+    return tqdm(*args, disable=None if current().is_main else True, **kwargs)  # under torchrun: rank 0's
 
 
 def quiet_libraries() -> None:
@@ -34,6 +36,10 @@ def say(line: str) -> None:
     """One line for the user, written through tqdm so that a live bar is not broken."""
     from tqdm.auto import tqdm
 
+    from fastvlmrl.distributed import current
+
+    if not current().is_main:  # under torchrun: rank 0 speaks for the job
+        return
     tqdm.write(line, file=sys.stdout)
     sys.stdout.flush()
 
@@ -69,6 +75,13 @@ def banner(cfg, run_dir, device, dtype, policy, *, resume_from: str | None = Non
         f"env {cfg.env.name}: {cfg.env.num_envs} envs, {cfg.env.image_size}px frames, prompt {cfg.prompt.style}"
         f"{'' if cfg.prompt.cot else ' (no CoT)'}",
     ]
+    from fastvlmrl.distributed import current
+
+    world = current()
+    if world.active:
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "?"
+        lines.append(f"processes {world.size} ({backend}): {cfg.env.num_envs // world.size} envs and "
+                     f"{cfg.ppo.minibatch_size // world.size} samples of each mini-batch per process")
     phases = []
     if cfg.sft.steps and not resume_from:
         phases.append(f"SFT {cfg.sft.steps} steps x {cfg.sft.batch_size} of {cfg.sft.demos} demos (noise {cfg.sft.noise:g})")

@@ -92,3 +92,16 @@ def read_metrics(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+class NullLog:
+    """What ranks other than 0 log to under torchrun: nothing (rank 0 writes the run's files)."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def write_samples(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -8,14 +8,19 @@ without files (`--model`). What each phase holds:
 
 - always: the weights; the trainable parameters' gradients and Adam's two moments (LoRA adapters
   are float32: peft keeps them so under a bf16 base); the KL reference's copy of the trainable
-  weights (full fine-tuning with ppo.kl_coef); the engine's KV cache (allocated once, kept through
-  the update): num_envs x (longest prompt + max_new_tokens), rounded to blocks.
-- rollout: the engine's prefill workspace (one chunk of max_num_batched_tokens through one layer).
-- update: the activations the backward keeps for one micro-batch, per decoder layer and token
+  weights (full fine-tuning with ppo.kl_coef).
+- rollout: the engine's KV cache, num_envs x (longest prompt + max_new_tokens) in 16-token blocks
+  (the project's paged kernel; flash-attn's 256-token blocks round up more; the clamp to a
+  fraction of free memory is not modelled: the plan is of what the run wants), and its prefill
+  workspace (one chunk of max_num_batched_tokens through one layer).
+- update: the KV cache (kept from the rollout), and the activations the backward keeps for one
+  micro-batch, per decoder layer and token
   about (10 H + 2 H_kv + 4 I) elements (the normed inputs, q/k/v and the attention output, the
   MLP's four I-wide tensors), plus LoRA's float32 copies of the adapted layers' inputs (6 H + I);
   with gradient checkpointing, each layer's input plus one layer's full set; a trained vision
-  tower adds (8 H_v + 2 I_v) per image token and layer.
+  tower adds (8 H_v + 2 I_v) per token it runs (CLS and every AnyRes crop included, Qwen2-VL's
+  patches before their merge) and layer.
+- SFT (sft.steps > 0): the same activations for an SFT micro-batch, before the engine exists.
 - a fixed 1.5 GiB for the CUDA context and the allocator's reserve.
 
 It is an estimate: measure the real peak with `torch.cuda.max_memory_allocated` (the GPU benchmark
@@ -55,7 +60,7 @@ class ModelShape:
     vision_hidden: int = 0
     vision_intermediate: int = 0
     vision_layers: int = 0
-    lora_linears_per_layer: int = 7
+    vision_tokens: int = 0  # tokens the vision tower runs per frame (before any merge; CLS and tiles included)
 
 
 @dataclass
@@ -69,6 +74,7 @@ class Plan:
     parts: dict[str, float] = field(default_factory=dict)  # bytes held in both phases
     rollout: dict[str, float] = field(default_factory=dict)
     update: dict[str, float] = field(default_factory=dict)
+    sft: dict[str, float] = field(default_factory=dict)  # the SFT warm start's steps (sft.steps > 0)
     activations_without_checkpointing: float = 0.0
 
     @property
@@ -80,8 +86,12 @@ class Plan:
         return sum(self.parts.values()) + sum(self.update.values()) + CUDA_OVERHEAD
 
     @property
+    def sft_peak(self) -> float:
+        return sum(self.parts.values()) + sum(self.sft.values()) + CUDA_OVERHEAD if self.sft else 0.0
+
+    @property
     def peak(self) -> float:
-        return max(self.rollout_peak, self.update_peak)
+        return max(self.rollout_peak, self.update_peak, self.sft_peak)
 
 
 def model_shape(config, lora_r: int, name: str) -> ModelShape:
@@ -143,6 +153,23 @@ def estimated_image_tokens(config, image_size: int) -> int:
     raise ValueError(f"no image-token estimate for model_type {config.model_type!r}: give model.path=DIR")
 
 
+def vision_tokens_per_frame(config, image_size: int) -> int:
+    """Tokens the vision tower itself runs on for one square frame: more than the prompt's image
+    tokens (CLIP's CLS, each AnyRes tile a full crop, Qwen2-VL's patches before the 2x2 merge)."""
+    v = config.vision_config
+    if config.model_type == "llava":
+        return (v.image_size // v.patch_size) ** 2 + 1
+    if config.model_type == "llava_next":
+        from transformers.image_processing_utils import select_best_resolution
+
+        best_h, best_w = select_best_resolution((image_size, image_size), config.image_grid_pinpoints)
+        crops = 1 + (best_h // v.image_size) * (best_w // v.image_size)
+        return crops * ((v.image_size // v.patch_size) ** 2 + 1)
+    if config.model_type in ("qwen2_vl", "qwen2_5_vl"):
+        return (estimated_image_tokens(config, image_size) - 2) * v.spatial_merge_size**2
+    raise ValueError(f"no vision-token estimate for model_type {config.model_type!r}")
+
+
 def _prompt_tokens(cfg: Config, config, processor) -> tuple[int, bool]:
     """(the run's longest prompt in tokens, measured?) with the processor, else estimated."""
     from fastvlmrl.build import longest_prompt_tokens
@@ -189,6 +216,7 @@ def plan_run(cfg: Config, architecture_name: str | None = None) -> Plan:
         config = AutoConfig.from_pretrained(cfg.model.path, local_files_only=True)
         processor, name = load_processor(cfg.model.path), cfg.model.path
     shape = model_shape(config, cfg.model.lora_r, name)
+    shape.vision_tokens = vision_tokens_per_frame(config, cfg.env.image_size)
     prompt, measured = _prompt_tokens(cfg, config, processor)
     return estimate(cfg, shape, prompt, measured)
 
@@ -213,24 +241,38 @@ def estimate(cfg: Config, shape: ModelShape, prompt_tokens: int, prompt_measured
         "value head (float32) + its grads and Adam": shape.value_head_params * 16,
         "gradients": trainable * trainable_bytes,
         "Adam moments": 2 * trainable * trainable_bytes,
-        "KV cache": _kv_bytes(cfg, shape, seq, b),
     }
     if cfg.ppo.kl_coef > 0 and not lora:
         parts["KL reference (trainable weights)"] = trainable * b
-    rollout = {"engine prefill workspace": ENGINE_PREFILL_TOKENS * (2 * shape.hidden + 2 * shape.intermediate) * b}
-    per_layer = _layer_activation_bytes(shape, b, lora)
-    tokens = micro * seq
-    full = shape.layers * per_layer * tokens
-    kept = (shape.layers * shape.hidden * b + per_layer) * tokens if ckpt else full
-    update = {f"activations (micro-batch {micro} x {seq} tokens{', checkpointed' if ckpt else ''})": kept}
-    if vision_trains:
-        image_tokens = max(prompt_tokens - 64, 1)  # most of the prompt is the image
-        v_layer = (8 * shape.vision_hidden + 2 * shape.vision_intermediate) * b
-        update["vision activations"] = micro * image_tokens * v_layer * (
-            1 if ckpt and cfg.model.gradient_checkpointing_vision else shape.vision_layers)
-    update["backward workspace (one layer's gradients)"] = per_layer * tokens
-    return Plan(shape, prompt_tokens, prompt_measured, seq, micro, ckpt, parts, rollout, update,
+    kv = _kv_bytes(cfg, shape, seq, b)  # allocated with the rollout's engine (after SFT), kept through the update
+    rollout = {"KV cache": kv,
+               "engine prefill workspace": ENGINE_PREFILL_TOKENS * (2 * shape.hidden + 2 * shape.intermediate) * b}
+    update = {"KV cache (kept from the rollout)": kv,
+              **_training_activations(cfg, shape, micro, seq, b, vision_trains, "micro-batch")}
+    sft = {}
+    if cfg.sft.steps:
+        sft_micro = min(cfg.sft.micro_batch_size or cfg.sft.batch_size, cfg.sft.batch_size)
+        sft = _training_activations(cfg, shape, sft_micro, seq, b, vision_trains, "SFT micro-batch")
+    full = shape.layers * _layer_activation_bytes(shape, b, lora) * micro * seq
+    return Plan(shape, prompt_tokens, prompt_measured, seq, micro, ckpt, parts, rollout, update, sft,
                 activations_without_checkpointing=full)
+
+
+def _training_activations(cfg: Config, shape: ModelShape, micro: int, seq: int, b: int, vision_trains: bool,
+                          what: str) -> dict[str, float]:
+    """What one forward and backward of `micro` sequences of `seq` tokens keeps."""
+    ckpt = cfg.model.gradient_checkpointing
+    per_layer = _layer_activation_bytes(shape, b, cfg.model.lora)
+    tokens = micro * seq
+    kept = (shape.layers * shape.hidden * b + per_layer) * tokens if ckpt else shape.layers * per_layer * tokens
+    out = {f"activations ({what} {micro} x {seq} tokens{', checkpointed' if ckpt else ''})": kept}
+    if vision_trains:  # each layer's set, or checkpointed: each layer's input and one layer's set
+        v_layer = (8 * shape.vision_hidden + 2 * shape.vision_intermediate) * b
+        kept_per_token = (shape.vision_layers * shape.vision_hidden * b + v_layer
+                          if ckpt and cfg.model.gradient_checkpointing_vision else shape.vision_layers * v_layer)
+        out["vision activations"] = micro * shape.vision_tokens * kept_per_token
+    out["backward workspace (one layer's gradients)"] = per_layer * tokens
+    return out
 
 
 def _kv_bytes(cfg: Config, shape: ModelShape, seq: int, b: int) -> float:
@@ -248,17 +290,20 @@ def _layer_activation_bytes(shape: ModelShape, b: int, lora: bool) -> float:
 
 
 def fitting_micro_batch(cfg: Config, shape: ModelShape, prompt_tokens: int, gpu_bytes: float) -> int | None:
-    """The largest micro-batch (a power of two up to the mini-batch) that fits, or None."""
+    """The largest micro-batch (a power of two below the mini-batch, or the mini-batch) that fits, or None."""
     import copy
 
     best = None
     size = 1
-    while size <= cfg.ppo.minibatch_size:
+    sizes = []
+    while size < cfg.ppo.minibatch_size:
+        sizes.append(size)
+        size *= 2
+    for size in [*sizes, cfg.ppo.minibatch_size]:
         trial = copy.deepcopy(cfg)
         trial.ppo.micro_batch_size = size
         if estimate(trial, shape, prompt_tokens).peak <= gpu_bytes:
             best = size
-        size *= 2
     return best
 
 
@@ -279,18 +324,21 @@ def describe_plan(cfg: Config, plan: Plan, gpus_gb: list[float]) -> list[str]:
                  f"{cfg.ppo.minibatch_size}, micro-batch {plan.micro_batch}, gradient checkpointing "
                  f"{'on' if plan.checkpointing else 'off'}")
     lines.append("")
-    width = max(len(k) for k in [*plan.parts, *plan.rollout, *plan.update]) + 2
+    width = max(len(k) for k in [*plan.parts, *plan.rollout, *plan.update, *plan.sft, 'CUDA context + allocator']) + 2
     lines.append(f"{'':{width}}    GiB")
     held = {**plan.parts, "CUDA context + allocator": CUDA_OVERHEAD}
-    for title, items in (("held throughout", held), ("rollout", plan.rollout), ("update", plan.update)):
+    phases = [("held throughout", held), ("rollout", plan.rollout), ("update", plan.update)]
+    phases += [("SFT steps (before the engine exists)", plan.sft)] if plan.sft else []
+    for title, items in phases:
         lines.append(f"{title}:")
         lines += [f"  {k:{width - 2}}{v / GiB:7.2f}" for k, v in items.items()]
     if plan.checkpointing:
         lines.append(f"  (activations without checkpointing: {plan.activations_without_checkpointing / GiB:.2f} GiB)")
-    lines.append(f"peak       rollout {plan.rollout_peak / GiB:.1f} GiB, update {plan.update_peak / GiB:.1f} GiB "
+    sft = f", SFT {plan.sft_peak / GiB:.1f} GiB" if plan.sft else ""
+    lines.append(f"peak       rollout {plan.rollout_peak / GiB:.1f} GiB, update {plan.update_peak / GiB:.1f} GiB{sft} "
                  f"-> {plan.peak / GiB:.1f} GiB")
     for gb in gpus_gb:
-        capacity = gb * 1e9  # GPUs are sold in GB
+        capacity = gb * GiB  # a "80 GB" GPU holds 80 GiB (81,920 MiB)
         if plan.peak <= capacity:
             lines.append(f"{gb:g} GB GPU  fits ({(capacity - plan.peak) / GiB:.1f} GiB to spare)")
             continue
@@ -299,6 +347,8 @@ def describe_plan(cfg: Config, plan: Plan, gpus_gb: list[float]) -> list[str]:
         options = ([f"ppo.micro_batch_size={plain}"] if plain else []) + (
             [f"model.gradient_checkpointing=true ppo.micro_batch_size={checkpointed}"] if checkpointed else [])
         advice = " fits, or ".join(options) + " fits" if options else "not even micro-batch 1 with checkpointing fits"
+        if plan.sft_peak > capacity:
+            advice += "; the SFT steps need a smaller sft.micro_batch_size"
         lines.append(f"{gb:g} GB GPU  does not fit (short by {(plan.peak - capacity) / GiB:.1f} GiB): {advice}")
     return lines
 

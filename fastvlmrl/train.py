@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from fastvlmrl import checkpoint as ckpt
+from fastvlmrl import distributed
 from fastvlmrl.build import build_encoder, build_player, logprob_temperature, resolve_device, resolve_dtype
 from fastvlmrl.console import banner, progress, result_line, say, update_line
 from fastvlmrl.checkpoint import save_checkpoint  # by name: the resume test replaces it to kill a run
@@ -43,16 +44,36 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     run would have made."""
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.out_dir) / cfg.run.name
-    lock = RunLock(run_dir)  # one process per run directory: taken once the directory is this run's
+    world = distributed.init_from_environment(resolve_device(cfg).type)  # a world of one without torchrun
     try:
-        with GracefulStop(notify=say) as stop:
-            return _train(cfg, run_dir, resume, stop, lock)
+        check_world(cfg, world)
+        # rank 0's name (a free `name-N` is picked per process): every rank writes to, or reads, one directory
+        cfg.run.name = world.broadcast(cfg.run.name)
+        run_dir = Path(world.broadcast(str(run_dir) if run_dir is not None else str(Path(cfg.run.out_dir) / cfg.run.name)))
+        lock = RunLock(run_dir)  # one job per run directory: taken by rank 0 once the directory is this run's
+        try:
+            with GracefulStop(notify=say) as stop:
+                return _train(cfg, run_dir, resume, stop, lock, world)
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        distributed.shutdown()
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: RunLock) -> Path:
+def check_world(cfg: Config, world) -> None:
+    """What a run over several processes needs, checked before anything is written."""
+    if not world.active:
+        return
+    if cfg.algo.name != "ppo":
+        raise ValueError(f"algo.name={cfg.algo.name} does not run under torchrun yet (its groups of whole episodes "
+                         "give each rank a different number of samples): use algo.name=ppo, or one process")
+    world.local_slice(cfg.env.num_envs, "env.num_envs")
+    world.local_slice(cfg.ppo.minibatch_size, "ppo.minibatch_size")
+    if cfg.sft.steps:
+        world.local_slice(cfg.sft.batch_size, "sft.batch_size")
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: RunLock, world) -> Path:
     from fastvlmrl.models import load_policy
     from fastvlmrl.models.policy import enable_gradient_checkpointing
     from fastvlmrl.rl.ppo import cosine_lr, make_optimizer, ppo_update, set_lr
@@ -69,34 +90,43 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
     if resume:
         if not run_dir.is_dir():
             raise ValueError(f"{run_dir} is not a run directory")
-        lock.acquire()
+        if world.is_main:
+            lock.acquire()
+        world.barrier()  # (rank 0 holds the lock: a live run there stopped the job)
         checkpoint = ckpt.latest_checkpoint(run_dir)
         state = ckpt.read_trainer_state(checkpoint, cfg.ppo.updates)
         log = None  # opened once the run is restored: a failed resume leaves the directory as it was
         policy, processor = ckpt.load_checkpoint(cfg, checkpoint, device, dtype, trainable=True)
         sft_state = state if "sft_step" in state else None
+        if sft_state is not None and state.get("world_size", 1) != world.size:
+            raise ValueError(f"{checkpoint.name} was written during SFT by {state.get('world_size', 1)} process(es): "
+                             f"resume it with as many (this run has {world.size})")
+        if sft_state is not None and world.active:
+            sft_state = {**state["ranks"][world.rank], "optimizer": state["optimizer"]}  # this rank's RNGs
         if sft_state is not None:  # stopped during SFT: it continues from its checkpoint, then all as new
             torch.set_rng_state(sft_state["torch_rng"])
             if sft_state.get("cuda_rng") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(sft_state["cuda_rng"])
-            ckpt.truncate_sft_metrics(run_dir / "metrics.jsonl", sft_state["sft_step"])
-            save_config(cfg, run_dir / "config.yaml")  # the overrides resume allows (ppo.updates, log.*)
-            log = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir,
-                             wandb=WandbLogger(cfg, run_dir, resume=True) if cfg.log.wandb else None)
+            if world.is_main:
+                ckpt.truncate_sft_metrics(run_dir / "metrics.jsonl", sft_state["sft_step"])
+                save_config(cfg, run_dir / "config.yaml")  # the overrides resume allows (ppo.updates, log.*)
+            log = _open_log(cfg, run_dir, tensorboard_dir, world, resume=True)
     else:
         sft_state = None
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock.acquire()  # before anything there is judged or cleared: a live run there is refused
-        if ckpt.check_new_run_dir(run_dir):
-            say(f"reusing {run_dir}: the run there stopped before its first update (nothing to resume)")
-        torch.manual_seed(cfg.run.seed)
-        save_config(cfg, run_dir / "config.yaml")
-        log = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir,
-                         wandb=WandbLogger(cfg, run_dir, resume=False) if cfg.log.wandb else None)
+        if world.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()  # before anything there is judged or cleared: a live run there is refused
+            if ckpt.check_new_run_dir(run_dir):
+                say(f"reusing {run_dir}: the run there stopped before its first update (nothing to resume)")
+            save_config(cfg, run_dir / "config.yaml")
+        world.barrier()  # the directory is this run's before any rank goes on
+        torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
+        log = _open_log(cfg, run_dir, tensorboard_dir, world, resume=False)
         policy, processor = load_policy(cfg.model.path, lora=cfg.model.lora, lora_r=cfg.model.lora_r,
                                         lora_alpha=cfg.model.lora_alpha, lora_dropout=cfg.model.lora_dropout,
                                         freeze_vision=cfg.model.freeze_vision, dtype=dtype, device=device,
                                         seed=cfg.run.seed)
+    world.broadcast_parameters(policy)  # the replicas start equal, whatever each process loaded
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(policy, vision=cfg.model.gradient_checkpointing_vision)
     encoder = build_encoder(policy, processor, dtype)
@@ -116,14 +146,14 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         start = time.perf_counter()
         losses, reached = sft_train(policy, encoder, demos, cfg.sft, device=device, seed=cfg.run.seed, logit_bias=logit_bias,
                            log=lambda step, loss: log.write({"sft/step": step, "sft/loss": loss}) if step % 10 == 0 else None,
-                           should_stop=lambda: stop.requested, resume=sft_state,
-                           on_checkpoint=(lambda step, optimizer, rng: save_checkpoint(
-                               run_dir, 0, policy, optimizer, processor,
+                           should_stop=lambda: world.max(float(stop.requested)) > 0, resume=sft_state,
+                           on_checkpoint=(lambda step, optimizer, rng: _save(
+                               world, run_dir, 0, policy, optimizer, processor,
                                {"sft_step": step, "sft_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                                name=f"sft_{step}")) if cfg.sft.checkpoint_every else None)
         del demos
-        if stop.requested and reached < cfg.sft.steps:  # (a stop in SFT's last step waits for the first update)
+        if world.max(float(stop.requested)) > 0 and reached < cfg.sft.steps:  # (a stop in SFT's last step waits)
             log.close()
             if ckpt.checkpoints(run_dir):
                 raise RunStopped(f"stopped during SFT (step {reached} of {cfg.sft.steps}), checkpoint saved: continue "
@@ -141,22 +171,22 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         log.write({f"sft/eval_{k}": v for k, v in sft_eval.items()})
         say(result_line("SFT model", sft_eval))
     optimizer = make_optimizer(policy, cfg.ppo)
-    reference = (ReferencePolicy.build(policy, run_dir, lora=cfg.model.lora, resume=resume_ppo)
+    reference = (ReferencePolicy.build(policy, run_dir, lora=cfg.model.lora, resume=resume_ppo, save=world.is_main)
                  if cfg.ppo.kl_coef > 0 else None)  # the policy PPO starts from, for the KL penalty
     generator = torch.Generator().manual_seed(cfg.run.seed)  # mini-batch order
 
     # -- where the updates start: 0, or the checkpoint's --------------------------------------
     if resume_ppo:
         optimizer.load_state_dict(state["optimizer"])
-        obs = ckpt.restore(state, generator, player)
+        obs = ckpt.restore(ckpt.rank_state(state, world, say), generator, player, seed=cfg.run.seed + state["env_steps"])
         first, env_steps, planned = state["update"], state["env_steps"], state["planned_updates"]
         del state  # the optimizer's CPU copy: as large as the optimizer state itself
-        ckpt.truncate_metrics(run_dir / "metrics.jsonl", first)
-        ckpt.truncate_metrics(run_dir / "samples.jsonl", first)
-        save_config(cfg, run_dir / "config.yaml")
-        log = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir, purge_step=env_steps + 1,
-                         wandb=WandbLogger(cfg, run_dir, resume=True) if cfg.log.wandb else None)
-        print(f"resuming {run_dir} from {checkpoint.name} (update {first} of {cfg.ppo.updates})")
+        if world.is_main:
+            ckpt.truncate_metrics(run_dir / "metrics.jsonl", first)
+            ckpt.truncate_metrics(run_dir / "samples.jsonl", first)
+            save_config(cfg, run_dir / "config.yaml")
+        log = _open_log(cfg, run_dir, tensorboard_dir, world, resume=True, purge_step=env_steps + 1)
+        say(f"resuming {run_dir} from {checkpoint.name} (update {first} of {cfg.ppo.updates})")
     else:
         obs = player.reset(cfg.run.seed)
         first, env_steps, planned = 0, 0, cfg.ppo.updates
@@ -193,31 +223,58 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         say(update_line(record, cfg.ppo.updates))
         done = update + 1
         checkpoint_start = time.perf_counter()
-        if done == cfg.ppo.updates or stop.requested or (cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0):
-            save_checkpoint(run_dir, done, policy, optimizer, processor,
-                            ckpt.capture(planned, env_steps, generator, player), keep=cfg.log.keep_checkpoints)
-            redraw_curves(run_dir)
+        stopping = world.max(float(stop.requested)) > 0  # every rank stops at the same update
+        if done == cfg.ppo.updates or stopping or (cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0):
+            _save(world, run_dir, done, policy, optimizer, processor, ckpt.capture(planned, env_steps, generator, player),
+                  keep=cfg.log.keep_checkpoints)
+            if world.is_main:
+                redraw_curves(run_dir)
         checkpoint_s = time.perf_counter() - checkpoint_start
-        if stop.requested and done < cfg.ppo.updates:
+        if stopping and done < cfg.ppo.updates:
             log.close()
             player.envs.close()
             raise RunStopped(f"stopped after update {done} of {cfg.ppo.updates}, checkpoint saved: continue with "
                              f"`fastvlmrl train resume={run_dir}`")
 
     if cfg.ppo.updates == 0 or first >= cfg.ppo.updates:  # SFT only, or a finished run resumed
-        if not (run_dir / "checkpoints" / f"step_{cfg.ppo.updates}").is_dir():
-            save_checkpoint(run_dir, cfg.ppo.updates, policy, optimizer, processor,
-                            ckpt.capture(planned, env_steps, generator, player), keep=cfg.log.keep_checkpoints)
+        if not world.broadcast((run_dir / "checkpoints" / f"step_{cfg.ppo.updates}").is_dir()):
+            _save(world, run_dir, cfg.ppo.updates, policy, optimizer, processor,
+                  ckpt.capture(planned, env_steps, generator, player), keep=cfg.log.keep_checkpoints)
 
     # -- evaluation on fresh seeds -------------------------------------------------------------
     policy.eval()
-    result = final_evaluation(cfg, player)
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = final_evaluation(cfg, player)  # under torchrun: the ranks' episodes pooled
+    if world.is_main:
+        (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     say(result_line("final model", result))
     log.close()
     player.envs.close()
-    redraw_curves(run_dir)
+    if world.is_main:
+        redraw_curves(run_dir)
+    world.barrier()  # eval.json is written before any rank returns
     return run_dir
+
+
+def _open_log(cfg: Config, run_dir: Path, tensorboard_dir, world, *, resume: bool, purge_step: int | None = None):
+    """metrics.jsonl (+ TensorBoard, W&B) on rank 0; nothing on the other ranks."""
+    from fastvlmrl.metrics_log import NullLog
+
+    if not world.is_main:
+        return NullLog()
+    return MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir, purge_step=purge_step,
+                      wandb=WandbLogger(cfg, run_dir, resume=resume) if cfg.log.wandb else None)
+
+
+def _save(world, run_dir: Path, update: int, policy, optimizer, processor, state: dict, keep: int = 0,
+          name: str | None = None) -> None:
+    """A checkpoint written by rank 0 with every rank's own part of the state (its envs, player and
+    RNGs: `checkpoint.rank_state` gives them back on resume); the other ranks wait for it."""
+    if world.active:
+        parts = world.gather(state)
+        state = {**state, "world_size": world.size, "ranks": parts}
+    if world.is_main:
+        save_checkpoint(run_dir, update, policy, optimizer, processor, state, keep=keep, name=name)
+    world.barrier()
 
 
 def collect_rollout(cfg: Config, player, obs, update: int):
@@ -230,11 +287,11 @@ def collect_rollout(cfg: Config, player, obs, update: int):
 
     samples = cfg.log.samples if cfg.log.samples_every and update % cfg.log.samples_every == 0 else 0
     if cfg.algo.name == "ppo":
-        storage = RolloutStorage(cfg.ppo.num_steps, cfg.env.num_envs)
+        storage = RolloutStorage(cfg.ppo.num_steps, player.envs.num_envs)  # this rank's envs
         obs, stats, seconds, last_values = player.collect(obs, storage, cfg.ppo.gamma, reward_scale=cfg.ppo.reward_scale,
                                                           samples=samples)
         storage.finish(last_values, cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.ppo.normalize_advantages)
-        return obs, storage, stats, seconds, cfg.ppo.num_steps * cfg.env.num_envs, storage.critic_stats()
+        return obs, storage, stats.pooled(), seconds, cfg.ppo.num_steps * cfg.env.num_envs, storage.critic_stats()
     groups = cfg.env.num_envs // cfg.algo.group_size
     episodes, stats, seconds = player.collect_groups(cfg.run.seed * 1_000_003 + update * groups, cfg.algo.group_size,
                                                      cfg.algo.max_episode_steps, reward_scale=cfg.ppo.reward_scale,

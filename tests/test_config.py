@@ -86,6 +86,16 @@ def test_override_values_are_read_as_yaml():
     assert cfg.run.name == "x=y"  # everything after the first '=' is the value; a later override wins
 
 
+def test_values_are_read_as_a_user_means_them():
+    cfg = load_config(None, ["ppo.epochs=2.0", "sft.demos=1e3", "ppo.value_lr=none", "ppo.clip = 0.3"])
+    assert (cfg.ppo.epochs, cfg.sft.demos, cfg.ppo.value_lr, cfg.ppo.clip) == (2, 1000, None, 0.3)
+    assert isinstance(cfg.ppo.epochs, int)
+    with pytest.raises(ConfigError, match="model.lora must be true or false, got 2"):
+        load_config(None, ["model.lora=2"])
+    with pytest.raises(ConfigError, match="env.name must be a string, got True"):
+        load_config(None, ["env.name=true"])
+
+
 def test_the_reader_is_omegaconf(tmp_path):
     """Interpolations, as verl and Hydra users write them; an int where a float is asked; the
     file's values under the command line's."""

@@ -119,7 +119,7 @@ class Engine:
 
         shape = cache_shape_for(text_config, block_size, dtype)
         if num_blocks is None:
-            needed = kv_blocks_needed(expected_seqs or max_num_seqs,
+            needed = kv_blocks_needed(min(expected_seqs or max_num_seqs, max_num_seqs),
                                       min(expected_seq_len or self.max_model_len, self.max_model_len), block_size)
             num_blocks = num_blocks_for(shape, device, memory_fraction, needed)
             if num_blocks < needed:

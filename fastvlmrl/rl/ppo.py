@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from fastvlmrl.distributed import current as current_world
 from fastvlmrl.engine.nvtx import nvtx_range
 from fastvlmrl.kernels import ppo_clip_loss, ppo_clip_loss_token_level
 from fastvlmrl.rl.batch import forward_logp_and_values, micro_batches, pack
@@ -135,12 +136,13 @@ def score_reference(reference, storage: RolloutStorage, cfg, *, temperature: flo
             t.ref_logprobs = logprobs
 
 
-def _minibatch_totals(samples, thought_coef: float) -> dict[str, float]:
-    """What each loss term of a mini-batch is averaged over: its samples, its output tokens and the
-    sum of their λ weights (the token-level policy loss is a weighted token mean)."""
+def _minibatch_totals(samples, thought_coef: float, world) -> dict[str, float]:
+    """What each loss term of a mini-batch is averaged over, over every rank's part of it: its
+    samples, its output tokens and the sum of their λ weights (the token-level policy loss is a
+    weighted token mean)."""
     is_action = torch.cat([s[0].is_action for s in samples])
-    return {"samples": float(len(samples)), "tokens": float(len(is_action)),
-            "weight": float(token_weights(is_action, thought_coef).sum())}
+    local = [float(len(samples)), float(len(is_action)), float(token_weights(is_action, thought_coef).sum())]
+    return dict(zip(("samples", "tokens", "weight"), world.sum(local)))
 
 
 def _micro_loss(policy, samples, totals: dict[str, float], cfg, *, value_clip, temperature: float, pad_id: int,
@@ -203,6 +205,8 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
     exceeds it."""
     if cfg.kl_coef > 0 and reference is None:
         raise ValueError("ppo.kl_coef > 0 needs the reference policy")
+    world = current_world()  # under torchrun: this rank's share of every mini-batch, the gradients summed
+    _, local_minibatch = world.local_slice(cfg.minibatch_size, "ppo.minibatch_size")
     params = [p for p in policy.parameters() if p.requires_grad]
     head = {id(p) for p in policy.value_head.parameters()}
     value_clip = cfg.value_clip if cfg.value_clip > 0 else None  # 0: no value clip
@@ -224,9 +228,9 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
     for _ in range(cfg.epochs):
         epochs += 1
         epoch_kl, epoch_steps = 0.0, 0
-        for samples in storage.minibatches(cfg.minibatch_size, generator):
+        for samples in storage.minibatches(local_minibatch, generator):
             optimizer.zero_grad(set_to_none=True)
-            totals = _minibatch_totals(samples, cfg.thought_coef)
+            totals = _minibatch_totals(samples, cfg.thought_coef, world)
             step_sums = dict.fromkeys(sums, 0.0)
             finite = True
             for part in micro_batches(samples, cfg.micro_batch_size):
@@ -244,11 +248,12 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
                 seconds["forward_backward"] += time.perf_counter() - tick
                 for key, value in stats.items():
                     step_sums[key] += value
-            if not finite:
+            if not world.all_finite(finite):  # every rank skips the step together
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 continue
             tick = time.perf_counter()
+            world.reduce_gradients(params)  # the global mini-batch's gradient: the shares are of its totals
             if critic_only:  # Adam skips a parameter without a gradient: no step, no moment update
                 for p in params:
                     if id(p) not in head:
@@ -266,17 +271,22 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
             for key, value in step_sums.items():
                 sums[key] += value
             epoch_kl, epoch_steps = epoch_kl + step_sums["actor/approx_kl"], epoch_steps + 1
+        epoch_kl = world.sum([epoch_kl])[0] if cfg.target_kl > 0 else epoch_kl  # the global mini-batches' KL
         if cfg.target_kl > 0 and epoch_steps and epoch_kl / epoch_steps > cfg.target_kl:
             break  # the policy moved far enough from the rollout's for this update
-    metrics = {k: v / max(steps, 1) for k, v in sums.items()}
+    grad_norm_sum = sums.pop("actor/grad_norm")  # the same on every rank (clipped after the reduction)
+    summed = dict(zip(sums, world.sum(list(sums.values()))))  # each rank's shares of the global means
+    metrics = {k: v / max(steps, 1) for k, v in summed.items()}
+    metrics["actor/grad_norm"] = grad_norm_sum / max(steps, 1)
     metrics["actor/optimizer_steps"] = steps
     metrics["actor/epochs"] = epochs
     if engine_gap is not None:  # what recomputing replaced: the engine/trainer log-prob gap
-        metrics["actor/engine_trainer_logprob_max_diff"] = engine_gap
+        metrics["actor/engine_trainer_logprob_max_diff"] = world.max(engine_gap)
     metrics["actor/skipped_nonfinite"] = skipped
     metrics.update({f"timing/ppo_{k}_s": v for k, v in seconds.items()})
-    if first_log_ratios:
-        first = torch.cat(first_log_ratios)
-        metrics["actor/log_ratio_first_minibatch_mean"] = float(first.mean())
-        metrics["actor/log_ratio_first_minibatch_max"] = float(first.max())
+    first = torch.cat(first_log_ratios) if first_log_ratios else torch.zeros(0)
+    total, count = world.sum([float(first.sum()), float(len(first))])
+    if count:
+        metrics["actor/log_ratio_first_minibatch_mean"] = total / count
+        metrics["actor/log_ratio_first_minibatch_max"] = world.max(float(first.max()) if len(first) else 0.0)
     return metrics

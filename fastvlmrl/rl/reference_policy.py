@@ -23,7 +23,8 @@ class ReferencePolicy:
         self.frozen = frozen  # full fine-tuning: a frozen copy of the Policy
 
     @classmethod
-    def build(cls, policy, run_dir: Path, *, lora: bool, resume: bool) -> ReferencePolicy:
+    def build(cls, policy, run_dir: Path, *, lora: bool, resume: bool, save: bool = True) -> ReferencePolicy:
+        """save: write the full fine-tuning reference's weights to the run directory (rank 0's job)."""
         if lora:
             if not hasattr(policy.model, "disable_adapter"):
                 raise ValueError("model.lora is set but the model has no adapters to disable for the KL reference")
@@ -39,7 +40,7 @@ class ReferencePolicy:
             if set(saved) != trainable:
                 raise ValueError(f"{path} holds other parameters than the policy trains: not this run's KL reference")
             frozen.load_state_dict(saved, strict=False)
-        else:
+        elif save:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({name: p.detach().cpu() for name, p in frozen.named_parameters() if name in trainable}, path)
         frozen.eval().requires_grad_(False)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fastvlmrl.console import progress
+from fastvlmrl.distributed import current as current_world
 from fastvlmrl.engine import Request, SamplingParams
 from fastvlmrl.engine.nvtx import nvtx_range
 from fastvlmrl.envs.parse import choose_action, parse_action, reply_object
@@ -55,6 +56,25 @@ class EpisodeStats:
             "thought/action_follows_thought": self.follows[0] / self.follows[1] if self.follows[1] else float("nan"),
         }
 
+    def pooled(self) -> EpisodeStats:
+        """Every rank's statistics together (under torchrun; this one as it is otherwise): the
+        episodes and counts of all ranks, this rank's samples, the slowest rank's seconds."""
+        world = current_world()
+        if not world.active:
+            return self
+        parts = world.gather((self.returns, self.lengths, self.legal, self.outputs, self.tokens, self.cut,
+                              self.perception, self.follows, self.seconds))
+        out = EpisodeStats(samples_wanted=self.samples_wanted, samples=self.samples)
+        for returns, lengths, legal, outputs, tokens, cut, perception, follows, _ in parts:
+            out.returns += returns
+            out.lengths += lengths
+            out.legal, out.outputs, out.tokens = out.legal + legal, out.outputs + outputs, out.tokens + tokens
+            out.cut = None if cut is None else (out.cut or 0) + cut
+            out.perception = [a + b for a, b in zip(out.perception, perception)]
+            out.follows = [a + b for a, b in zip(out.follows, follows)]
+        out.seconds = {k: max(p[-1][k] for p in parts) for k in self.seconds}
+        return out
+
     def keep_sample(self, env: int, game, info: dict, text: str, parsed, action: int) -> None:
         if len(self.samples) < self.samples_wanted:
             self.samples.append({"env": int(env), "game": game.name, "state": info, "output": text,
@@ -79,7 +99,10 @@ class EpisodeStats:
 
 class Player:
     def __init__(self, policy, engine, encoder, envs, *, cot: bool, style: str, sampling, illegal_action: str,
-                 illegal_penalty: float, seed: int, ignore_eos: bool = False):
+                 illegal_penalty: float, seed: int, ignore_eos: bool = False, env_offset: int = 0,
+                 global_envs: int | None = None):
+        """env_offset / global_envs: under torchrun, this rank's envs are global envs env_offset ...
+        of global_envs; each is seeded and sampled as that env of a single-process run."""
         self.policy, self.engine, self.encoder, self.envs = policy, engine, encoder, envs
         self.game = envs.game
         self.cot, self.style, self.sampling = cot, style, sampling
@@ -87,6 +110,8 @@ class Player:
         self.ignore_eos = ignore_eos  # benchmarks: every output runs to max_new_tokens
         self.rng = np.random.default_rng(seed)
         self.seed = seed
+        self.env_offset = env_offset
+        self.global_envs = envs.num_envs if global_envs is None else global_envs
         self.calls = 0
         n = envs.num_envs
         self.episode_return = np.zeros(n)
@@ -103,7 +128,8 @@ class Player:
         params = SamplingParams(temperature=temperature, top_p=self.sampling.top_p,
                                 repetition_penalty=self.sampling.repetition_penalty, max_new_tokens=max_new_tokens,
                                 suppress_token_ids=self.encoder.suppressed_ids, ignore_eos=self.ignore_eos,
-                                seed=self.seed * 1_000_003 + self.calls * self.envs.num_envs)  # disjoint per call
+                                # disjoint per call and env (env i's is the single-process run's env i's)
+                                seed=self.seed * 1_000_003 + self.calls * self.global_envs + self.env_offset)
         self.calls += 1
         gens = self.engine.generate_requests(requests, params)
         for g in gens:
@@ -257,7 +283,7 @@ class Player:
 
     def reset(self, seed: int):
         """New episodes in every env (from `seed`), and no partial episode counted from before."""
-        obs, _ = self.envs.reset(seed=seed)
+        obs, _ = self.envs.reset(seed=seed + self.env_offset)
         self.episode_return[:] = 0
         self.episode_length[:] = 0
         return obs
@@ -279,7 +305,26 @@ class Player:
         """The first `episodes` episodes started from `seed` (every env plays on; an episode that
         starts after them is not counted), played to their end: counting the first to *end*
         would drop long episodes, mostly failures, and read high. RL4VLM's statistics, with a
-        95% (Wilson) interval on the success rate."""
+        95% (Wilson) interval on the success rate. Under torchrun each rank plays its share of
+        the episodes on its own envs (their seeds offset as in training) and the results are pooled."""
+        world = current_world()
+        share = episodes // world.size + (1 if world.rank < episodes % world.size else 0)
+        returns, stats = self._play_episodes(share, temperature, seed, desc)
+        pooled = world.gather((returns.tolist(), stats.legal, stats.outputs))
+        returns = np.array([r for part, _, _ in pooled for r in part])
+        legal, outputs = sum(p[1] for p in pooled), sum(p[2] for p in pooled)
+        low, high = wilson_interval(int((returns > 0).sum()), episodes)
+        return {
+            "success_rate": float((returns > 0).mean()),
+            "success_ci95_low": low,
+            "success_ci95_high": high,
+            "episode_return": float(returns.mean()),
+            "legal_action_rate": legal / max(outputs, 1),
+            "episodes": episodes,
+        }
+
+    def _play_episodes(self, episodes: int, temperature: float, seed: int, desc: str):
+        """(returns of the first `episodes` episodes started from `seed`, their EpisodeStats)."""
         obs = self.reset(seed)
         n = self.envs.num_envs
         index = np.arange(n)  # the start order of each env's current episode
@@ -297,24 +342,19 @@ class Player:
                     index[i], started = started, started + 1  # the episode SameStep autoreset began
                 done = returns[~np.isnan(returns)]
                 bar.set_postfix(success=f"{(done > 0).mean():.3f}" if len(done) else "-")
-        low, high = wilson_interval(int((returns > 0).sum()), episodes)
-        return {
-            "success_rate": float((returns > 0).mean()),
-            "success_ci95_low": low,
-            "success_ci95_high": high,
-            "episode_return": float(returns.mean()),
-            "legal_action_rate": stats.summary()["rollout/legal_action_rate"],
-            "episodes": episodes,
-        }
+        return returns, stats
 
 
 def evaluate_start_states(player: Player, seeds: list[int], temperature: float) -> dict[str, float]:
     """The first episode from each seed (one per start state: `envs.play.start_state_seeds`),
-    played to its end, in batches of the player's envs: an exact success rate over the states."""
+    played to its end, in batches of the player's envs: an exact success rate over the states.
+    Under torchrun the ranks split the seeds."""
+    world = current_world()
+    mine = list(seeds)[world.rank::world.size]
     n = player.envs.num_envs
     returns = []
-    for begin in range(0, len(seeds), n):
-        chunk = list(seeds[begin:begin + n])
+    for begin in range(0, len(mine), n):
+        chunk = mine[begin:begin + n]
         obs, _ = player.envs.reset(seed=chunk + [chunk[-1]] * (n - len(chunk)))
         player.episode_return[:] = 0
         player.episode_length[:] = 0
@@ -327,6 +367,7 @@ def evaluate_start_states(player: Player, seeds: list[int], temperature: float) 
                 if np.isnan(done[i]):
                     done[i] = ret
         returns += done[: len(chunk)].tolist()
+    returns = [r for part in world.gather(returns) for r in part]
     return {"start_states": len(seeds), "start_state_success_rate": float((np.array(returns) > 0).mean())}
 
 

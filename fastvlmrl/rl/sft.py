@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fastvlmrl.console import progress
+from fastvlmrl.distributed import current as current_world
 from fastvlmrl.envs.oracles import oracle_step
 from fastvlmrl.envs.prompts import task_prompt
 from fastvlmrl.envs.vector import make_batch
@@ -94,17 +95,23 @@ def sft_backward(policy, samples: list[Transition], micro_batch_size: int, *, pa
     micro-batches of `micro_batch_size` demonstrations (0: one): each micro-batch's token sum over
     the whole batch's token count, so the gradients are the unsplit batch's. Returns the loss
     (detached); a non-finite one leaves the gradients zeroed and unapplied."""
-    tokens = max(sum(len(t.output_ids) for t in samples), 1)
+    world = current_world()  # under torchrun: this rank's part of the batch, the tokens of all ranks'
+    tokens = world.sum([sum(len(t.output_ids) for t in samples)])[0]
+    if tokens == 0:  # nothing to learn from: skipped like a non-finite batch (Adam would still move the weights)
+        return torch.tensor(float("nan"))
     total = torch.zeros((), device=device)
     for part in micro_batches(samples, micro_batch_size):
         token_logp, _ = forward_logp_and_values(policy, pack(part, pad_id, device), 1.0, logit_bias)
         loss = -token_logp.float().sum() / tokens
         if not torch.isfinite(loss):
-            policy.zero_grad(set_to_none=True)
-            return loss.detach()
+            break
         loss.backward()
         total += loss.detach()
-    return total
+    if not world.all_finite(bool(torch.isfinite(loss))):  # every rank skips together
+        policy.zero_grad(set_to_none=True)
+        return torch.tensor(float("nan"))
+    world.reduce_gradients([p for p in policy.parameters() if p.requires_grad])
+    return torch.tensor(world.sum([float(total)])[0])
 
 
 def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: int = 0, log=None,
@@ -118,7 +125,9 @@ def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: in
     resume: a checkpoint's trainer state ("optimizer", "sft_step", "sft_rng") to continue from."""
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-    rng = np.random.default_rng(seed)
+    world = current_world()  # under torchrun each rank draws its own share of every batch
+    rng = np.random.default_rng(seed if not world.active else (seed, world.rank))
+    _, batch_size = world.local_slice(cfg.batch_size, "sft.batch_size")
     first = 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
@@ -135,7 +144,7 @@ def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: in
             break
         for group in optimizer.param_groups:
             group["lr"] = sft_lr(step, cfg.steps, cfg.lr, cfg.warmup_steps)
-        picks = rng.choice(len(demos), size=min(cfg.batch_size, len(demos)), replace=False)
+        picks = rng.choice(len(demos), size=min(batch_size, len(demos)), replace=False)
         optimizer.zero_grad(set_to_none=True)
         loss = sft_backward(policy, [demos[i] for i in picks], cfg.micro_batch_size, pad_id=encoder.pad_id,
                             device=device, logit_bias=logit_bias)

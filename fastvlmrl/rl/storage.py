@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastvlmrl.distributed import current as current_world
 from fastvlmrl.rl.gae import compute_gae
 
 
@@ -42,8 +43,13 @@ class RolloutStorage:
         """Advantages and returns; advantages normalised over the whole rollout if asked."""
         adv, ret = compute_gae(self.rewards, self.values, self.dones, torch.as_tensor(last_values).float(), gamma, lam)
         self.returns = ret
-        if normalize and adv.numel() > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        if normalize:  # over the global rollout under torchrun: every rank's envs
+            total, squares, count = current_world().sum([float(adv.double().sum()), float((adv.double() ** 2).sum()),
+                                                         float(adv.numel())])
+            if count > 1:
+                mean = total / count
+                std = max((squares - count * mean**2) / (count - 1), 0.0) ** 0.5
+                adv = (adv - mean) / (std + 1e-8)
         self.advantages = adv
 
     def critic_stats(self) -> dict[str, float]:
@@ -51,10 +57,14 @@ class RolloutStorage:
         explained variance 1 - Var(R - V) / Var(R) (1 = perfect, 0 = no better than the mean,
         NaN when the returns do not vary), and the mean value and return."""
         values, returns = self.values.flatten().double(), self.returns.flatten().double()
-        spread = returns.var() if returns.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
-        explained = 1 - (returns - values).var() / spread if spread > 0 else torch.tensor(float("nan"))
-        return {"critic/explained_variance": float(explained), "critic/value_mean": float(values.mean()),
-                "critic/return_mean": float(returns.mean())}
+        errors = returns - values
+        n, r, r2, e, e2, v = current_world().sum([returns.numel(), returns.sum(), (returns**2).sum(), errors.sum(),
+                                                 (errors**2).sum(), values.sum()])  # over every rank's envs
+        variance = lambda total, squares: (squares - total**2 / n) / (n - 1) if n > 1 else 0.0  # noqa: E731
+        spread = variance(r, r2)
+        explained = 1 - variance(e, e2) / spread if spread > 1e-12 * max(r2 / max(n, 1), 1.0) else float("nan")
+        return {"critic/explained_variance": float(explained), "critic/value_mean": v / max(n, 1),
+                "critic/return_mean": r / max(n, 1)}
 
     def samples(self) -> list[tuple[Transition, float, float]]:
         """(transition, advantage, return) for every step of every env."""

@@ -102,3 +102,33 @@ def test_sft_micro_batches_give_the_unsplit_gradients():
 
     with torch.no_grad():
         assert grads[0][0] == pytest.approx(-float(forward_logp_and_values(policy, batch, 1.0)[0].mean()), rel=1e-6)
+
+
+def test_micro_batches_give_the_gradients_of_the_loss_written_out():
+    """Against the loss computed directly on the whole mini-batch (the kernels' reference), not
+    only against the update's own unsplit path."""
+    from fastvlmrl.kernels import ppo_clip_loss
+    from fastvlmrl.rl.batch import forward_logp_and_values
+    from fastvlmrl.rl.ppo import sequence_logp, train_without_dropout
+    from fastvlmrl.rl.token_weights import token_weights
+
+    cfg = PPOConfig(epochs=1, minibatch_size=7, clip=0.2, max_grad_norm=1e6, thought_coef=0.3, entropy_coef=0.1)
+    grads, _ = _grads_and_metrics(cfg, micro=3)
+    policy = TinyPolicy()
+    transitions = _rollout(policy, n=7)
+    with torch.no_grad():
+        policy.value_head.bias.fill_(0.3)
+    storage = _storage(transitions, [1.0, -0.5, 2.0, -1.0, 0.25, -2.0, 0.7])
+    samples = storage.samples()
+    train_without_dropout(policy)
+    batch = pack([s[0] for s in samples], 0, "cpu")
+    token_logp, values, entropy = forward_logp_and_values(policy, batch, 0.7, return_entropy=True)
+    out = ppo_clip_loss(token_logp, token_weights(batch.is_action, 0.3), batch.cu_seqlens,
+                        torch.stack([sequence_logp(s[0], 0.3) for s in samples]),
+                        torch.tensor([s[1] for s in samples]), clip_eps=0.2, ratio_cap=cfg.ratio_cap, values=values,
+                        old_values=torch.tensor([s[0].value for s in samples]),
+                        returns=torch.tensor([s[2] for s in samples]), value_clip=cfg.value_clip,
+                        value_coef=cfg.value_coef)
+    (out.loss - 0.1 * entropy.mean()).backward()
+    for g, p in zip(grads[0], policy.parameters()):
+        torch.testing.assert_close(g, p.grad, atol=1e-6, rtol=1e-5)

@@ -1,0 +1,194 @@
+"""Training over processes with torchrun (gloo on CPU): one PPO update split over 2 ranks gives
+the parameters of 1 process with the global batch; a 2-rank tiny run writes one run directory,
+resumes, and learns as the 1-rank run does; a rank that dies stops the job, the last checkpoint
+intact. This file is also the worker torchrun starts (`python tests/test_distributed.py OUT`)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+TOY = ["sft.steps=2", "sft.demos=16", "sft.batch_size=4", "ppo.num_steps=2", "env.num_envs=4",
+       "ppo.minibatch_size=8", "ppo.epochs=1", "sampling.max_new_tokens=12", "eval.episodes=4", "env.image_size=64",
+       "run.threads=1"]
+
+
+def _torchrun(args: list[str], nproc: int = 2, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTVLMRL_DIST_TIMEOUT_S": "120"}
+    return subprocess.run([str(TORCHRUN), "--standalone", f"--nproc-per-node={nproc}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+# -- one update, split over ranks -------------------------------------------------------------
+
+def _fixed_rollout(envs: range, num_envs: int):
+    """A rollout of 2 steps x `num_envs` envs from the tiny VLM (the same for every process), kept
+    for the envs in `envs`: prompts and replies of different lengths, rewards and dones fixed."""
+    from fastvlmrl.build import build_encoder
+    from fastvlmrl.models import load_policy
+    from fastvlmrl.rl.batch import forward_logp_and_values, pack
+    from fastvlmrl.rl.storage import RolloutStorage, Transition
+
+    torch.manual_seed(0)
+    policy, processor = load_policy(None, seed=0)
+    torch.nn.init.normal_(policy.value_head.net[-1].weight, std=0.3)
+    encoder = build_encoder(policy, processor, torch.float32)
+    rng = np.random.default_rng(0)
+    storage = RolloutStorage(2, len(envs))
+    rewards = rng.normal(size=(2, num_envs)).astype(np.float32)
+    dones = rng.random((2, num_envs)) < 0.3
+    for step in range(2):
+        row = []
+        for env in range(num_envs):
+            frame = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+            prompt_ids, mm = encoder.encode(frame, "NumberLine." + " x" * (env + step))
+            reply = encoder.reply_ids('{"thoughts": "left", "action": "-"}'[: 10 + 4 * env + step])
+            is_action = torch.zeros(len(reply), dtype=torch.bool)
+            is_action[-3:] = True
+            t = Transition(prompt_ids, mm, reply, logprobs=torch.zeros(len(reply)), is_action=is_action, value=0.0)
+            with torch.no_grad():
+                logp, value = forward_logp_and_values(policy, pack([t], encoder.pad_id, "cpu"), 1.0)
+            t.logprobs, t.value = logp, float(value[0])
+            row.append(t)
+        keep = [row[e] for e in envs]
+        storage.add(step, keep, rewards[step, list(envs)], dones[step, list(envs)])
+    return policy, encoder, storage
+
+
+def update_worker(out: Path) -> None:
+    """One PPO update of the fixed rollout on this rank's envs (global: 4 envs, mini-batch 8)."""
+    from fastvlmrl import distributed
+    from fastvlmrl.config import PPOConfig
+    from fastvlmrl.rl.ppo import ppo_update
+
+    world = distributed.init_from_environment("cpu")
+    first, count = world.local_slice(4, "envs")
+    policy, encoder, storage = _fixed_rollout(range(first, first + count), 4)
+    cfg = PPOConfig(epochs=2, minibatch_size=8, micro_batch_size=1 if world.active else 0, value_clip=0.0, clip=0.2,
+                    entropy_coef=0.01, max_grad_norm=1.0)
+    storage.finish(torch.zeros(count), 0.9, 0.95, normalize=True)
+    # plain SGD: the parameters move by the gradients themselves (Adam's normalisation would blow
+    # float32 summation-order noise in near-zero gradients up to a full step)
+    optimizer = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    metrics = ppo_update(policy, optimizer, storage, cfg, temperature=1.0, pad_id=encoder.pad_id,
+                         device="cpu", generator=torch.Generator().manual_seed(0))
+    metrics.update(storage.critic_stats())
+    torch.save({"params": {n: p.detach().clone() for n, p in policy.named_parameters()}, "metrics": metrics,
+                "advantages": storage.advantages}, out / f"rank{world.rank}.pt")
+    distributed.shutdown()
+
+
+def test_an_update_over_two_ranks_is_the_single_process_update(tmp_path):
+    result = _torchrun([__file__, str(tmp_path)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    (tmp_path / "ddp").mkdir()
+    for name in ("rank0.pt", "rank1.pt"):
+        (tmp_path / name).rename(tmp_path / "ddp" / name)
+    update_worker(tmp_path)  # the same update in this process alone, with the whole rollout
+    single = torch.load(tmp_path / "rank0.pt")
+    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1)]
+    torch.testing.assert_close(torch.cat([r["advantages"] for r in ranks], dim=1), single["advantages"],
+                               atol=1e-6, rtol=1e-5)  # normalised over the global rollout
+    start = dict(_fixed_rollout(range(0), 4)[0].named_parameters())
+    for name, value in single["params"].items():
+        for r in ranks:
+            torch.testing.assert_close(r["params"][name], value, atol=1e-5, rtol=1e-4, msg=name)
+    assert sum(not torch.equal(value, start[name]) for name, value in single["params"].items()) > 10  # it moved
+    for key in ("actor/pg_loss", "critic/value_loss", "actor/entropy", "actor/approx_kl", "actor/grad_norm",
+                "critic/explained_variance", "critic/value_mean"):
+        for r in ranks:
+            assert r["metrics"][key] == pytest.approx(single["metrics"][key], rel=1e-4, abs=1e-6), key
+
+
+# -- whole runs ---------------------------------------------------------------------------------
+
+def _train(out: Path, name: str, nproc: int, *extra: str) -> subprocess.CompletedProcess:
+    args = ["-m", "fastvlmrl", "train", *TOY, f"run.out_dir={out}", f"run.name={name}", *extra]
+    if nproc == 1:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return _torchrun(args, nproc=nproc)
+
+
+def test_a_two_rank_run_writes_one_run_and_resumes(tmp_path):
+    result = _train(tmp_path, "two", 2, "ppo.updates=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "two"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    updates = [r for r in records if "update" in r]
+    assert [r["update"] for r in updates] == [0, 1]  # one line per update: rank 0 writes alone
+    assert updates[-1]["env_steps"] == 2 * 2 * 4  # the global envs' steps
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == ["step_2"]
+    assert result.stdout.count("run: ") == 1  # one report, rank 0's
+    resumed = _torchrun(["-m", "fastvlmrl", "train", f"resume={run}", "ppo.updates=3"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    updates = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in updates if "update" in r] == [0, 1, 2]
+    single = _train(tmp_path, "one", 1, "ppo.updates=2")
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    # the same envs, seeds and global batch: the first rollout is the single process's
+    assert [r for r in one if r.get("update") == 0][0]["rollout/legal_action_rate"] == pytest.approx(
+        [r for r in updates if r.get("update") == 0][0]["rollout/legal_action_rate"], abs=0.25)
+
+
+def test_a_rank_that_dies_stops_the_job_and_leaves_the_checkpoint_intact(tmp_path):
+    from fastvlmrl.checkpoint import latest_checkpoint, verify_checkpoint
+
+    args = ["-m", "fastvlmrl", "train", *TOY, "sft.steps=0", "ppo.updates=50", "log.checkpoint_every=1",
+            f"run.out_dir={tmp_path}", "run.name=dies"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTVLMRL_DIST_TIMEOUT_S": "60"}
+    job = subprocess.Popen([str(TORCHRUN), "--standalone", "--nproc-per-node=2", *args], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        latest = tmp_path / "dies" / "checkpoints" / "latest"
+        deadline = time.monotonic() + 240
+        while not latest.is_file() and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.5)
+        assert latest.is_file(), "no checkpoint was written"
+        workers = _children(job.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[-1], signal.SIGKILL)  # one rank dies mid-run
+        killed = time.monotonic()
+        job.wait(timeout=120)
+        assert job.returncode != 0 and time.monotonic() - killed < 120
+    finally:
+        if job.poll() is None:
+            job.kill()
+    checkpoint = latest_checkpoint(tmp_path / "dies")
+    verify_checkpoint(checkpoint)  # the manifest's files and checksums
+
+
+def test_the_slurm_script_starts_a_job(tmp_path):
+    """scripts/slurm.sh with stand-ins for srun and scontrol (one node, two CPU processes)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/bash\necho 127.0.0.1\n")
+    (bin_dir / "srun").write_text('#!/bin/bash\nexec "$@"\n')
+    for tool in ("scontrol", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{TORCHRUN.parent}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node1",
+           "SLURM_NNODES": "1", "SLURM_JOB_ID": "7", "GPUS_PER_NODE": "2", "PORT": "29731", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", "scripts/slurm.sh", *TOY, "sft.steps=0", "ppo.updates=1",
+                             f"run.out_dir={tmp_path}", "run.name=slurm"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "processes 2 (gloo)" in result.stdout and (tmp_path / "slurm" / "eval.json").is_file()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.is_file() else []
+
+
+if __name__ == "__main__":
+    update_worker(Path(sys.argv[1]))
