@@ -213,7 +213,7 @@ def read_trainer_state(checkpoint: Path, updates: int) -> dict:
     state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)
     if "sft_step" in state:  # a checkpoint during SFT: the run continues its SFT
         return state
-    if "envs" not in state:
+    if "envs" not in state and "ranks" not in state:  # (a run over several processes keeps them per rank)
         raise ValueError(f"{checkpoint} has no resume state (written by an older fastvlmrl): start a new run")
     if updates < state["update"]:
         raise ValueError(f"ppo.updates={updates} is below the {state['update']} updates {checkpoint} "
@@ -260,10 +260,12 @@ def rank_state(state: dict, world, notify=print) -> dict:
     episode (`fresh_episodes`)."""
     saved = state.get("world_size", 1)
     if saved == world.size:
-        return state["ranks"][world.rank] if saved > 1 else state
+        return {**state, **state["ranks"][world.rank]} if saved > 1 else state
     notify(f"the checkpoint was written by {saved} process(es), this run has {world.size}: the weights, optimizer "
            "and schedule continue; the envs start fresh episodes (the run is not the uninterrupted one's)")
-    return {"minibatch_rng": state["minibatch_rng"], "fresh_episodes": True}
+    player = state["ranks"][0]["player"] if saved > 1 else state["player"]
+    return {"minibatch_rng": state["minibatch_rng"], "fresh_episodes": True,
+            "calls": player["calls"]}  # sampling seeds go on from where they were, never reused
 
 
 def restore(state: dict, generator: torch.Generator, player, seed: int = 0):
@@ -272,6 +274,7 @@ def restore(state: dict, generator: torch.Generator, player, seed: int = 0):
     anew from `seed` instead."""
     if state.get("fresh_episodes"):
         generator.set_state(state["minibatch_rng"])
+        player.calls = int(state["calls"])
         return player.reset(seed)
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():

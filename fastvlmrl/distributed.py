@@ -62,24 +62,30 @@ class World:
     def all_finite(self, finite: bool) -> bool:
         return self.sum([0.0 if finite else 1.0])[0] == 0.0
 
-    def reduce_gradients(self, params: list[torch.Tensor]) -> None:
-        """Sum each parameter's gradient over ranks (flattened per dtype and device: one
-        all-reduce each). A parameter without a gradient on this rank counts as zero."""
+    def reduce_gradients(self, params: list[torch.Tensor], bucket_bytes: int = 64 * 2**20) -> None:
+        """Sum each parameter's gradient over ranks, in flat buckets of about `bucket_bytes` (one
+        all-reduce each; the extra memory is one bucket, not a second copy of the gradients). A
+        parameter with a gradient on some rank but not this one counts as zero here; one with no
+        gradient on any rank keeps none, as in a single process (Adam and weight decay skip it)."""
         if not self.active:
             return
-        groups: dict[tuple, list[torch.Tensor]] = {}
-        for p in params:
+        device = _collective_device()
+        present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+        torch.distributed.all_reduce(present)
+        bucket, size = [], 0
+        for p, anywhere in zip(params, present.tolist()):
+            if not anywhere:
+                continue
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            groups.setdefault((p.grad.dtype, p.grad.device), []).append(p)
-        for group in groups.values():
-            flat = torch.cat([p.grad.reshape(-1) for p in group])
-            torch.distributed.all_reduce(flat)
-            offset = 0
-            for p in group:
-                n = p.grad.numel()
-                p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-                offset += n
+            if bucket and (p.grad.dtype != bucket[0].grad.dtype or p.grad.device != bucket[0].grad.device
+                           or size + p.grad.numel() * p.grad.element_size() > bucket_bytes):
+                _all_reduce_bucket(bucket)
+                bucket, size = [], 0
+            bucket.append(p)
+            size += p.grad.numel() * p.grad.element_size()
+        if bucket:
+            _all_reduce_bucket(bucket)
 
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
         """Rank 0's parameters and buffers everywhere (as DDP starts): the replicas begin equal."""
@@ -94,6 +100,14 @@ class World:
             return [obj]
         out = [None] * self.size
         torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def gather_to_main(self, obj) -> list | None:
+        """Every rank's `obj`, in rank order, on rank 0 (None elsewhere)."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.size if self.is_main else None
+        torch.distributed.gather_object(obj, out, dst=0)
         return out
 
     def broadcast(self, obj):
@@ -152,6 +166,16 @@ def shutdown() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     _WORLD = World()
+
+
+def _all_reduce_bucket(params: list[torch.Tensor]) -> None:
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
 
 
 def _collective_device() -> torch.device:

@@ -68,9 +68,6 @@ def check_world(cfg: Config, world) -> None:
         raise ValueError(f"algo.name={cfg.algo.name} does not run under torchrun yet (its groups of whole episodes "
                          "give each rank a different number of samples): use algo.name=ppo, or one process")
     world.local_slice(cfg.env.num_envs, "env.num_envs")
-    world.local_slice(cfg.ppo.minibatch_size, "ppo.minibatch_size")
-    if cfg.sft.steps:
-        world.local_slice(cfg.sft.batch_size, "sft.batch_size")
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: RunLock, world) -> Path:
@@ -98,11 +95,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         log = None  # opened once the run is restored: a failed resume leaves the directory as it was
         policy, processor = ckpt.load_checkpoint(cfg, checkpoint, device, dtype, trainable=True)
         sft_state = state if "sft_step" in state else None
-        if sft_state is not None and state.get("world_size", 1) != world.size:
-            raise ValueError(f"{checkpoint.name} was written during SFT by {state.get('world_size', 1)} process(es): "
-                             f"resume it with as many (this run has {world.size})")
-        if sft_state is not None and world.active:
-            sft_state = {**state["ranks"][world.rank], "optimizer": state["optimizer"]}  # this rank's RNGs
+        if sft_state is not None and "ranks" in state:  # SFT's batches are drawn alike on every rank
+            sft_state = {**state, **state["ranks"][0]}
         if sft_state is not None:  # stopped during SFT: it continues from its checkpoint, then all as new
             torch.set_rng_state(sft_state["torch_rng"])
             if sft_state.get("cuda_rng") is not None and torch.cuda.is_available():
@@ -265,13 +259,17 @@ def _open_log(cfg: Config, run_dir: Path, tensorboard_dir, world, *, resume: boo
                       wandb=WandbLogger(cfg, run_dir, resume=resume) if cfg.log.wandb else None)
 
 
+# what each rank of a run over several processes has of its own (the rest is the same everywhere)
+RANK_STATE = ("torch_rng", "cuda_rng", "player", "envs", "sft_rng")
+
+
 def _save(world, run_dir: Path, update: int, policy, optimizer, processor, state: dict, keep: int = 0,
           name: str | None = None) -> None:
     """A checkpoint written by rank 0 with every rank's own part of the state (its envs, player and
     RNGs: `checkpoint.rank_state` gives them back on resume); the other ranks wait for it."""
     if world.active:
-        parts = world.gather(state)
-        state = {**state, "world_size": world.size, "ranks": parts}
+        parts = world.gather_to_main({k: v for k, v in state.items() if k in RANK_STATE})
+        state = {**{k: v for k, v in state.items() if k not in RANK_STATE}, "world_size": world.size, "ranks": parts}
     if world.is_main:
         save_checkpoint(run_dir, update, policy, optimizer, processor, state, keep=keep, name=name)
     world.barrier()
@@ -287,11 +285,11 @@ def collect_rollout(cfg: Config, player, obs, update: int):
 
     samples = cfg.log.samples if cfg.log.samples_every and update % cfg.log.samples_every == 0 else 0
     if cfg.algo.name == "ppo":
-        storage = RolloutStorage(cfg.ppo.num_steps, player.envs.num_envs)  # this rank's envs
+        storage = RolloutStorage(cfg.ppo.num_steps, player.envs.num_envs, player.env_offset, player.global_envs)
         obs, stats, seconds, last_values = player.collect(obs, storage, cfg.ppo.gamma, reward_scale=cfg.ppo.reward_scale,
                                                           samples=samples)
         storage.finish(last_values, cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.ppo.normalize_advantages)
-        return obs, storage, stats.pooled(), seconds, cfg.ppo.num_steps * cfg.env.num_envs, storage.critic_stats()
+        return obs, storage, stats.pooled(player.env_offset, player.envs.num_envs), seconds, cfg.ppo.num_steps * cfg.env.num_envs, storage.critic_stats()
     groups = cfg.env.num_envs // cfg.algo.group_size
     episodes, stats, seconds = player.collect_groups(cfg.run.seed * 1_000_003 + update * groups, cfg.algo.group_size,
                                                      cfg.algo.max_episode_steps, reward_scale=cfg.ppo.reward_scale,

@@ -19,6 +19,8 @@ PORT=${PORT:-29500}
 # a collective that waits longer than this ends the job with an error instead of hanging it
 export FASTVLMRL_DIST_TIMEOUT_S=${FASTVLMRL_DIST_TIMEOUT_S:-1800}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+# after scancel/Ctrl-C torchrun waits this long for the workers' stop checkpoint before SIGKILL
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-600}
 
 srun torchrun \
     --nnodes="$SLURM_NNODES" \

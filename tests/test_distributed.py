@@ -17,7 +17,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).with_name("torchrun")
-TOY = ["sft.steps=2", "sft.demos=16", "sft.batch_size=4", "ppo.num_steps=2", "env.num_envs=4",
+TOY = ["sft.steps=2", "sft.demos=16", "sft.batch_size=4", "ppo.num_steps=2", "env.num_envs=4", "log.samples=4",
        "ppo.minibatch_size=8", "ppo.epochs=1", "sampling.max_new_tokens=12", "eval.episodes=4", "env.image_size=64",
        "run.threads=1"]
 
@@ -43,7 +43,7 @@ def _fixed_rollout(envs: range, num_envs: int):
     torch.nn.init.normal_(policy.value_head.net[-1].weight, std=0.3)
     encoder = build_encoder(policy, processor, torch.float32)
     rng = np.random.default_rng(0)
-    storage = RolloutStorage(2, len(envs))
+    storage = RolloutStorage(2, len(envs), env_offset=envs.start if len(envs) else 0, global_envs=num_envs)
     rewards = rng.normal(size=(2, num_envs)).astype(np.float32)
     dones = rng.random((2, num_envs)) < 0.3
     for step in range(2):
@@ -65,16 +65,19 @@ def _fixed_rollout(envs: range, num_envs: int):
 
 
 def update_worker(out: Path) -> None:
-    """One PPO update of the fixed rollout on this rank's envs (global: 4 envs, mini-batch 8)."""
+    """One PPO update of the fixed rollout on this rank's envs (global: 4 envs x 2 steps, mini-batches
+    of 3, so each rank's part of a mini-batch varies, possibly empty), then two SFT steps on
+    batches of 5 (rank parts of 3 and 2)."""
     from fastvlmrl import distributed
-    from fastvlmrl.config import PPOConfig
+    from fastvlmrl.config import PPOConfig, SFTConfig
     from fastvlmrl.rl.ppo import ppo_update
+    from fastvlmrl.rl.sft import sft_train
 
     world = distributed.init_from_environment("cpu")
     first, count = world.local_slice(4, "envs")
     policy, encoder, storage = _fixed_rollout(range(first, first + count), 4)
-    cfg = PPOConfig(epochs=2, minibatch_size=8, micro_batch_size=1 if world.active else 0, value_clip=0.0, clip=0.2,
-                    entropy_coef=0.01, max_grad_norm=1.0)
+    cfg = PPOConfig(epochs=2, minibatch_size=3, micro_batch_size=1 if world.active else 0, value_clip=0.0, clip=0.2,
+                    entropy_coef=0.01, max_grad_norm=1.0, loss_level=os.environ.get("LOSS_LEVEL", "sequence"))
     storage.finish(torch.zeros(count), 0.9, 0.95, normalize=True)
     # plain SGD: the parameters move by the gradients themselves (Adam's normalisation would blow
     # float32 summation-order noise in near-zero gradients up to a full step)
@@ -82,31 +85,53 @@ def update_worker(out: Path) -> None:
     metrics = ppo_update(policy, optimizer, storage, cfg, temperature=1.0, pad_id=encoder.pad_id,
                          device="cpu", generator=torch.Generator().manual_seed(0))
     metrics.update(storage.critic_stats())
-    torch.save({"params": {n: p.detach().clone() for n, p in policy.named_parameters()}, "metrics": metrics,
-                "advantages": storage.advantages}, out / f"rank{world.rank}.pt")
+    after_ppo = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    demos = [t for row in _fixed_rollout(range(4), 4)[2].transitions for t in row]  # the same 8 on every rank
+    sft_train(policy, encoder, demos, SFTConfig(steps=2, batch_size=5, lr=1e-4, warmup_steps=1, checkpoint_every=0),
+              device="cpu", seed=3)
+    torch.save({"params": after_ppo, "metrics": metrics, "advantages": storage.advantages,
+                "sft_params": {n: p.detach().clone() for n, p in policy.named_parameters()}},
+               out / f"rank{world.rank}.pt")
     distributed.shutdown()
 
 
-def test_an_update_over_two_ranks_is_the_single_process_update(tmp_path):
+@pytest.mark.parametrize("loss_level", ["sequence", "token"])
+def test_an_update_over_two_ranks_is_the_single_process_update(tmp_path, loss_level, monkeypatch):
+    monkeypatch.setenv("LOSS_LEVEL", loss_level)
     result = _torchrun([__file__, str(tmp_path)])
     assert result.returncode == 0, result.stderr[-3000:]
     (tmp_path / "ddp").mkdir()
     for name in ("rank0.pt", "rank1.pt"):
         (tmp_path / name).rename(tmp_path / "ddp" / name)
-    update_worker(tmp_path)  # the same update in this process alone, with the whole rollout
+    update_worker(tmp_path)  # the same in this process alone, with the whole rollout
     single = torch.load(tmp_path / "rank0.pt")
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1)]
     torch.testing.assert_close(torch.cat([r["advantages"] for r in ranks], dim=1), single["advantages"],
                                atol=1e-6, rtol=1e-5)  # normalised over the global rollout
     start = dict(_fixed_rollout(range(0), 4)[0].named_parameters())
-    for name, value in single["params"].items():
-        for r in ranks:
-            torch.testing.assert_close(r["params"][name], value, atol=1e-5, rtol=1e-4, msg=name)
-    assert sum(not torch.equal(value, start[name]) for name, value in single["params"].items()) > 10  # it moved
+    for key in ("params", "sft_params"):
+        for name, value in single[key].items():
+            for r in ranks:
+                torch.testing.assert_close(r[key][name], value, atol=1e-5, rtol=1e-4, msg=f"{key} {name}")
+        assert sum(not torch.equal(value, start[name]) for name, value in single[key].items()) > 10  # it moved
     for key in ("actor/pg_loss", "critic/value_loss", "actor/entropy", "actor/approx_kl", "actor/grad_norm",
-                "critic/explained_variance", "critic/value_mean"):
+                "actor/clip_frac", "critic/explained_variance", "critic/value_mean", "actor/optimizer_steps"):
         for r in ranks:
             assert r["metrics"][key] == pytest.approx(single["metrics"][key], rel=1e-4, abs=1e-6), key
+
+
+def test_what_several_processes_cannot_run_is_refused_before_work():
+    from fastvlmrl.config import load_config
+    from fastvlmrl.distributed import World
+    from fastvlmrl.train import check_world
+
+    two = World(rank=0, size=2)
+    with pytest.raises(ValueError, match="env.num_envs=3 must be a multiple of the number of processes"):
+        check_world(load_config(None, ["env.num_envs=3"]), two)
+    with pytest.raises(ValueError, match="algo.name=grpo does not run under torchrun"):
+        check_world(load_config(None, ["algo.name=grpo", "algo.group_size=4"]), two)
+    check_world(load_config(None, ["env.num_envs=4", "ppo.minibatch_size=3"]), two)  # mini-batches stay global
+    assert World().sum([1.0, 2]) == [1.0, 2.0] and World().gather("x") == ["x"]  # a world of one: identities
 
 
 # -- whole runs ---------------------------------------------------------------------------------
@@ -120,7 +145,9 @@ def _train(out: Path, name: str, nproc: int, *extra: str) -> subprocess.Complete
 
 
 def test_a_two_rank_run_writes_one_run_and_resumes(tmp_path):
-    result = _train(tmp_path, "two", 2, "ppo.updates=2")
+    # no SFT: its evaluation plays other episodes on 2 ranks than on 1 (the SFT itself is the single
+    # process's: test_an_update_over_two_ranks_is_the_single_process_update)
+    result = _train(tmp_path, "two", 2, "ppo.updates=2", "sft.steps=0")
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "two"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -133,12 +160,18 @@ def test_a_two_rank_run_writes_one_run_and_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     updates = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in updates if "update" in r] == [0, 1, 2]
-    single = _train(tmp_path, "one", 1, "ppo.updates=2")
+    single = _train(tmp_path, "one", 1, "ppo.updates=2", "sft.steps=0")
     assert single.returncode == 0, single.stderr[-3000:]
     one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    # the same envs, seeds and global batch: the first rollout is the single process's
-    assert [r for r in one if r.get("update") == 0][0]["rollout/legal_action_rate"] == pytest.approx(
-        [r for r in updates if r.get("update") == 0][0]["rollout/legal_action_rate"], abs=0.25)
+    # each rank's envs start as those envs of the single process and sample with their seeds: the
+    # first replies of all 4 envs are the single process's (later steps differ: the random actions
+    # that stand in for illegal replies come from each rank's own stream)
+    first = [[json.loads(line) for line in (tmp_path / name / "samples.jsonl").read_text().splitlines()
+              if json.loads(line).get("update") == 0] for name in ("two", "one")]
+    assert [s["env"] for s in first[0]] == [0, 1, 2, 3]
+    assert [(s["env"], s["output"]) for s in first[0]] == [(s["env"], s["output"]) for s in first[1]]
+    evals = [json.loads((tmp_path / name / "eval.json").read_text()) for name in ("two", "one")]
+    assert evals[0]["episodes"] == evals[1]["episodes"] == 4  # pooled over the ranks
 
 
 def test_a_rank_that_dies_stops_the_job_and_leaves_the_checkpoint_intact(tmp_path):
@@ -187,7 +220,9 @@ def test_the_slurm_script_starts_a_job(tmp_path):
 
 def _children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(c) for c in path.read_text().split()] if path.is_file() else []
+    if not path.is_file():
+        pytest.skip("no /proc/<pid>/task/<pid>/children here to find torchrun's workers")
+    return [int(c) for c in path.read_text().split()]
 
 
 if __name__ == "__main__":

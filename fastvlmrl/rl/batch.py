@@ -26,7 +26,7 @@ class PackedBatch:
 
 def micro_batches(samples: list, size: int) -> list[list]:
     """Samples in pieces of `size` for one forward (and backward) each; 0: one piece."""
-    size = size or len(samples)
+    size = size or len(samples) or 1
     return [samples[i:i + size] for i in range(0, len(samples), size)]
 
 

@@ -140,7 +140,7 @@ def _minibatch_totals(samples, thought_coef: float, world) -> dict[str, float]:
     """What each loss term of a mini-batch is averaged over, over every rank's part of it: its
     samples, its output tokens and the sum of their λ weights (the token-level policy loss is a
     weighted token mean)."""
-    is_action = torch.cat([s[0].is_action for s in samples])
+    is_action = torch.cat([s[0].is_action for s in samples]) if samples else torch.zeros(0, dtype=torch.bool)
     local = [float(len(samples)), float(len(is_action)), float(token_weights(is_action, thought_coef).sum())]
     return dict(zip(("samples", "tokens", "weight"), world.sum(local)))
 
@@ -205,8 +205,7 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
     exceeds it."""
     if cfg.kl_coef > 0 and reference is None:
         raise ValueError("ppo.kl_coef > 0 needs the reference policy")
-    world = current_world()  # under torchrun: this rank's share of every mini-batch, the gradients summed
-    _, local_minibatch = world.local_slice(cfg.minibatch_size, "ppo.minibatch_size")
+    world = current_world()  # under torchrun: this rank's part of every global mini-batch, the gradients summed
     params = [p for p in policy.parameters() if p.requires_grad]
     head = {id(p) for p in policy.value_head.parameters()}
     value_clip = cfg.value_clip if cfg.value_clip > 0 else None  # 0: no value clip
@@ -228,7 +227,7 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
     for _ in range(cfg.epochs):
         epochs += 1
         epoch_kl, epoch_steps = 0.0, 0
-        for samples in storage.minibatches(local_minibatch, generator):
+        for samples in storage.minibatches(cfg.minibatch_size, generator):
             optimizer.zero_grad(set_to_none=True)
             totals = _minibatch_totals(samples, cfg.thought_coef, world)
             step_sums = dict.fromkeys(sums, 0.0)

@@ -56,16 +56,21 @@ class EpisodeStats:
             "thought/action_follows_thought": self.follows[0] / self.follows[1] if self.follows[1] else float("nan"),
         }
 
-    def pooled(self) -> EpisodeStats:
+    def pooled(self, env_offset: int = 0, num_envs: int = 1) -> EpisodeStats:
         """Every rank's statistics together (under torchrun; this one as it is otherwise): the
-        episodes and counts of all ranks, this rank's samples, the slowest rank's seconds."""
+        episodes and counts of all ranks, the rollout's first samples over the global envs (as a
+        single process keeps them: step by step, env by env; this rank's `num_envs` envs start at
+        global env `env_offset`), the slowest rank's seconds."""
         world = current_world()
         if not world.active:
             return self
+        samples = [({**sample, "env": sample["env"] + env_offset}, k // num_envs) for k, sample in enumerate(self.samples)]
         parts = world.gather((self.returns, self.lengths, self.legal, self.outputs, self.tokens, self.cut,
-                              self.perception, self.follows, self.seconds))
-        out = EpisodeStats(samples_wanted=self.samples_wanted, samples=self.samples)
-        for returns, lengths, legal, outputs, tokens, cut, perception, follows, _ in parts:
+                              self.perception, self.follows, samples, self.seconds))
+        out = EpisodeStats(samples_wanted=self.samples_wanted)
+        ordered = sorted((pair for p in parts for pair in p[8]), key=lambda pair: (pair[1], pair[0]["env"]))
+        out.samples = [sample for sample, _ in ordered[: self.samples_wanted]]
+        for returns, lengths, legal, outputs, tokens, cut, perception, follows, _, _ in parts:
             out.returns += returns
             out.lengths += lengths
             out.legal, out.outputs, out.tokens = out.legal + legal, out.outputs + outputs, out.tokens + tokens
@@ -108,7 +113,8 @@ class Player:
         self.cot, self.style, self.sampling = cot, style, sampling
         self.illegal_action, self.illegal_penalty = illegal_action, illegal_penalty
         self.ignore_eos = ignore_eos  # benchmarks: every output runs to max_new_tokens
-        self.rng = np.random.default_rng(seed)
+        # (a rank's own stream under torchrun: the random actions for illegal replies differ per rank)
+        self.rng = np.random.default_rng(seed if env_offset == 0 else (seed, env_offset))
         self.seed = seed
         self.env_offset = env_offset
         self.global_envs = envs.num_envs if global_envs is None else global_envs

@@ -100,14 +100,16 @@ def sft_backward(policy, samples: list[Transition], micro_batch_size: int, *, pa
     if tokens == 0:  # nothing to learn from: skipped like a non-finite batch (Adam would still move the weights)
         return torch.tensor(float("nan"))
     total = torch.zeros((), device=device)
-    for part in micro_batches(samples, micro_batch_size):
+    finite = True
+    for part in micro_batches(samples, micro_batch_size):  # (none on a rank whose share is empty)
         token_logp, _ = forward_logp_and_values(policy, pack(part, pad_id, device), 1.0, logit_bias)
         loss = -token_logp.float().sum() / tokens
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if not finite:
             break
         loss.backward()
         total += loss.detach()
-    if not world.all_finite(bool(torch.isfinite(loss))):  # every rank skips together
+    if not world.all_finite(finite):  # every rank skips together
         policy.zero_grad(set_to_none=True)
         return torch.tensor(float("nan"))
     world.reduce_gradients([p for p in policy.parameters() if p.requires_grad])
@@ -125,9 +127,9 @@ def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: in
     resume: a checkpoint's trainer state ("optimizer", "sft_step", "sft_rng") to continue from."""
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-    world = current_world()  # under torchrun each rank draws its own share of every batch
-    rng = np.random.default_rng(seed if not world.active else (seed, world.rank))
-    _, batch_size = world.local_slice(cfg.batch_size, "sft.batch_size")
+    # under torchrun every rank draws the same batch (the single process's) and trains on its part
+    world = current_world()
+    rng = np.random.default_rng(seed)
     first = 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
@@ -144,7 +146,8 @@ def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: in
             break
         for group in optimizer.param_groups:
             group["lr"] = sft_lr(step, cfg.steps, cfg.lr, cfg.warmup_steps)
-        picks = rng.choice(len(demos), size=min(batch_size, len(demos)), replace=False)
+        picks = rng.choice(len(demos), size=min(cfg.batch_size, len(demos)), replace=False)
+        picks = picks[world.rank::world.size]  # (all of them in a single process)
         optimizer.zero_grad(set_to_none=True)
         loss = sft_backward(policy, [demos[i] for i in picks], cfg.micro_batch_size, pad_id=encoder.pad_id,
                             device=device, logit_bias=logit_bias)

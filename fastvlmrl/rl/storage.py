@@ -24,8 +24,11 @@ class Transition:
 
 
 class RolloutStorage:
-    def __init__(self, num_steps: int, num_envs: int):
+    def __init__(self, num_steps: int, num_envs: int, env_offset: int = 0, global_envs: int | None = None):
+        """env_offset / global_envs: under torchrun this rank's envs are global envs env_offset ...
+        of global_envs (mini-batches are drawn over the global rollout: `minibatches`)."""
         self.num_steps, self.num_envs = num_steps, num_envs
+        self.env_offset, self.global_envs = env_offset, num_envs if global_envs is None else global_envs
         self.transitions: list[list[Transition | None]] = [[None] * num_envs for _ in range(num_steps)]
         self.rewards = torch.zeros(num_steps, num_envs)
         self.dones = torch.zeros(num_steps, num_envs, dtype=torch.bool)
@@ -75,11 +78,18 @@ class RolloutStorage:
         return out
 
     def minibatches(self, size: int, generator: torch.Generator):
-        """Shuffled mini-batches of samples (the last one may be smaller)."""
+        """Shuffled mini-batches of `size` samples of the global rollout (the last one may be
+        smaller), each as this rank's part of it: every rank draws the same order over every
+        rank's samples (the single process's) and keeps its own envs' (possibly none)."""
         samples = self.samples()
-        order = torch.randperm(len(samples), generator=generator).tolist()
+        order = torch.randperm(self.num_steps * self.global_envs, generator=generator).tolist()
         for i in range(0, len(order), size):
-            yield [samples[j] for j in order[i : i + size]]
+            part = []
+            for j in order[i : i + size]:
+                step, env = divmod(j, self.global_envs)
+                if self.env_offset <= env < self.env_offset + self.num_envs:
+                    part.append(samples[step * self.num_envs + env - self.env_offset])
+            yield part
 
 
 class SampleStorage:
