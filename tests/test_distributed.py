@@ -160,6 +160,13 @@ def test_a_two_rank_run_writes_one_run_and_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     updates = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in updates if "update" in r] == [0, 1, 2]
+    # on another number of processes: the weights and schedule go on, the envs start fresh episodes
+    alone = subprocess.run([sys.executable, "-m", "fastvlmrl", "train", f"resume={run}", "ppo.updates=4"], cwd=ROOT,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "written by 2 process(es), this run has 1" in alone.stdout
+    after = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in after if "update" in r] == [0, 1, 2, 3]
     single = _train(tmp_path, "one", 1, "ppo.updates=2", "sft.steps=0")
     assert single.returncode == 0, single.stderr[-3000:]
     one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
