@@ -232,6 +232,9 @@ def _run(benchmark, report, case: Case, path: str, prepare) -> None:
     seconds, steps = times[best], case.num_envs * case.num_steps
     _record(case.name, path, seconds, steps, tokens[best])
     benchmark.extra_info.update({"env_steps_per_s": steps / seconds, "tokens_per_s": tokens[best] / seconds})
+    # Each path's own line first: a run that stops before the pair is complete still shows it.
+    report(f"PPO iteration, {case.name}, {path} path: {seconds:.2f} s, {steps / seconds:.2f} env steps/s, "
+           f"{tokens[best] / seconds:.0f} tokens/s")
     paths = RESULTS[case.name]
     if set(paths) == {"fast", "reference"}:  # the second of the pair: print the comparison
         fast, ref = paths["fast"], paths["reference"]

@@ -2,45 +2,57 @@
 
 Importing this package (or `fastvlmrl`) registers the Gymnasium ids
 `fastvlmrl/NumberLine-v0`, `fastvlmrl/EZPoints-v0`, `fastvlmrl/Points24-v0` and
-`fastvlmrl/Blackjack-v0`: `gymnasium.make(id)` gives one env, `gymnasium.make_vec(id, num_envs=N)`
-the C batch.
+`fastvlmrl/Blackjack-v0` when gymnasium is installed: `gymnasium.make(id)` gives one env,
+`gymnasium.make_vec(id, num_envs=N)` the C batch. The games, the C extension and the vector envs
+load on first use of a name below (`GAMES`, `get_game`, `NumberLineVectorEnv`, ...), so the
+import itself stays light.
 """
 
-import gymnasium
+from __future__ import annotations
 
-from fastvlmrl.envs.games import GAMES, describe, get_game
-from fastvlmrl.envs.vector import (
-    BlackjackVectorEnv,
-    CardsVectorEnv,
-    EZPointsVectorEnv,
-    NumberLineVectorEnv,
-    Points24VectorEnv,
-)
+import importlib
 
-ENV_IDS = {name: f"fastvlmrl/{name}-v0" for name in GAMES}
+GAME_NAMES = ("NumberLine", "EZPoints", "Points24", "Blackjack")
+ENV_IDS = {name: f"fastvlmrl/{name}-v0" for name in GAME_NAMES}
+
+# Loaded on first use (PEP 562): name -> the module that defines it.
+_LAZY = {
+    "GAMES": "fastvlmrl.envs.games",
+    "get_game": "fastvlmrl.envs.games",
+    "describe": "fastvlmrl.envs.games",
+    "CardsVectorEnv": "fastvlmrl.envs.vector",
+    "NumberLineVectorEnv": "fastvlmrl.envs.vector",
+    "EZPointsVectorEnv": "fastvlmrl.envs.vector",
+    "Points24VectorEnv": "fastvlmrl.envs.vector",
+    "BlackjackVectorEnv": "fastvlmrl.envs.vector",
+}
 
 
-def _register() -> None:
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def register() -> bool:
+    """Register the Gymnasium ids (string entry points: nothing is imported until an env is made).
+    False when gymnasium is not installed."""
+    try:
+        import gymnasium
+    except ModuleNotFoundError:
+        return False
     for name, env_id in ENV_IDS.items():
-        if env_id in gymnasium.registry:
-            continue
-        gymnasium.register(
-            env_id,
-            entry_point=f"fastvlmrl.envs.single:{name}Env",
-            vector_entry_point=f"fastvlmrl.envs.vector:{name}VectorEnv",
-        )
+        if env_id not in gymnasium.registry:
+            gymnasium.register(
+                env_id,
+                entry_point=f"fastvlmrl.envs.single:{name}Env",
+                vector_entry_point=f"fastvlmrl.envs.vector:{name}VectorEnv",
+            )
+    return True
 
 
-_register()
+register()
 
-__all__ = [
-    "ENV_IDS",
-    "GAMES",
-    "get_game",
-    "describe",
-    "CardsVectorEnv",
-    "NumberLineVectorEnv",
-    "EZPointsVectorEnv",
-    "Points24VectorEnv",
-    "BlackjackVectorEnv",
-]
+__all__ = ["ENV_IDS", "GAME_NAMES", "register", *_LAZY]
