@@ -107,10 +107,31 @@ def _import_fresh(name: str, interpret: bool) -> ModuleType:
     if interpret:
         from triton.runtime.interpreter import InterpretedFunction
 
+        _interpreter_index_compat()
+
         for value in vars(module).values():
             if isinstance(value, InterpretedFunction):
                 value.run = _in_interpreter_scope(value.run)
     return module
+
+
+def _interpreter_index_compat() -> None:
+    """Triton 3.6's interpreter turns a scalar tensor into an int with ``int(array)``, which NumPy 2
+    refuses for the one-element arrays the interpreter keeps scalars in (a kernel's
+    ``range(start, end, TILE)`` over loaded bounds fails); later tritons squeeze the array first.
+    Do the same for older ones (a no-op where triton already does it)."""
+    from triton.runtime import interpreter
+
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "fastvlmrl_compat", False):
+        return
+
+    def patch_lang_tensor(tensor, scope, *args, **kwargs):
+        original(tensor, scope, *args, **kwargs)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patch_lang_tensor.fastvlmrl_compat = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
 
 
 # Triton's own helpers in triton.language (tl.sum, tl.max, tl.zeros, ...) are @triton.jit

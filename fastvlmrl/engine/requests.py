@@ -97,7 +97,7 @@ class SequenceBuilder:
         return gen, seq
 
     def build(self, req: Request) -> Sequence:
-        """A checked request as a Sequence: ids, images on the device, its own random generator,
+        """A checked request as a Sequence: ids, images on the device, its sampling seed,
         prefix-cache keys and the family's prompt positions. Raises ValueError."""
         ids = req.prompt_token_ids
         ids = ids.reshape(-1).tolist() if isinstance(ids, torch.Tensor) else [int(t) for t in ids]
@@ -107,8 +107,7 @@ class SequenceBuilder:
         _check_prompt(ids, sp, self.block_manager, self.max_model_len, vocab_size)
         mm = _check_images(ids, req.mm_inputs, family, device)
         seed = sp.seed if sp.seed is not None else int(torch.randint(2**62, ()).item())
-        generator = None if sp.greedy else torch.Generator(device=device).manual_seed(seed)
-        seq = Sequence(next(self._seq_ids), ids, len(ids), sp, mm, generator)
+        seq = Sequence(next(self._seq_ids), ids, len(ids), sp, mm, None if sp.greedy else seed)
         if self.block_manager.enable_prefix_caching:
             digest = mm_digest(mm) if mm else None
             seq.prefix_keys = block_keys(ids, self.block_manager.block_size, family.image_token_id, digest)

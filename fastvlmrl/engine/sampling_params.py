@@ -21,8 +21,8 @@ class SamplingParams:
     - ``suppress_token_ids``: tokens never emitted (their logits are -inf before everything, so
       ``logprobs`` are those of the distribution without them). A trainer suppresses special and
       image-placeholder tokens, which a reply must not contain.
-    - ``seed``: seeds this request's own random generator, so a rollout is reproducible whatever
-      else shares the batch. When one ``SamplingParams`` is shared by a list of prompts, request i
+    - ``seed``: seeds this request's own random stream (token i draws with a hash of the seed and
+      i), so a rollout is reproducible whatever else shares the batch, on any device. When one ``SamplingParams`` is shared by a list of prompts, request i
       uses ``seed + i`` (see :meth:`for_index`). ``None`` draws a seed from torch's global RNG.
     """
 

@@ -58,7 +58,7 @@ class Sequence:
     num_prompt_tokens: int
     sampling: SamplingParams
     mm_inputs: dict[str, torch.Tensor]
-    generator: torch.Generator | None
+    seed: int | None  # the sampling seed (None for greedy): sampler.sampling_uniform(seed, token index)
     prefix_keys: list[bytes] = field(default_factory=list)  # block_manager.block_keys of the prompt
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0

@@ -119,8 +119,8 @@ def test_suppressed_tokens_are_never_emitted_and_logprobs_exclude_them():
 
     class Seq:
         def __init__(self, sp):
-            self.sampling, self.token_ids = sp, [1]
-            self.generator = torch.Generator().manual_seed(0)
+            self.sampling, self.token_ids, self.num_outputs = sp, [1], 0
+            self.seed = 0
 
     logits = torch.zeros(2, 6)
     logits[:, 3] = 10.0  # token 3 would win every time
