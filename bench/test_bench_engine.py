@@ -10,8 +10,9 @@ the engine time of the printed ratio.
 
 - CPU (default): the project's tiny LLaVA (CLIP 112 px -> 49 image tokens, Llama hidden 128,
   2 layers), batch 32, 64 new tokens (256 on GPU; shorter here to keep the CPU run in minutes).
-- GPU (``-m gpu``, see scripts/bench_engine_gpu.sh): Qwen2-VL-2B and LLaVA-1.5-7B configs in
-  bf16, batch 64, 256 new tokens; also reports the fraction of the decode roofline (HBM bandwidth
+- GPU (``-m gpu``, see scripts/bench_engine_gpu.sh): Qwen2-VL-2B and LLaVA-1.6-Mistral-7B configs
+  in bf16 (LLaVA-1.6's prompts are longer: its 300x300 frame is AnyRes tiles), batch 64, 256 new
+  tokens; also reports the fraction of the decode roofline (HBM bandwidth
   over the bytes one decode step must read: language-model weights + the batch's KV cache).
 - Text-only comparison with transformers' continuous batching (``generate_batch``), which takes
   token ids only (no images): both run the same prompts with the image tokens replaced by text.
@@ -32,8 +33,9 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
 )
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-from fastvlmrl.architectures import llava_15_7b, qwen2_vl_2b
+from fastvlmrl.architectures import llava_15_7b, llava_16_mistral_7b, qwen2_vl_2b
 from fastvlmrl.engine import Engine, Request, SamplingParams
 
 PROMPT_TOKENS = 600
@@ -72,7 +74,8 @@ def tiny_llava_config() -> LlavaConfig:
     return LlavaConfig(vision_config=vision, text_config=text, image_token_id=127, vision_feature_layer=-1)
 
 
-CONFIGS = {"tiny-llava": tiny_llava_config, "llava-1.5-7b": llava_15_7b, "qwen2-vl-2b": qwen2_vl_2b}
+CONFIGS = {"tiny-llava": tiny_llava_config, "llava-1.5-7b": llava_15_7b, "llava-1.6-mistral-7b": llava_16_mistral_7b,
+           "qwen2-vl-2b": qwen2_vl_2b}
 
 
 def build(case: Case):
@@ -89,7 +92,7 @@ def make_requests(model, case: Case) -> list[Request]:
     text_cfg = cfg.get_text_config()
     vocab = min(text_cfg.vocab_size, 30000, cfg.image_token_id)  # text tokens only
     image_id = cfg.image_token_id
-    requests = []
+    requests, n_image = [], None
     for i in range(case.batch):
         if cfg.model_type == "qwen2_vl":
             grid = torch.tensor([[1, 24, 24]])  # a 336x336 frame -> 144 image tokens
@@ -97,6 +100,20 @@ def make_requests(model, case: Case) -> list[Request]:
             pixels = torch.randn(576, 3 * vc.temporal_patch_size * vc.patch_size**2, generator=g)
             mm = {"pixel_values": pixels.to(case.dtype), "image_grid_thw": grid}
             image = [cfg.vision_start_token_id] + [image_id] * 144 + [cfg.vision_end_token_id]
+        elif cfg.model_type == "llava_next":
+            # A 300x300 frame (RL4VLM's) in AnyRes: the base tile and the tiles of its best grid
+            # (random pixels); the image's token count is what the model's own features give.
+            vc = cfg.vision_config
+            size = torch.tensor([[300, 300]])
+            tiles = image_size_to_num_patches((300, 300), cfg.image_grid_pinpoints, vc.image_size)
+            pixels = torch.randn(1, tiles, 3, vc.image_size, vc.image_size, generator=g)
+            mm = {"pixel_values": pixels.to(case.dtype), "image_sizes": size}
+            if n_image is None:
+                with torch.inference_mode():
+                    feats = model.model.get_image_features(**{k: v.to(case.device) for k, v in mm.items()},
+                                                           return_dict=True)
+                n_image = feats.pooler_output[0].shape[0]
+            image = [image_id] * n_image
         else:
             vc = cfg.vision_config
             n = (vc.image_size // vc.patch_size) ** 2
@@ -216,7 +233,7 @@ def run_case(case: Case, benchmark, report):
         None,
         memory_fraction=0.6 if case.device == "cuda" else 0.05,
         max_num_seqs=case.batch,
-        max_model_len=PROMPT_TOKENS + 64 + case.new_tokens,
+        max_model_len=max(len(r.prompt_token_ids) for r in requests) + 16 + case.new_tokens,
     )
     engine.generate_requests(requests[:2], SamplingParams(temperature=0, max_new_tokens=4))  # warm-up
     outs = benchmark.pedantic(lambda: engine.generate_requests(requests, sp), rounds=1, iterations=1)
@@ -259,7 +276,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
 @gpu
 @pytest.mark.gpu
 @pytest.mark.benchmark(group="engine-gpu")
-@pytest.mark.parametrize("name", ["qwen2-vl-2b", "llava-1.5-7b"])
+@pytest.mark.parametrize("name", ["qwen2-vl-2b", "llava-1.6-mistral-7b"])
 def test_engine_vs_generate_gpu(name, benchmark, report):
     run_case(Case(name, batch=64, new_tokens=256, device="cuda", dtype=torch.bfloat16), benchmark, report)
 

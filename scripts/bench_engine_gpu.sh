@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The rollout engine's GPU benchmark in one command: engine vs Hugging Face `generate` (and
-# transformers' continuous batching, text only) on random-weight Qwen2-VL-2B and LLaVA-1.5-7B
+# transformers' continuous batching, text only) on random-weight Qwen2-VL-2B and LLaVA-1.6-Mistral-7B
 # configs in bf16, batch 64, ~600-token prompts with one image, 256 new tokens (EOS ignored).
 # Prints tokens/s, the ratio and the fraction of the decode HBM roofline; full timings go to the
 # JSON file (first argument, default .benchmarks/engine_gpu.json). Extra arguments go to pytest.
