@@ -46,7 +46,8 @@ stage() {
     tmp=$(mktemp)
     t0=$(date +%s)
     echo "===== $name (time box ${limit}s) =====" >>"$log"
-    timeout -k 5 "$limit" "$@" >"$tmp" 2>&1
+    # Through bash -c so that a stage may be one of the functions below (exported).
+    timeout -k 5 "$limit" bash -c '"$@"' "$name" "$@" >"$tmp" 2>&1
     rc=$?
     cat "$tmp" >>"$log"
     case $rc in
@@ -56,8 +57,9 @@ stage() {
     esac
     {
         echo "## $name: $status, $(($(date +%s) - t0)) s"
-        grep -E '^(=+ .*(passed|failed|error|skipped|deselected).* =+|[0-9]+ (passed|failed).*)$' "$tmp" | tail -n 1
-        sed -n '/bench report/,/^=\{10,\}/p' "$tmp" | grep -v '^=\{10,\}' | grep -v 'bench report'
+        grep -E '(passed|failed|skipped|deselected|errors?|no tests ran).* in [0-9.]+s' "$tmp" | sed 's/^=* *//; s/ *=*$//'
+        awk '/=+ bench report =+/ {on = 1; next} on && (/^$/ || /^=+/ || /^-+/) {on = 0} on' "$tmp"
+        [[ $name == machine ]] && sed 's/^/    /' "$tmp"
         [[ $status == ok ]] || tail -n 15 "$tmp" | sed 's/^/    /'
         echo
     } >>"$summary"
@@ -65,7 +67,7 @@ stage() {
     rm -f "$tmp"
 }
 
-machine() {
+check_machine() {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv || true
     python3 - <<'PY'
 import platform, torch
@@ -80,7 +82,7 @@ for name in ("triton", "transformers", "peft", "pytest_benchmark", "hypothesis",
 PY
 }
 
-install() {
+install_checkout() {
     local rc=0
     if compgen -G ".gpu_wheels/*.whl" >/dev/null; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu_wheels/*.whl || rc=1
@@ -108,8 +110,9 @@ kernel_tests() {
     return $rc
 }
 
-stage "machine" 30 machine
-stage "install" 90 install
+export -f check_machine install_checkout pytest_gpu kernel_tests
+stage "machine" 30 check_machine
+stage "install" 90 install_checkout
 export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 stage "kernel tests (compiled, subset)" 100 kernel_tests
 stage "kernel bench" 90 python3 -m pytest bench/test_bench_kernels.py -q -p no:cacheprovider \

@@ -59,7 +59,10 @@ class Engine:
       slower: sequences are preempted and recomputed (logged).
     - ``max_num_seqs`` / ``max_num_batched_tokens``: per-step limits (a prefill step packs up to
       this many prompt tokens).
-    - ``max_model_len``: context limit; defaults to the text config's ``max_position_embeddings``.
+    - ``max_model_len``: context limit. None = ``expected_seq_len`` with a margin (an eighth, at
+      least 64 tokens, rounded up to whole blocks) when given, else the text config's
+      ``max_position_embeddings``. It sets the block tables' width, which sizes the CUDA graphs'
+      inputs and the paged-decode splits: a run that knows its longest sequence should say it.
     - ``enable_prefix_caching``: share full prompt blocks between requests (and across calls while
       the weights are unchanged).
     - ``use_flash_attn``: None = when installed, False = never, True = required.
@@ -104,6 +107,9 @@ class Engine:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         text_config = base.config.get_text_config()
         self.max_model_len = max_model_len or text_config.max_position_embeddings
+        if max_model_len is None and expected_seq_len:
+            with_margin = expected_seq_len + max(64, expected_seq_len // 8)
+            self.max_model_len = min(self.max_model_len, -(-with_margin // block_size) * block_size)
         window = sliding_window(text_config)
         if window is not None and window < self.max_model_len:
             # The paged attention is full attention: within the window it is the same thing, so cap

@@ -38,6 +38,12 @@ def test_the_players_engine_holds_what_the_run_needs(game):
         longest = longest_prompt_tokens(cfg, player.envs, encoder)
         block = player.engine.block_manager.block_size
         assert player.engine.kv.num_blocks == 3 * -(-(longest + 40) // block)
+        # The context limit (the block tables' width) is the run's longest sequence with a margin,
+        # not the model's maximum context.
+        engine = player.engine
+        assert longest + 40 + 64 <= engine.max_model_len < policy.hf_model.config.get_text_config().max_position_embeddings
+        assert engine.max_model_len % block == 0
+        assert engine.runner.max_blocks_per_seq == engine.max_model_len // block
         obs, _ = player.envs.reset(seed=0)
         if game == "Points24":  # the formula's room is in the estimate: longer than the first prompt
             from fastvlmrl.envs.prompts import task_prompt
@@ -55,3 +61,15 @@ def test_too_little_memory_is_said(caplog):
     with caplog.at_level(logging.WARNING):
         engine = Engine(policy.model, processor, expected_seqs=10**6, expected_seq_len=2048, memory_fraction=1e-4)
     assert "preempted" in caplog.text and engine.kv.num_blocks < kv_blocks_needed(10**6, 2048, 16)
+
+
+def test_max_model_len_follows_the_expected_length_unless_given():
+    policy, _ = load_policy(None, seed=0)
+    model_max = policy.hf_model.config.get_text_config().max_position_embeddings
+    assert Engine(policy.model, None, block_size=16, num_blocks=8).max_model_len == model_max
+    assert Engine(policy.model, None, block_size=16, num_blocks=8, expected_seq_len=100).max_model_len == 176
+    assert Engine(policy.model, None, block_size=16, num_blocks=8, expected_seq_len=1000).max_model_len == 1136
+    assert Engine(policy.model, None, block_size=16, num_blocks=8, expected_seq_len=100,
+                  max_model_len=300).max_model_len == 300
+    assert Engine(policy.model, None, block_size=16, num_blocks=8,
+                  expected_seq_len=10 * model_max).max_model_len == model_max
