@@ -2,8 +2,9 @@
 
 Design (why it looks like this):
 
-- The logits tiles come from torch matmuls in the input dtype (cuBLAS accumulates in fp32);
-  a Triton kernel then does the softmax math in fp32 on each tile. Writing our own GEMM would
+- The logits tiles come from torch matmuls with an fp32 output (cuBLAS accumulates in fp32; the
+  output is not rounded to bf16, see :mod:`.linear`); a Triton kernel then does the softmax math
+  on each tile. Writing our own GEMM would
   not beat cuBLAS, while the softmax epilogue is where the memory goes.
 - Forward: chunks of tokens with their whole vocabulary row (``rows * V <= chunk_elements``),
   one pass per row with an online log-sum-exp; it saves only ``lse`` and the entropy ``[T]``.
@@ -25,9 +26,10 @@ import torch
 
 from . import reference
 from ._dispatch import load_jit, next_power_of_2, use_triton
+from .linear import linear_fp32
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-DEFAULT_CHUNK_ELEMENTS = 1 << 26  # one logits tile: 128 MiB in bf16
+DEFAULT_CHUNK_ELEMENTS = 1 << 26  # one logits tile: 256 MiB (fp32)
 _MAX_BLOCK_V = 4096  # columns per kernel step (module attribute so tests can shrink it)
 
 
@@ -65,10 +67,8 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def _tile_logits(hidden, weight, bias, t0, t1, v0, v1):
-    logits = hidden[t0:t1] @ weight[v0:v1].t()
-    if bias is not None:
-        logits += bias[v0:v1]
-    return logits
+    """A tile of fp32 logits (:func:`linear_fp32`: no bf16 rounding of the GEMM's output)."""
+    return linear_fp32(hidden[t0:t1], weight[v0:v1], bias[v0:v1] if bias is not None else None)
 
 
 def _forward(hidden, weight, bias, targets, temperature, ignore_index, with_entropy, chunk_elements):
@@ -134,16 +134,18 @@ def _backward(ctx, g_logp, g_ent):
                 BLOCK_V=block_v, HAS_G_LOGP=g_logp is not None, HAS_G_ENT=g_ent is not None,
                 num_warps=8 if block_v >= 2048 else 4,
             )
+            # The logits tile is fp32; its gradient feeds the GEMMs in the inputs' dtype.
+            d = dlogits if dlogits.dtype == hidden.dtype else dlogits.to(hidden.dtype)
             if need_h:
-                if grad_h.dtype == dlogits.dtype:
-                    grad_h[t0:t1].addmm_(dlogits, w_slice)
+                if grad_h.dtype == d.dtype:
+                    grad_h[t0:t1].addmm_(d, w_slice)
                 else:
-                    grad_h[t0:t1] += dlogits @ w_slice
+                    grad_h[t0:t1] += d @ w_slice
             if need_w:
                 if w_acc is None:  # written in place: no [slice, H] temporary
-                    torch.mm(dlogits.t(), hidden[t0:t1], out=grad_w[v0:v1])
+                    torch.mm(d.t(), hidden[t0:t1], out=grad_w[v0:v1])
                 else:
-                    w_acc += dlogits.t() @ hidden[t0:t1]
+                    w_acc += d.t() @ hidden[t0:t1]
             if grad_b is not None:
                 grad_b[v0:v1] += dlogits.sum(0, dtype=torch.float32)
         if w_acc is not None:

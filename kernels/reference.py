@@ -14,6 +14,7 @@ import math
 import torch
 
 from ._types import PPOLossOutput
+from .linear import linear_fp32
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -36,14 +37,12 @@ def fused_linear_logprob(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-prob (and entropy) of ``targets`` under ``softmax((hidden @ weight.T + bias) / T)``.
 
-    The logits are computed in the input dtype (what the model's LM head produces), then
-    upcast before the temperature and the softmax. Ignored positions get 0 for both outputs.
+    The logits are fp32 (fp64 for fp64 inputs) from bf16/fp16 inputs without rounding the GEMM's
+    output (:func:`fastvlmrl.kernels.linear.linear_fp32`, the rollout engine's definition too),
+    then divided by the temperature. Ignored positions get 0 for both outputs.
     """
     cdt = _compute_dtype(hidden, weight)
-    logits = hidden @ weight.t()
-    if bias is not None:
-        logits = logits + bias
-    logits = logits.to(cdt) / temperature
+    logits = linear_fp32(hidden, weight, bias).to(cdt) / temperature
     logp_all = torch.log_softmax(logits, dim=-1)
     valid = targets != ignore_index
     safe_targets = torch.where(valid, targets, torch.zeros_like(targets)).long()

@@ -102,7 +102,7 @@ pytest_gpu() { python3 -m pytest -m gpu -q -p no:cacheprovider "$@"; }
 
 kernel_tests() {
     local rc=0 f=tests/kernels/test_gpu.py::test_paged_decode_matches_reference
-    pytest_gpu tests/kernels/test_gpu.py -k "not test_paged_decode_matches_reference" || rc=1
+    pytest_gpu tests/kernels/test_gpu.py tests/kernels/test_linear.py -k "not test_paged_decode_matches_reference" || rc=1
     # block_size-Hq-Hkv-D-dtype (dtype0 fp16, dtype1 bf16, dtype2 fp32): both block sizes, MHA and
     # GQA, the head sizes 64/80/96/128, every dtype.
     pytest_gpu "$f[16-32-8-128-dtype1]" "$f[256-32-8-128-dtype1]" "$f[16-8-8-64-dtype0]" \

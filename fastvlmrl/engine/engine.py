@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence as Seq
 
+import torch
 from torch import nn
 
 from fastvlmrl.engine.attention import flash_usable, select_backend
@@ -155,7 +156,7 @@ class Engine:
                 self.runner.graphs = None
                 graphs = f"no CUDA graphs (capture failed: {type(e).__name__}: {e})"
                 logger.warning("fastvlmrl engine: CUDA graph capture failed, decoding eagerly: %s", e)
-        self.backend = f"{self.attention.name}; {graphs}"
+        self.backend = f"{self.attention.name}; {graphs}; LM head: {_logits_precision(dtype, device)}"
         logger.info(
             "fastvlmrl engine (%s): %s; %d KV blocks x %d tokens (%.1f MiB)",
             self.family.name,
@@ -285,7 +286,8 @@ class Engine:
                 self.weight_versions.graphs_dropped()
                 if self._require_graphs:
                     raise
-                self.backend = f"{self.attention.name}; no CUDA graphs (re-capture failed: {type(e).__name__}: {e})"
+                self.backend = (f"{self.attention.name}; no CUDA graphs (re-capture failed: {type(e).__name__}: {e}); "
+                                f"LM head: {_logits_precision(self.kv.shape.dtype, self.runner.device)}")
                 logger.warning("fastvlmrl engine: CUDA graph re-capture failed, decoding eagerly: %s", e)
 
     def _prefill(self, seqs: list[Sequence]) -> SampleOutput:
@@ -342,3 +344,16 @@ class Engine:
         if self.tokenizer is None or not hasattr(self.tokenizer, "decode"):
             return ""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _logits_precision(dtype: torch.dtype, device: torch.device) -> str:
+    """How the LM head's logits are computed, for ``backend``."""
+    from fastvlmrl.kernels.linear import fp32_gemm_available
+
+    if dtype in (torch.float32, torch.float64):
+        return f"{str(dtype).removeprefix('torch.')} logits"
+    if device.type != "cuda":
+        return "fp32 logits (inputs upcast)"
+    if fp32_gemm_available(device):
+        return "fp32 logits (fp32-output GEMM)"
+    return "logits rounded to bf16/fp16 (this torch has no mm out_dtype)"

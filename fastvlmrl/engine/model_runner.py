@@ -20,6 +20,7 @@ from fastvlmrl.engine.attention import ATTN_IMPL, AttentionBackend, AttentionCon
 from fastvlmrl.engine.families import Family
 from fastvlmrl.engine.kv_cache import KVCache
 from fastvlmrl.engine.sequence import Sequence
+from fastvlmrl.kernels.linear import linear_fp32
 
 
 def set_attn_implementation(lm: nn.Module, impl: str | None) -> None:
@@ -64,6 +65,15 @@ class ModelRunner:
     @property
     def lm_head(self) -> nn.Module:
         return self.model.get_output_embeddings()
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 LM-head logits ``[B, V]``, computed as the trainer's fused log-prob computes them
+        (:func:`fastvlmrl.kernels.linear.linear_fp32`: no bf16 rounding of the GEMM's output). A
+        wrapped head (peft's modules_to_save, LoRA on the head) runs as its module does."""
+        head = self.lm_head
+        if type(head) is nn.Linear:
+            return linear_fp32(hidden, head.weight, head.bias)
+        return head(hidden).float()
 
     @contextlib.contextmanager
     def engine_mode(self) -> Iterator[None]:
@@ -206,7 +216,7 @@ class ModelRunner:
                 use_cache=False,
             )
         hidden = out.last_hidden_state[0, cu_q[1:].long() - 1]
-        return self.lm_head(hidden), hidden
+        return self.logits(hidden), hidden
 
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """One token for every sequence; returns logits ``[B, V]``."""
@@ -224,7 +234,7 @@ class ModelRunner:
             hidden = self.graphs.run(ids, positions, slots, table, seq_lens)
         else:
             hidden = self.decode_body(ids, positions, slots, table, seq_lens)
-        return self.lm_head(hidden)
+        return self.logits(hidden)
 
     def decode_body(self, ids, positions, slots, block_tables, seq_lens) -> torch.Tensor:
         """The transformer body for one decode token per row (what a CUDA graph captures)."""

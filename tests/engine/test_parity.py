@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -139,7 +141,10 @@ def test_backend_is_reported_and_logged(models, caplog):
     with caplog.at_level("INFO", logger="fastvlmrl.engine.engine"):
         engine = Engine(models("llava"), None, num_blocks=8)
     assert engine.backend.startswith("prefill: torch sdpa; decode: fastvlmrl.kernels paged_decode_attention")
-    assert engine.backend.endswith("no CUDA graphs")  # CPU: graphs are off
+    assert "; no CUDA graphs; " in engine.backend  # CPU: graphs are off
+    assert engine.backend.endswith("LM head: float32 logits")
+    model16 = copy.deepcopy(models("llava")).to(torch.bfloat16)  # the fixture's model is shared
+    assert Engine(model16, None, num_blocks=8).backend.endswith("LM head: fp32 logits (inputs upcast)")
     assert engine.kv.shape.block_size == 16  # default without flash-attn
     assert sum("fastvlmrl engine (llava)" in r.getMessage() for r in caplog.records) == 1
 
