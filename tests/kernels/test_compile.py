@@ -107,13 +107,16 @@ def test_store_kv_compiles(compiled_mode):
                    dict(HKV=8, HKV_PAD=8, D=128, D_PAD=128, BLOCK_SIZE=16), arch=80)
 
 
+# The logits tiles are fp32 (kernels/linear.py: bf16 inputs, fp32 GEMM output); bf16 tiles are
+# what a caller's own bf16 logits would be.
+@pytest.mark.parametrize("logits,arch", [("fp32", 90), ("fp32", 80), ("bf16", 90)])
 @pytest.mark.parametrize("with_entropy", [True, False])
-def test_logprob_kernels_compile(compiled_mode, with_entropy):
-    pointers = {"default": "*fp32", "logits_ptr": "*bf16", "targets_ptr": "*i64"}
+def test_logprob_kernels_compile(compiled_mode, with_entropy, logits, arch):
+    pointers = {"default": "*fp32", "logits_ptr": f"*{logits}", "targets_ptr": "*i64"}
     fwd = compile_kernel("_logprob_jit", "logprob_fwd_kernel", pointers,
-                         dict(BLOCK_V=4096, WITH_ENTROPY=with_entropy), num_warps=8)
+                         dict(BLOCK_V=4096, WITH_ENTROPY=with_entropy), num_warps=8, arch=arch)
     bwd = compile_kernel("_logprob_jit", "logprob_bwd_kernel", pointers,
-                         dict(BLOCK_V=4096, HAS_G_LOGP=True, HAS_G_ENT=with_entropy), num_warps=8)
+                         dict(BLOCK_V=4096, HAS_G_LOGP=True, HAS_G_ENT=with_entropy), num_warps=8, arch=arch)
     assert spilled_bytes(fwd) == 0 and spilled_bytes(bwd) == 0
 
 
