@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from fastvlmrl.kernels import (
     fused_linear_logprob,
+    fused_linear_ppo_loss,
     paged_decode_attention,
     ppo_clip_loss,
     reference,
@@ -153,6 +154,42 @@ def test_logprob_forward_backward(benchmark, request, logprob_inputs, impl):
     compare(request, benchmark, "logprob", impl, result, lambda r: (
         f"{r['median_s'] * 1e3:.2f} ms, {si(r['flops_per_s'], 'FLOP/s')} counting the 3 GEMMs, "
         f"peak extra memory {gib(r['peak_bytes'])} (T={T}, H={H}, V={V}, {LOGPROB_DTYPE})"))
+
+
+# ---------------------------------------------------------------------------------------------
+# log-prob and PPO loss from the hidden states: eager, the two fused ops, the one fused op
+
+LOSS_SEQUENCES = 64 if GPU else 8  # LOGPROB_SHAPE's tokens in sequences of equal length
+
+
+@pytest.mark.parametrize("impl", ["eager", "logprob_then_ppo", "fused_ppo"])
+def test_logprob_and_ppo_loss(benchmark, request, logprob_inputs, impl):
+    benchmark.group = "log-prob + PPO loss fwd+bwd"
+    hidden, weight, targets = logprob_inputs
+    T, H, V = LOGPROB_SHAPE
+    g = torch.Generator().manual_seed(1)
+    cu = torch.linspace(0, T, LOSS_SEQUENCES + 1).long().to(DEV)
+    token_weight = torch.where(torch.rand(T, generator=g) < 0.7, 0.5, 1.0).to(DEV)
+    old = (-torch.rand(LOSS_SEQUENCES, generator=g) * 3).to(DEV)
+    adv = torch.randn(LOSS_SEQUENCES, generator=g).to(DEV)
+
+    def step():
+        hidden.grad = weight.grad = None
+        if impl == "fused_ppo":
+            loss = fused_linear_ppo_loss(hidden, weight, targets, token_weight, cu, old, adv).loss
+        else:
+            logp = (logprob_reference if impl == "eager" else fused_linear_logprob)(hidden, weight, targets)
+            loss_fn = reference.ppo_clip_loss if impl == "eager" else ppo_clip_loss
+            loss = loss_fn(logp, token_weight, cu, old, adv).loss
+        loss.backward()
+
+    peak = peak_extra_bytes(step)
+    median = run(benchmark, step)
+    result = dict(median_s=median, peak_bytes=peak, flops_per_s=3 * 2 * T * H * V / median)
+    compare(request, benchmark, "logprob+ppo", impl, result, lambda r: (
+        f"{r['median_s'] * 1e3:.2f} ms, {si(r['flops_per_s'], 'FLOP/s')} counting 3 GEMMs, "
+        f"peak extra memory {gib(r['peak_bytes'])} (T={T} in {LOSS_SEQUENCES} sequences, H={H}, V={V}, "
+        f"{LOGPROB_DTYPE})"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,3 +29,24 @@ class PPOLossOutput(NamedTuple):
     approx_kl: torch.Tensor
     ratio_mean: torch.Tensor
     capped_fraction: torch.Tensor
+
+
+class FusedPPOLossOutput(NamedTuple):
+    """What :func:`fused_linear_ppo_loss` returns.
+
+    - ``loss``: policy loss + entropy term + KL term, differentiable with respect to the hidden
+      states, the LM-head weight and bias (the value loss is the caller's: it has no logits).
+    - ``policy_loss``: the clipped surrogate's part of ``loss`` (detached).
+    - ``token_logp``, ``entropy``: ``[T]`` float32, detached (the metrics a trainer logs).
+    - ``clip_fraction``, ``approx_kl``, ``ratio_mean``, ``capped_fraction``: as in
+      :class:`PPOLossOutput` (0-d float32, detached).
+    """
+
+    loss: torch.Tensor
+    policy_loss: torch.Tensor
+    token_logp: torch.Tensor
+    entropy: torch.Tensor
+    clip_fraction: torch.Tensor
+    approx_kl: torch.Tensor
+    ratio_mean: torch.Tensor
+    capped_fraction: torch.Tensor

@@ -53,6 +53,13 @@ def _weight_as_float(token_weight: torch.Tensor) -> torch.Tensor:
     return token_weight.contiguous()
 
 
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """Sum of the upstream gradients that exist (None: not differentiated)."""
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
 class PPOSeqLossFunction(torch.autograd.Function):
     """Sequence-level PPO loss; gradients for ``token_logp`` and ``values``."""
 
@@ -82,6 +89,8 @@ class PPOSeqLossFunction(torch.autograd.Function):
             token_logp.shape, token_logp.dtype, value_coef, values.dtype if has_value else None)
         stats = tuple(means[2:].clone())
         ctx.mark_non_differentiable(*stats)
+        # Outputs nobody differentiates arrive as None, not as zero tensors built for nothing.
+        ctx.set_materialize_grads(False)
         return (loss, policy_loss.clone(), value_loss.clone()) + stats
 
     @staticmethod
@@ -89,16 +98,17 @@ class PPOSeqLossFunction(torch.autograd.Function):
         token_weight, cu_seqlens, dseq, dval = ctx.saved_tensors
         B = dseq.shape[0]
         grad_logp = grad_values = None
-        if ctx.needs_input_grad[0]:
+        g_pg = _add(g_loss, g_policy)
+        if ctx.needs_input_grad[0] and g_pg is not None:
             jit = load_jit("_ppo_loss_jit")
-            g_pg = (g_loss + g_policy).float().reshape(1).contiguous()
+            g_pg = g_pg.float().reshape(1).contiguous()
             grad_logp = torch.zeros(ctx.shape, device=dseq.device, dtype=ctx.dtype)
             jit.ppo_seq_bwd_kernel[(B,)](
                 token_weight, cu_seqlens, dseq, g_pg, grad_logp, 1.0 / B, BLOCK=_SEQ_BLOCK,
             )
-        if dval is not None and ctx.needs_input_grad[5]:
-            g_v = g_loss.float() * ctx.value_coef + g_value.float()
-            grad_values = (dval * (g_v / B)).to(ctx.value_dtype)
+        g_v = _add(g_loss * ctx.value_coef if g_loss is not None else None, g_value)
+        if dval is not None and ctx.needs_input_grad[5] and g_v is not None:
+            grad_values = (dval * (g_v.float() / B)).to(ctx.value_dtype)
         return (grad_logp, None, None, None, None, grad_values) + (None,) * 6
 
 
@@ -125,14 +135,16 @@ class PPOTokenLossFunction(torch.autograd.Function):
         stats = tuple(means[2:].clone())
         ctx.mark_non_differentiable(*stats)
         policy_loss = means[0]
+        ctx.set_materialize_grads(False)
         return (policy_loss, policy_loss.clone(), torch.zeros_like(policy_loss)) + stats
 
     @staticmethod
     def backward(ctx, g_loss, g_policy, g_value, *_):
         dtok, denom = ctx.saved_tensors
         grad = None
-        if ctx.needs_input_grad[0]:
-            grad = (dtok * ((g_loss + g_policy).float() / denom)).to(ctx.dtype)
+        g = _add(g_loss, g_policy)
+        if ctx.needs_input_grad[0] and g is not None:
+            grad = (dtok * (g.float() / denom)).to(ctx.dtype)
         return (grad,) + (None,) * 6
 
 

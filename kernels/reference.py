@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from ._types import PPOLossOutput
+from ._types import FusedPPOLossOutput, PPOLossOutput
 from .linear import linear_fp32
 
 
@@ -157,6 +157,70 @@ def ppo_clip_loss_token_level(
     if cdt == torch.float32:
         policy_loss = policy_loss.float()
     return PPOLossOutput(policy_loss, policy_loss, zero, *stats)
+
+
+# --------------------------------------------------------------------------------------------
+# fused linear PPO loss
+
+
+def ppo_terms(token_logp, entropy, token_weight, seq_index, num_seqs, old_logp, advantages, *,
+              level, old_token_logp, ref_logp, clip_eps, clip_eps_high, ratio_cap, entropy_coef, kl_coef,
+              policy_denominator, token_denominator):
+    """The loss of :func:`fused_linear_ppo_loss` over some whole sequences, from their tokens'
+    log-probs and entropies: (loss, policy_loss, [clipped, kl, ratio, capped, weight] sums).
+
+    ``seq_index`` [n] maps each token to its sequence in ``0..num_seqs-1``; ``old_logp`` and
+    ``advantages`` are per sequence. The loss of a set of sequences is the sum of their losses, so
+    the fused op evaluates this tile by tile (and differentiates it with autograd for the
+    gradient of each token) and the reference on everything at once: one definition for both.
+    """
+    clip_high = clip_eps if clip_eps_high is None else clip_eps_high
+    logp, ent = token_logp.double(), entropy.double()
+    w = token_weight.double()
+    if level == "sequence":
+        seq_logp = torch.zeros(num_seqs, dtype=torch.float64, device=logp.device).index_add(0, seq_index, w * logp)
+        log_ratio = seq_logp - old_logp.double()
+        per, capped = _surrogate(log_ratio, advantages.double(), clip_eps, clip_high, ratio_cap)
+        policy = per.sum() / policy_denominator
+        stat_weight = torch.ones_like(log_ratio)
+    else:
+        log_ratio = logp - old_token_logp.double()
+        per, capped = _surrogate(log_ratio, advantages.double()[seq_index], clip_eps, clip_high, ratio_cap)
+        policy = (per * w).sum() / policy_denominator
+        stat_weight = w
+    loss = policy
+    if entropy_coef:
+        loss = loss - entropy_coef * ent.sum() / token_denominator
+    if kl_coef and ref_logp is not None:
+        r = ref_logp.double() - logp
+        loss = loss + kl_coef * (torch.exp(r) - r - 1).sum() / token_denominator
+    with torch.no_grad():
+        ratio = log_ratio.exp()
+        clipped = ((ratio < 1.0 - clip_eps) | (ratio > 1.0 + clip_high)).double()
+        sums = torch.stack([(clipped * stat_weight).sum(), (((ratio - 1.0) - log_ratio) * stat_weight).sum(),
+                            (ratio * stat_weight).sum(), (capped.double() * stat_weight).sum(), stat_weight.sum()])
+    return loss, policy.detach(), sums
+
+
+def ppo_stats_from_sums(sums: torch.Tensor) -> list[torch.Tensor]:
+    """clip_fraction, approx_kl, ratio_mean, capped_fraction from :func:`ppo_terms`' sums."""
+    denom = torch.where(sums[4] > 0, sums[4], torch.ones_like(sums[4]))
+    return [(sums[i] / denom).float() for i in range(4)]
+
+
+def fused_linear_ppo_loss(hidden, weight, targets, token_weight, cu_seqlens, old_logp, advantages, *,
+                          bias=None, temperature=1.0, ignore_index=-100, **terms) -> FusedPPOLossOutput:
+    """The reference of :func:`fastvlmrl.kernels.fused_linear_ppo_loss`: the whole log-prob (full
+    logits) and :func:`ppo_terms` on every sequence at once, differentiated by autograd."""
+    logp, ent = fused_linear_logprob(hidden, weight, targets, bias=bias, temperature=temperature,
+                                     ignore_index=ignore_index, return_entropy=True)
+    cu = cu_seqlens.long().to(hidden.device)
+    num_seqs = cu.numel() - 1
+    seq_index = torch.repeat_interleave(torch.arange(num_seqs, device=hidden.device), cu[1:] - cu[:-1])
+    loss, policy, sums = ppo_terms(logp, ent, token_weight, seq_index, num_seqs, old_logp, advantages, **terms)
+    out_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    return FusedPPOLossOutput(loss.to(out_dtype), policy.to(out_dtype), logp.detach().float(), ent.detach().float(),
+                              *ppo_stats_from_sums(sums))
 
 
 # --------------------------------------------------------------------------------------------
