@@ -59,6 +59,17 @@ def pack(transitions: list[Transition], pad_id: int, device) -> PackedBatch:
     )
 
 
+def forward_hidden_and_values(policy, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the final hidden states that predict the output tokens [T, H], values [B]) in one forward:
+    what the LM head turns into the tokens' log-probs, and the value head's output on the last
+    prompt token."""
+    hidden = policy.hidden_states(batch.input_ids, batch.attention_mask, **batch.mm)  # [B, L, H]
+    B, L, H = hidden.shape
+    flat = hidden.reshape(B * L, H)
+    last_prompt = flat[torch.arange(B, device=flat.device) * L + batch.prompt_lens - 1]
+    return flat[batch.rows], policy.value(last_prompt)
+
+
 def forward_logp_and_values(policy, batch: PackedBatch, temperature: float, logit_bias: torch.Tensor | None = None,
                             return_entropy: bool = False):
     """(per-token log-probs [T] at `temperature`, values [B]) in one forward; with return_entropy,
@@ -66,11 +77,7 @@ def forward_logp_and_values(policy, batch: PackedBatch, temperature: float, logi
 
     logit_bias [V] (large negative at tokens the sampler never emits, 0 elsewhere) makes the
     log-probs those of the distribution the rollout sampled from."""
-    hidden = policy.hidden_states(batch.input_ids, batch.attention_mask, **batch.mm)  # [B, L, H]
-    B, L, H = hidden.shape
-    flat = hidden.reshape(B * L, H)
-    out = fused_linear_logprob(flat[batch.rows], policy.lm_head_weight(), batch.targets, bias=logit_bias,
+    rows, values = forward_hidden_and_values(policy, batch)
+    out = fused_linear_logprob(rows, policy.lm_head_weight(), batch.targets, bias=logit_bias,
                                temperature=temperature, return_entropy=return_entropy)
-    last_prompt = flat[torch.arange(B, device=flat.device) * L + batch.prompt_lens - 1]
-    values = policy.value(last_prompt)
     return (out[0], values, out[1]) if return_entropy else (out, values)

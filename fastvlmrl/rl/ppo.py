@@ -3,10 +3,11 @@ cap, clipped value loss, Adam with a cosine learning rate, gradient-norm clippin
 whose loss is not finite is skipped and counted. A mini-batch can run as micro-batches
 (`ppo.micro_batch_size`) whose gradients accumulate to exactly the unsplit mini-batch's.
 
-The training forward (`rl.batch`) stops at the final hidden states; the per-token log-probs come
-from `fastvlmrl.kernels.fused_linear_logprob` (no [T, V] logits) and the loss from
-`fastvlmrl.kernels.ppo_clip_loss`. The loss math, written out in plain PyTorch, is
-`kernels/reference.py: ppo_clip_loss` (what runs on CPU).
+The training forward (`rl.batch`) stops at the final hidden states of the output tokens; the
+LM head, their log-probs and the policy loss (with the entropy and KL terms) come from
+`fastvlmrl.kernels.fused_linear_ppo_loss` in one pass (no [T, V] logits, 3 GEMMs). The loss math,
+written out in plain PyTorch, is `kernels/reference.py: ppo_terms` (what runs on CPU); the value
+loss (RL4VLM's clipped one) is written here.
 
 λ (`cfg.thought_coef`) is applied here and only here: the rollout stores each output token's
 log-prob and whether it belongs to the action; the old and new sequence log-probs are both
@@ -22,8 +23,8 @@ import torch
 
 from fastvlmrl.distributed import current as current_world
 from fastvlmrl.engine.nvtx import nvtx_range
-from fastvlmrl.kernels import ppo_clip_loss, ppo_clip_loss_token_level
-from fastvlmrl.rl.batch import forward_logp_and_values, micro_batches, pack
+from fastvlmrl.kernels import fused_linear_ppo_loss
+from fastvlmrl.rl.batch import forward_hidden_and_values, forward_logp_and_values, micro_batches, pack
 from fastvlmrl.rl.reference_policy import k3_kl
 from fastvlmrl.rl.storage import RolloutStorage, Transition
 from fastvlmrl.rl.token_weights import token_weights
@@ -78,20 +79,6 @@ def recompute_logprobs(policy, storage: RolloutStorage, cfg, *, temperature: flo
             largest = max(largest, float((logprobs - t.logprobs).abs().max())) if len(logprobs) else largest
             t.logprobs = logprobs
     return largest
-
-
-def token_level_loss(token_logp, weights, batch, transitions, advantages, values, old_values, returns, cfg,
-                     value_clip: float | None, device):
-    """Per-token ratios (GRPO/DAPO style, `ppo_clip_loss_token_level`): each token of a reply gets
-    its sample's advantage (a weighted token mean); the value loss is RL4VLM's clipped one, as at
-    the sequence level (a sample mean)."""
-    lengths = torch.diff(batch.cu_seqlens.long())
-    out = ppo_clip_loss_token_level(token_logp, weights, torch.cat([t.logprobs for t in transitions]).to(device),
-                                    advantages.repeat_interleave(lengths), clip_eps=cfg.clip,
-                                    clip_eps_high=cfg.clip_high)
-    clipped = values if value_clip is None else old_values + (values - old_values).clamp(-value_clip, value_clip)
-    value_loss = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2).mean()
-    return out._replace(loss=out.policy_loss + cfg.value_coef * value_loss, value_loss=value_loss)
 
 
 def make_optimizer(policy, cfg) -> torch.optim.Adam:
@@ -159,36 +146,40 @@ def _micro_loss(policy, samples, totals: dict[str, float], cfg, *, value_clip, t
     old_logp = torch.stack([sequence_logp(t, cfg.thought_coef) for t in transitions]).to(device)
     old_values = torch.tensor([t.value for t in transitions], device=device)
     with nvtx_range("ppo/forward"):
-        token_logp, values, entropy = forward_logp_and_values(policy, batch, temperature, logit_bias,
-                                                              return_entropy=True)
-    log_ratio = sequence_log_ratio(token_logp, batch, old_logp, cfg.thought_coef).abs()
+        hidden, values = forward_hidden_and_values(policy, batch)
+    weights = token_weights(batch.is_action, cfg.thought_coef)
     sample_share = len(samples) / totals["samples"]
-    if cfg.loss_level == "token":
-        weights = token_weights(batch.is_action, cfg.thought_coef)
-        out = token_level_loss(token_logp, weights, batch, transitions, advantages, values, old_values,
-                               returns, cfg, value_clip, device)
+    tokens = max(totals["tokens"], 1.0)
+    token_level = cfg.loss_level == "token"
+    ref_logp = torch.cat([t.ref_logprobs for t in transitions]).to(device) if cfg.kl_coef > 0 else None
+    # The LM head, the tokens' log-probs, the policy loss and the entropy and KL terms in one op
+    # (3 GEMMs), each term over what the whole mini-batch averages it over (samples, λ weight or
+    # tokens), so that summed over micro-batches it is the mini-batch's loss.
+    out = fused_linear_ppo_loss(
+        hidden, policy.lm_head_weight(), batch.targets, weights, batch.cu_seqlens, old_logp, advantages,
+        bias=logit_bias, temperature=temperature, level=cfg.loss_level,
+        old_token_logp=torch.cat([t.logprobs for t in transitions]).to(device) if token_level else None,
+        clip_eps=cfg.clip, clip_eps_high=cfg.clip_high if token_level else None,
+        ratio_cap=None if token_level else cfg.ratio_cap,
+        policy_denominator=max(totals["weight"], 1e-12) if token_level else totals["samples"],
+        entropy_coef=cfg.entropy_coef, ref_logp=ref_logp, kl_coef=cfg.kl_coef, token_denominator=tokens)
+    clipped = values if value_clip is None else old_values + (values - old_values).clamp(-value_clip, value_clip)
+    value_loss = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2).mean()
+    loss = out.loss + sample_share * cfg.value_coef * value_loss
+    if token_level:
         policy_share = float(weights.sum()) / totals["weight"] if totals["weight"] > 0 else 0.0
     else:
-        out = ppo_clip_loss(token_logp, token_weights(batch.is_action, cfg.thought_coef), batch.cu_seqlens, old_logp,
-                            advantages, clip_eps=cfg.clip, ratio_cap=cfg.ratio_cap, values=values,
-                            old_values=old_values, returns=returns, value_clip=value_clip, value_coef=cfg.value_coef)
         policy_share = sample_share
-    tokens = max(totals["tokens"], 1.0)
-    loss = policy_share * out.policy_loss + sample_share * cfg.value_coef * out.value_loss
-    stats = {"actor/pg_loss": policy_share * float(out.policy_loss.detach()),
-             "critic/value_loss": sample_share * float(out.value_loss.detach()),
+    log_ratio = sequence_log_ratio(out.token_logp, batch, old_logp, cfg.thought_coef).abs()
+    stats = {"actor/pg_loss": float(out.policy_loss),
+             "critic/value_loss": sample_share * float(value_loss.detach()),
              "actor/clip_frac": policy_share * float(out.clip_fraction),
              "actor/approx_kl": policy_share * float(out.approx_kl),
              "actor/ratio_mean": policy_share * float(out.ratio_mean),
              "actor/grad_norm": 0.0,
-             "actor/entropy": float(entropy.detach().float().sum()) / tokens}
-    if cfg.entropy_coef:
-        loss = loss - cfg.entropy_coef * entropy.sum() / tokens
+             "actor/entropy": float(out.entropy.sum()) / tokens}
     if cfg.kl_coef > 0:
-        ref_logp = torch.cat([t.ref_logprobs for t in transitions]).to(device)
-        kl_sum = k3_kl(token_logp.float(), ref_logp).sum()
-        loss = loss + cfg.kl_coef * kl_sum / tokens
-        stats["actor/kl_ref"] = float(kl_sum.detach()) / tokens
+        stats["actor/kl_ref"] = float(k3_kl(out.token_logp, ref_logp).sum()) / tokens
     return loss, stats, log_ratio
 
 
