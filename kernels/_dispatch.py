@@ -119,16 +119,21 @@ def _interpreter_index_compat() -> None:
     """Triton 3.6's interpreter turns a scalar tensor into an int with ``int(array)``, which NumPy 2
     refuses for the one-element arrays the interpreter keeps scalars in (a kernel's
     ``range(start, end, TILE)`` over loaded bounds fails); later tritons squeeze the array first.
-    Do the same for older ones (a no-op where triton already does it)."""
+    Do the same for older ones (where triton already squeezes, the same function again)."""
     from triton.runtime import interpreter
 
     original = getattr(interpreter, "_patch_lang_tensor", None)
     if original is None or getattr(original, "fastvlmrl_compat", False):
         return
 
-    def patch_lang_tensor(tensor, scope, *args, **kwargs):
-        original(tensor, scope, *args, **kwargs)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+    def patch_lang_tensor(tensor, *args, **kwargs):
+        original(tensor, *args, **kwargs)
+        index = lambda self: int(self.handle.data.squeeze())  # noqa: E731
+        scope = args[0] if args else kwargs.get("scope")
+        if scope is not None:  # triton >= 3.5 patches through a scope it undoes after the run
+            scope.set_attr(tensor, "__index__", index)
+        else:  # older tritons set the attribute directly
+            tensor.__index__ = index
 
     patch_lang_tensor.fastvlmrl_compat = True
     interpreter._patch_lang_tensor = patch_lang_tensor

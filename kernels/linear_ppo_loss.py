@@ -27,7 +27,8 @@ import torch
 from . import reference
 from ._dispatch import load_jit, next_power_of_2, use_triton
 from ._types import FusedPPOLossOutput
-from .logprob import DEFAULT_CHUNK_ELEMENTS, _MAX_BLOCK_V, _check_args, _tile_logits
+from . import logprob as _logprob
+from .logprob import DEFAULT_CHUNK_ELEMENTS, _check_args, _tile_logits
 from .ppo_loss import _check_clip
 
 _LEVELS = ("sequence", "token")
@@ -58,19 +59,24 @@ def _forward(hidden, weight, bias, targets, token_weight, cu, old_logp, advantag
     lse = torch.zeros_like(logp)
     need_h, need_w, need_b = need
     grad_h = torch.empty_like(hidden) if need_h else None
-    grad_w = torch.zeros_like(weight) if need_w else None
+    tiles = _tiles(cu, max(1, chunk_elements // V))
+    # grad_weight sums over tiles: in fp32 when there are several and the weight is bf16/fp16
+    # (a bf16 running sum loses ~3x the precision of one GEMM over 48 tiles).
+    acc_dtype = torch.float32 if weight.dtype in (torch.bfloat16, torch.float16) and len(tiles) > 1 else weight.dtype
+    grad_w = torch.zeros(weight.shape, device=device, dtype=acc_dtype) if need_w else None
     grad_b = torch.zeros(V, device=device, dtype=torch.float32) if need_b else None
     loss = torch.zeros((), device=device, dtype=torch.float64)
     policy = torch.zeros_like(loss)
     sums = torch.zeros(5, device=device, dtype=torch.float64)
-    block_v = min(_MAX_BLOCK_V, next_power_of_2(V))
+    block_v = min(_logprob._MAX_BLOCK_V, next_power_of_2(V))
     warps = 8 if block_v >= 2048 else 4
     inv_temp = 1.0 / temperature
-    cu_dev = torch.tensor(cu, device=device)
-    for s0, s1 in _tiles(cu, max(1, chunk_elements // V)):
+    lengths = torch.tensor([b - a for a, b in zip(cu, cu[1:])], device=device)
+    all_index = torch.repeat_interleave(torch.arange(len(cu) - 1, device=device), lengths, output_size=T)
+    for s0, s1 in tiles:
         t0, t1 = cu[s0], cu[s1]
         n = t1 - t0
-        seq_index = torch.repeat_interleave(torch.arange(s1 - s0, device=device), cu_dev[s0 + 1:s1 + 1] - cu_dev[s0:s1])
+        seq_index = all_index[t0:t1] - s0
         tile_terms = dict(terms)
         for key in ("old_token_logp", "ref_logp"):
             if tile_terms[key] is not None:
@@ -106,11 +112,16 @@ def _forward(hidden, weight, bias, targets, token_weight, cu, old_logp, advantag
         if need_h:
             torch.mm(d, weight, out=grad_h[t0:t1])  # GEMM 2
         if need_w:
-            grad_w.addmm_(d.t(), hidden[t0:t1])  # GEMM 3
+            if grad_w.dtype == d.dtype:
+                grad_w.addmm_(d.t(), hidden[t0:t1])  # GEMM 3
+            else:
+                grad_w += d.t() @ hidden[t0:t1]  # GEMM 3 (fp32 running sum)
         if need_b:
             grad_b += logits.sum(0, dtype=torch.float32)
     if grad_b is not None:
         grad_b = grad_b.to(bias.dtype)
+    if grad_w is not None:
+        grad_w = grad_w.to(weight.dtype)
     return loss, policy, sums, logp, entropy, (grad_h, grad_w, grad_b)
 
 
@@ -125,16 +136,24 @@ class FusedLinearPPOLossFunction(torch.autograd.Function):
             chunk_elements, need, terms)
         ctx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
         ctx.has = [g is not None for g in grads]
+        ctx.scaled = False
         ctx.set_materialize_grads(False)
+        policy = policy.float()
         ctx.mark_non_differentiable(policy, sums, logp, entropy)
-        return loss.float(), policy.float(), sums, logp, entropy
+        return loss.float(), policy, sums, logp, entropy
 
     @staticmethod
     def backward(ctx, g_loss, *_):
         none = (None,) * 10
         if g_loss is None:
             return (None, None, None) + none
-        grads = [g * g_loss.to(g.dtype) if has else None for g, has in zip(ctx.saved_tensors, ctx.has)]
+        # Scaled in place (no second [V, H] copy), by the fp32 scalar: so one backward per forward.
+        if ctx.scaled:
+            raise RuntimeError("fused_linear_ppo_loss: backward ran twice on one forward (retain_graph): "
+                               "its gradients were computed in forward and are scaled in place; run the op again")
+        ctx.scaled = True
+        scale = g_loss.float()
+        grads = [g.mul_(scale) if has else None for g, has in zip(ctx.saved_tensors, ctx.has)]
         return (*grads, *none)
 
 

@@ -140,6 +140,7 @@ class Engine:
         self.requests = SequenceBuilder(self.family, self.block_manager, self.runner, self.max_model_len)
         self.eos_ids = eos_ids(base, self.tokenizer)
         self.stats = EngineStats()
+        self._said_context_cut = False
         self.weight_versions = WeightVersions(base)
         self._require_graphs = bool(use_cuda_graphs)
 
@@ -325,6 +326,11 @@ class Engine:
         reason, text = finish_reason(seq, self.eos_ids, self.max_model_len, detokenize)
         if reason is None:
             return
+        if reason == "length" and seq.num_outputs < seq.sampling.max_new_tokens and not self._said_context_cut:
+            self._said_context_cut = True
+            logger.warning("fastvlmrl engine: a sequence reached the context limit (max_model_len=%d) after %d of its "
+                           "%d new tokens; give the engine a larger max_model_len (or expected_seq_len)",
+                           self.max_model_len, seq.num_outputs, seq.sampling.max_new_tokens)
         self.scheduler.finish(seq)
         gen.token_ids = seq.output_ids
         gen.finish_reason = reason

@@ -147,7 +147,8 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> SampleOutput:
         penalised = processed is not logits
         probs = torch.softmax(processed / temps[:, None], dim=-1) if penalised else base_logprobs.exp()
         if any(s.sampling.top_p < 1.0 for s, f in zip(seqs, sampled) if f):
-            probs = top_p_filter(probs, top_p)
+            # Only the rows that ask for it: a row at top_p = 1 keeps its whole distribution.
+            probs = torch.where((top_p < 1.0)[:, None], top_p_filter(probs, top_p), probs)
         picks = inverse_cdf_sample(probs, uniforms).clamp_(max=vocab - 1)  # a NaN row may search past the end
         tokens = torch.where(is_sampled, picks, tokens)
         sampling_lp = torch.where(is_sampled, probs.gather(-1, tokens[:, None]).squeeze(-1).log(), sampling_lp)

@@ -22,6 +22,7 @@ class PackedBatch:
     targets: torch.Tensor  # [T] output token ids
     is_action: torch.Tensor  # [T] bool: the token belongs to the reply's action part
     cu_seqlens: torch.Tensor  # [B + 1] int32
+    cu_host: list[int]  # the same on the host (no device-to-host sync to read it)
 
 
 def micro_batches(samples: list, size: int) -> list[list]:
@@ -56,6 +57,7 @@ def pack(transitions: list[Transition], pad_id: int, device) -> PackedBatch:
         targets=torch.cat([t.output_ids for t in transitions]).to(device),
         is_action=torch.cat([t.is_action for t in transitions]).to(device),
         cu_seqlens=torch.tensor(lens, dtype=torch.int32, device=device),
+        cu_host=lens,
     )
 
 

@@ -156,7 +156,7 @@ def _micro_loss(policy, samples, totals: dict[str, float], cfg, *, value_clip, t
     # (3 GEMMs), each term over what the whole mini-batch averages it over (samples, λ weight or
     # tokens), so that summed over micro-batches it is the mini-batch's loss.
     out = fused_linear_ppo_loss(
-        hidden, policy.lm_head_weight(), batch.targets, weights, batch.cu_seqlens, old_logp, advantages,
+        hidden, policy.lm_head_weight(), batch.targets, weights, batch.cu_host, old_logp, advantages,
         bias=logit_bias, temperature=temperature, level=cfg.loss_level,
         old_token_logp=torch.cat([t.logprobs for t in transitions]).to(device) if token_level else None,
         clip_eps=cfg.clip, clip_eps_high=cfg.clip_high if token_level else None,

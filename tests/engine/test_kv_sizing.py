@@ -73,3 +73,15 @@ def test_max_model_len_follows_the_expected_length_unless_given():
                   max_model_len=300).max_model_len == 300
     assert Engine(policy.model, None, block_size=16, num_blocks=8,
                   expected_seq_len=10 * model_max).max_model_len == model_max
+
+
+def test_a_sequence_cut_by_the_context_limit_is_said_once(caplog):
+    from fastvlmrl.engine import Request, SamplingParams
+
+    policy, _ = load_policy(None, seed=0)
+    engine = Engine(policy.model, None, block_size=16, num_blocks=16, max_model_len=24)
+    sp = SamplingParams(temperature=0, max_new_tokens=50, ignore_eos=True)
+    with caplog.at_level(logging.WARNING, logger="fastvlmrl.engine.engine"):
+        outs = engine.generate_requests([Request([1, 5, 6, 7]), Request([1, 8, 9])], sp)
+    assert all(o.finish_reason == "length" and len(o.token_ids) < 50 for o in outs)
+    assert sum("reached the context limit" in r.getMessage() for r in caplog.records) == 1

@@ -166,3 +166,29 @@ def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         fused_linear_ppo_loss(inp["hidden"], inp["weight"], inp["targets"], inp["token_weight"], args["cu"],
                               args["old_logp"], inp["advantages"], **kwargs)
+
+
+@needs_triton
+def test_weight_gradient_over_many_tiles_keeps_one_gemms_precision(monkeypatch):
+    """bf16 over 48 tiles: grad_weight sums in fp32 (a bf16 running sum is ~3x less precise)."""
+    inp = make([4] * 48, 32, 128, torch.bfloat16)
+    out, grads = run(inp, chunk_elements=4 * 128)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    leaves = {k: inp[k].detach().double().requires_grad_() for k in ("hidden", "weight", "bias")}
+    exact = fused_linear_ppo_loss(leaves["hidden"], leaves["weight"], inp["targets"], inp["token_weight"], inp["cu"],
+                                  inp["old_logp"].double(), inp["advantages"].double(), bias=leaves["bias"],
+                                  temperature=0.7)
+    exact.loss.backward()
+    assert grads[1].dtype == torch.bfloat16 and rel(grads[1], leaves["weight"].grad) < 4e-3
+    assert rel(grads[0], leaves["hidden"].grad) < 4e-3
+
+
+@needs_triton
+def test_outputs_other_than_the_loss_carry_no_gradient_and_one_backward_per_forward():
+    inp = make([3, 2], 8, 20)
+    out = fused_linear_ppo_loss(inp["hidden"], inp["weight"], inp["targets"], inp["token_weight"], inp["cu"],
+                                inp["old_logp"], inp["advantages"])
+    assert out.loss.requires_grad and not out.policy_loss.requires_grad and not out.token_logp.requires_grad
+    out.loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        out.loss.backward()
