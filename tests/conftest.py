@@ -9,6 +9,9 @@ downloaded).
   tokens, and a chat template. It is written file by file because a ``Qwen2VLProcessor`` cannot
   be constructed without torchvision (its video processor); ``load_processor`` assembles an
   image-only one there.
+- ``qwen3_vl_dir``: the same for a tiny Qwen3-VL (patch 16, DeepStack into decoder layers 0, 1).
+- ``gemma3_dir``: a tiny Gemma 3 (SigLIP 56 px pooled to 4 tokens, sliding and full layers) with
+  its own ``Gemma3Processor`` (PIL image processor, byte-level tokenizer with Gemma's specials).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
 )
 
 from fastvlmrl.models import CharTokenizer, TinyVLMConfig, build_tiny_vlm, clip_image_processor
@@ -114,8 +119,37 @@ def build_qwen2_vl(seed: int = 0, family: str = "qwen2_vl"):
     return Qwen2VLForConditionalGeneration(cfg).eval()
 
 
-def qwen_tokenizer():
-    """Byte-level BPE over the 256 byte symbols (no merges) + Qwen's special tokens (ids 256..262)."""
+def build_qwen3_vl(seed: int = 0):
+    """A tiny random Qwen3-VL with Qwen2-VL's token ids (vocabulary 264, ``qwen_tokenizer``)."""
+    torch.manual_seed(seed)
+    cfg = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, max_position_embeddings=512, bos_token_id=256, eos_token_id=258,
+            pad_token_id=257,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+                             "mrope_interleaved": True},
+        ),
+        vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
+                           deepstack_visual_indexes=[0, 1]),
+        image_token_id=261, video_token_id=262, vision_start_token_id=259, vision_end_token_id=260,
+    )
+    return Qwen3VLForConditionalGeneration(cfg).eval()
+
+
+GEMMA_IMAGE_TOKENS = 4
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for p in m['content'] %}"
+    "{% if p['type'] == 'image' %}<start_of_image>{% elif p['type'] == 'text' %}{{ p['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def byte_tokenizer(specials: list[str], **named: str):
+    """Byte-level BPE over the 256 byte symbols (no merges) + ``specials`` (ids from 256 on, the
+    ``named`` ones first: e.g. ``boi_token="<start_of_image>"``, saved with the tokenizer)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -123,10 +157,44 @@ def qwen_tokenizer():
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend)
-    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, **({"extra_special_tokens": named} if named else {}))
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    return tok
+
+
+def qwen_tokenizer():
+    """Byte-level BPE + Qwen's special tokens (ids 256..262)."""
+    tok = byte_tokenizer(QWEN_SPECIALS)
     tok.pad_token, tok.eos_token = "<|im_end|>", "<|im_end|>"
     return tok
+
+
+def build_gemma3(seed: int = 0):
+    """A tiny random Gemma 3 and its processor: token ids 256..258 are the image's begin, end and
+    soft tokens, 259..263 pad, eos, bos and the turn markers (vocabulary 264)."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
+
+    tok = byte_tokenizer(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
+                         boi_token="<start_of_image>", eoi_token="<end_of_image>", image_token="<image_soft_token>")
+    tok.pad_token, tok.eos_token, tok.bos_token = "<pad>", "<end_of_turn>", "<bos>"
+    ids = tok.convert_tokens_to_ids
+    torch.manual_seed(seed)
+    cfg = Gemma3Config(
+        text_config=dict(
+            vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, max_position_embeddings=512,
+            sliding_window=256, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            bos_token_id=ids("<bos>"), eos_token_id=ids("<end_of_turn>"), pad_token_id=ids("<pad>"),
+        ),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=56, patch_size=14, vision_use_head=False),
+        mm_tokens_per_image=GEMMA_IMAGE_TOKENS, image_token_id=tok.image_token_id, boi_token_id=tok.boi_token_id,
+        eoi_token_id=tok.eoi_token_id,
+    )
+    model = Gemma3ForConditionalGeneration(cfg).eval()
+    processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 56, "width": 56}),
+                                tokenizer=tok, chat_template=GEMMA_TEMPLATE, image_seq_length=GEMMA_IMAGE_TOKENS)
+    return model, processor
 
 
 @pytest.fixture(scope="session")
@@ -162,6 +230,29 @@ def qwen2_vl_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def qwen3_vl_dir(tmp_path_factory):
+    """As ``qwen2_vl_dir``: Qwen3-VL's image processor is Qwen2-VL's with 16 px patches."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    path = tmp_path_factory.mktemp("qwen3_vl")
+    build_qwen3_vl().save_pretrained(path)
+    qwen_tokenizer().save_pretrained(path)
+    Qwen2VLImageProcessorPil(patch_size=16, min_pixels=64 * 64, max_pixels=128 * 128).save_pretrained(path)
+    (path / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen3VLProcessor"}))
+    (path / "chat_template.jinja").write_text(QWEN_TEMPLATE)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def gemma3_dir(tmp_path_factory):
+    model, processor = build_gemma3()
+    path = tmp_path_factory.mktemp("gemma3")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def helpers():
     """The builders above, for test modules (imported by importlib, they cannot import conftest)."""
 
@@ -169,6 +260,8 @@ def helpers():
         frames = staticmethod(frames)
         build_llava = staticmethod(build_llava)
         build_qwen2_vl = staticmethod(build_qwen2_vl)
+        build_qwen3_vl = staticmethod(build_qwen3_vl)
+        build_gemma3 = staticmethod(build_gemma3)
         qwen_tokenizer = staticmethod(qwen_tokenizer)
 
     return _Helpers

@@ -62,6 +62,9 @@ class AttentionContext:
     q_bounds: list[tuple[int, int]] | None = None
     k_lens: list[int] | None = None
     has_cached_prefix: bool = False
+    # per sequence, the image index of each of its tokens (-1 text), or None (plain causal): a
+    # token also attends to the later tokens of its own image (Gemma 3; only the SDPA prefill).
+    image_blocks: list[torch.Tensor | None] | None = None
     # decode
     seq_lens: torch.Tensor | None = None  # [B] int32, tokens to attend over (current one included)
 
@@ -125,13 +128,20 @@ def prefill_sdpa(q, k, v, k_cache, v_cache, ctx: AttentionContext, scale):
     gqa = q.shape[1] != k.shape[1]
     for i, ((qs, qe), k_len) in enumerate(zip(ctx.q_bounds, ctx.k_lens)):
         q_len = qe - qs
+        blocks = ctx.image_blocks[i] if ctx.image_blocks is not None else None
         if k_len == q_len:
-            ki, vi, mask, causal = k[qs:qe], v[qs:qe], None, True
+            ki, vi = k[qs:qe], v[qs:qe]
         else:  # cached prefix: read it back from the paged cache (this step's tokens included)
             ki = _gather_context(k_cache, ctx.block_tables[i], k_len)
             vi = _gather_context(v_cache, ctx.block_tables[i], k_len)
+        mask, causal = None, True
+        if k_len != q_len or blocks is not None:
             rows = torch.arange(q_len, device=q.device)[:, None] + (k_len - q_len)
-            mask, causal = torch.arange(k_len, device=q.device)[None, :] <= rows, False
+            cols = torch.arange(k_len, device=q.device)[None, :]
+            mask, causal = cols <= rows, False
+            if blocks is not None:
+                own = blocks[k_len - q_len : k_len, None]
+                mask = mask | ((own == blocks[None, :k_len]) & (own >= 0))
         o = F.scaled_dot_product_attention(
             q[qs:qe].transpose(0, 1),
             ki.transpose(0, 1),
@@ -181,11 +191,13 @@ def flash_usable(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def select_backend(
-    device: torch.device, dtype: torch.dtype, block_size: int, use_flash_attn: bool | None
+    device: torch.device, dtype: torch.dtype, block_size: int, use_flash_attn: bool | None, image_blocks: bool = False
 ) -> AttentionBackend:
     """Choose the attention backend for a model on ``device`` in ``dtype``.
 
     ``use_flash_attn``: None = when installed and usable, False = never, True = required.
+    ``image_blocks``: the family's prefill mask is bidirectional within an image (Gemma 3), which
+    flash-attn's causal varlen kernel cannot express: prefill goes through SDPA with the mask.
     """
     flash_ok = flash_usable(device, dtype)
     if use_flash_attn and not flash_ok:
@@ -194,7 +206,10 @@ def select_backend(
             f"(flash-attn installed: {HAS_FLASH_ATTN}, device: {device}, dtype: {dtype})"
         )
     flash = flash_ok and use_flash_attn is not False
-    prefill, prefill_name = (prefill_flash, "flash-attn varlen") if flash else (prefill_sdpa, "torch sdpa")
+    if flash and not image_blocks:
+        prefill, prefill_name = prefill_flash, "flash-attn varlen"
+    else:
+        prefill, prefill_name = prefill_sdpa, "torch sdpa" + (" (image-block mask)" if image_blocks else "")
     if flash and block_size % 256 == 0:
         decode, decode_name = decode_flash, "flash-attn kvcache (paged)"
     else:

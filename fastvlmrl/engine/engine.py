@@ -133,7 +133,7 @@ class Engine:
                 logger.warning("fastvlmrl engine: %d KV blocks needed, %d fit in %.0f%% of free memory: sequences "
                                "will be preempted and recomputed", needed, num_blocks, 100 * memory_fraction)
         self.kv = KVCache(shape, num_blocks, device)
-        self.attention = select_backend(device, dtype, block_size, use_flash_attn)
+        self.attention = select_backend(device, dtype, block_size, use_flash_attn, self.family.image_blocks)
         self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.runner = ModelRunner(base, self.family, self.kv, self.attention, self.max_model_len)

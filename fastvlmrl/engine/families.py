@@ -3,8 +3,11 @@
 The Hugging Face model does the work (vision tower, projector, embeddings, rotary, norms, MLPs);
 a family only says how to batch one request's image tensors with the others', how to check them
 (so a bad image fails its own request with a clear message), and which position ids a prompt's
-tokens get. Adding an architecture = adding a small class here and a parity test. The few things
-the engine reads from a Hugging Face config (the EOS ids, a sliding window) are here too.
+tokens get. A family whose model does more at the image tokens says so here too: Qwen3-VL adds
+vision features inside early decoder layers (DeepStack, :meth:`Family.scatter_image_features`);
+Gemma 3 attends bidirectionally among one image's tokens in prefill (:attr:`Family.image_blocks`).
+Adding an architecture = adding a small class here and a parity test. The few things the engine
+reads from a Hugging Face config (the EOS ids, a sliding window) are here too.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ class Family:
 
     name: str
     mm_keys: tuple[str, ...]
+    # Prefill attention among the tokens of one image is bidirectional (Gemma 3), not causal: the
+    # attention needs each sequence's image blocks (:func:`image_block_ids`).
+    image_blocks: bool = False
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -39,6 +45,20 @@ class Family:
         # transformers 5.x returns a BaseModelOutputWithPooling; earlier versions the features
         # themselves (a [num_images, tokens, hidden] tensor or a tuple of per-image tensors).
         return list(getattr(out, "pooler_output", out))
+
+    def scatter_image_features(self, embeds: torch.Tensor, rows: torch.Tensor, feats: torch.Tensor) -> dict:
+        """Put a prefill step's image features into its packed embeddings ``[T, H]`` at ``rows``;
+        returns extra keyword arguments for the language model's forward (none here)."""
+        embeds[rows] = feats
+        return {}
+
+    def model_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """What the trainer's padded forward adds to the processor's tensors so the model computes
+        what the engine does: positions that follow the attention mask (left- or right-padded rows
+        give one unpadded sequence's states)."""
+        if attention_mask is None:
+            return {}
+        return {"position_ids": (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)}
 
     # images
     def check_mm(self, mm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -179,14 +199,23 @@ class Qwen2VLFamily(Family):
     def position_rows(self) -> int:
         return 3
 
-    def prompt_positions(self, token_ids, mm):
-        if not mm:
-            return None, 0
+    def model_inputs(self, input_ids, attention_mask):
+        # The model derives its M-RoPE positions itself, from the token types its processor returns.
+        return {"mm_token_type_ids": self.token_types(input_ids)}
+
+    def token_types(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """What Qwen's processor returns as ``mm_token_type_ids``: 1 at image tokens, 2 at video."""
         types = torch.zeros_like(token_ids, dtype=torch.int32)
         types[token_ids == self.image_token_id] = 1
         video = getattr(self.config, "video_token_id", None)
         if video is not None:
             types[token_ids == video] = 2
+        return types
+
+    def prompt_positions(self, token_ids, mm):
+        if not mm:
+            return None, 0
+        types = self.token_types(token_ids)
         # The model's own helper, so positions match `generate` exactly. Its signature changed
         # across transformers 5.x (``mm_token_type_ids`` was added as the 2nd positional
         # argument): pass everything by keyword, the token types only where it takes them.
@@ -198,11 +227,63 @@ class Qwen2VLFamily(Family):
         return positions[:, 0], int(delta.reshape(-1)[0])
 
 
+class Qwen3VLFamily(Qwen2VLFamily):
+    """Qwen3-VL: Qwen2-VL's patches, grids and M-RoPE helper (interleaved rows: the model's rotary
+    does that), plus DeepStack: features from several vision layers, each added to the hidden
+    states of the image tokens after one of the first decoder layers."""
+
+    name = "qwen3_vl"
+
+    def image_features(self, mm):
+        out = self.model.model.get_image_features(**mm, return_dict=True)
+        main = list(out.pooler_output)
+        deep = [list(per_layer) for per_layer in (out.deepstack_features or [])]
+        if not deep:
+            return main
+        # [tokens, 1 + layers, hidden] per image: the embedding's features, then each layer's.
+        return [torch.stack([m, *(d[i] for d in deep)], dim=1) for i, m in enumerate(main)]
+
+    def scatter_image_features(self, embeds, rows, feats):
+        if feats.ndim == 2:
+            return super().scatter_image_features(embeds, rows, feats)
+        embeds[rows] = feats[:, 0]
+        mask = torch.zeros(1, embeds.shape[0], dtype=torch.bool, device=embeds.device)
+        mask[0, rows] = True  # rows ascend, so mask order = feature order, as the model indexes
+        return {"visual_pos_masks": mask, "deepstack_visual_embeds": list(feats[:, 1:].unbind(1))}
+
+
+class Gemma3Family(LlavaFamily):
+    """Gemma 3 (``Gemma3ForConditionalGeneration``): SigLIP tower, a fixed number of pooled tokens
+    per image (pan-and-scan crops are more images), bidirectional attention among one image's
+    tokens in prefill, sliding-window layers (the engine caps the context at the window)."""
+
+    name = "gemma3"
+    image_blocks = True
+
+    def __init__(self, model):
+        super().__init__(model)
+        text = self.config.get_text_config()
+        for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+            if getattr(text, key, None):
+                # The engine's logits and attention and the trainer's fused log-prob do not apply it.
+                raise ValueError(f"the engine does not support Gemma with {key}={getattr(text, key)}")
+        if getattr(text, "use_bidirectional_attention", False):
+            raise ValueError("the engine does not support Gemma with use_bidirectional_attention=True "
+                             "(an encoder: every token attends to every other)")
+
+    def model_inputs(self, input_ids, attention_mask):
+        # token_type_ids = 1 at image tokens: the model's cue for its bidirectional image mask.
+        return {**super().model_inputs(input_ids, attention_mask),
+                "token_type_ids": (input_ids == self.image_token_id).long()}
+
+
 FAMILIES: dict[str, type[Family]] = {
     "llava": LlavaFamily,
     "llava_next": LlavaNextFamily,
     "qwen2_vl": Qwen2VLFamily,
     "qwen2_5_vl": Qwen2VLFamily,
+    "qwen3_vl": Qwen3VLFamily,
+    "gemma3": Gemma3Family,
 }
 
 
@@ -229,6 +310,15 @@ def _require(mm: dict[str, torch.Tensor], key: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         value = torch.as_tensor(value)
     return value
+
+
+def image_block_ids(token_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """Per token, the index of the image it belongs to (runs of image tokens; -1 for text): in
+    prefill a token attends causally and also to every token of its own image (Gemma 3's rule,
+    its ``get_block_sequence_ids_for_mask``)."""
+    is_image = token_ids == image_token_id
+    starts = is_image & ~torch.cat([is_image.new_zeros(1), is_image[:-1]])
+    return torch.where(is_image, starts.long().cumsum(0) - 1, -1)
 
 
 # -- model-config helpers: what the engine reads from a Hugging Face config ------------------------

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fastvlmrl.engine.attention import ATTN_IMPL, AttentionBackend, AttentionContext, attention_context
-from fastvlmrl.engine.families import Family
+from fastvlmrl.engine.families import Family, image_block_ids
 from fastvlmrl.engine.kv_cache import KVCache
 from fastvlmrl.engine.sequence import Sequence
 from fastvlmrl.kernels.linear import linear_fp32
@@ -191,9 +191,15 @@ class ModelRunner:
             offset += end - start
 
         ids_t = torch.tensor(ids, device=self.device)
-        embeds = self.embed(ids_t)
+        lm_kwargs = {}
         if image_rows:
-            embeds[torch.cat(image_rows)] = torch.cat(image_feats)
+            rows = torch.cat(image_rows)
+            # An image token id may lie past the embedding (Gemma 3 allows it): its row is replaced.
+            ids_t[rows] = 0
+            embeds = self.embed(ids_t)
+            lm_kwargs = self.family.scatter_image_features(embeds, rows, torch.cat(image_feats))
+        else:
+            embeds = self.embed(ids_t)
         cu_q = torch.tensor([0] + [e for _, e in q_bounds], dtype=torch.int32, device=self.device)
         cu_k = torch.tensor([0] + k_lens, dtype=torch.int32, device=self.device).cumsum(0, dtype=torch.int32)
         ctx = AttentionContext(
@@ -208,15 +214,25 @@ class ModelRunner:
             q_bounds=q_bounds,
             k_lens=k_lens,
             has_cached_prefix=any(s.num_cached_tokens > 0 for s in seqs),
+            image_blocks=[self._image_blocks(s) for s in seqs] if self.family.image_blocks else None,
         )
         with attention_context(ctx):
             out = self.lm(
                 inputs_embeds=embeds[None],
                 position_ids=self._position_arg(torch.cat(positions, dim=1)),
                 use_cache=False,
+                **lm_kwargs,
             )
         hidden = out.last_hidden_state[0, cu_q[1:].long() - 1]
         return self.logits(hidden), hidden
+
+    def _image_blocks(self, seq: Sequence) -> torch.Tensor | None:
+        """Image index of each of the sequence's tokens (-1 text), None when no new token is an
+        image token: the prefill mask is then plain causal."""
+        if seq.image_token_positions is None or not bool((seq.image_token_positions >= seq.num_cached_tokens).any()):
+            return None
+        ids = torch.tensor(seq.token_ids, device=self.device)
+        return image_block_ids(ids, self.family.image_token_id)
 
     def decode_inputs(self, seqs: list[Sequence]):
         """(ids, positions [rows, B], slots, block table [B, W], seq_lens) of a decode step, written

@@ -81,14 +81,13 @@ class Policy(nn.Module):
         ``mm_token_type_ids`` ...). Positions follow the attention mask, so left- and right-padded
         rows give the same states as one unpadded sequence (as the engine computes them).
         """
+        from fastvlmrl.engine.families import family_for
+
         hf = self.hf_model
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values, **mm}
+        # The family's extra inputs (positions, token types) unless the caller gave them.
+        inputs = {**family_for(hf).model_inputs(input_ids, attention_mask),
+                  "input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values, **mm}
         inner = hf.model  # the backbone without the LM head: its output is the normed final state
-        if hasattr(inner, "get_rope_index"):  # M-RoPE (Qwen2-VL family): the model derives positions
-            if "image_grid_thw" in inputs and "mm_token_type_ids" not in inputs:
-                inputs["mm_token_type_ids"] = _mm_token_type_ids(hf.config, input_ids)
-        elif "position_ids" not in inputs and attention_mask is not None:
-            inputs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
         dtype = hf.get_input_embeddings().weight.dtype  # image tensors in the model's dtype (bf16 on GPU)
         inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items() if v is not None}
         return inner(**inputs, use_cache=False, return_dict=True).last_hidden_state
@@ -241,13 +240,3 @@ def _has(module: nn.Module, dotted: str) -> bool:
         return True
     except AttributeError:
         return False
-
-
-def _mm_token_type_ids(config, input_ids: torch.Tensor) -> torch.Tensor:
-    """What Qwen2-VL's processor returns: 1 at image tokens, 2 at video tokens, 0 elsewhere."""
-    types = torch.zeros_like(input_ids, dtype=torch.int32)
-    types[input_ids == config.image_token_id] = 1
-    video = getattr(config, "video_token_id", None)
-    if video is not None:
-        types[input_ids == video] = 2
-    return types

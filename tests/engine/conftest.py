@@ -1,4 +1,4 @@
-"""Tiny random-weight VLMs of the four supported families, built from configs (no downloads).
+"""Tiny random-weight VLMs of the supported families, built from configs (no downloads).
 
 Each model is small enough that the whole engine suite runs in a couple of minutes on 2 cores.
 Token ids: 0 pad, 1 bos, 2 eos, 3..97 printable ASCII (the test processor's character vocabulary),
@@ -12,6 +12,8 @@ import pytest
 import torch
 from transformers import (
     CLIPVisionConfig,
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -21,11 +23,14 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
 )
 
 VOCAB, PAD, BOS, EOS = 128, 0, 1, 2
 IMAGE, VSTART, VEND, VIDEO = 120, 121, 122, 123
-FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl"]
+FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3"]
+GEMMA_IMAGE_TOKENS = 4  # SigLIP 56 px / patch 14 = 4x4 patches, pooled to 2x2
 
 _TEXT = dict(
     vocab_size=VOCAB,
@@ -104,6 +109,44 @@ def build_model(family: str, seed: int = 0) -> torch.nn.Module:
             vision_end_token_id=VEND,
         )
         model = Qwen2_5_VLForConditionalGeneration(cfg)
+    elif family == "qwen3_vl":
+        cfg = Qwen3VLConfig(
+            text_config=dict(_TEXT, num_hidden_layers=3, head_dim=16,
+                             rope_parameters={**_MROPE, "mrope_interleaved": True}),
+            vision_config=dict(
+                depth=3,
+                hidden_size=32,
+                intermediate_size=64,
+                num_heads=2,
+                out_hidden_size=64,
+                patch_size=16,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+                num_position_embeddings=16,
+                deepstack_visual_indexes=[0, 1],  # fed into decoder layers 0 and 1 of 3
+            ),
+            image_token_id=IMAGE,
+            video_token_id=VIDEO,
+            vision_start_token_id=VSTART,
+            vision_end_token_id=VEND,
+        )
+        model = Qwen3VLForConditionalGeneration(cfg)
+    elif family == "gemma3":
+        cfg = Gemma3Config(
+            text_config=dict(
+                _TEXT, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=16, sliding_window=256,
+                layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            ),
+            vision_config=dict(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56,
+                patch_size=14, vision_use_head=False,
+            ),
+            mm_tokens_per_image=GEMMA_IMAGE_TOKENS,
+            image_token_id=IMAGE,
+            boi_token_id=VSTART,
+            eoi_token_id=VEND,
+        )
+        model = Gemma3ForConditionalGeneration(cfg)
     else:
         raise ValueError(family)
     model.generation_config.eos_token_id = EOS
@@ -150,10 +193,13 @@ class TinyProcessor:
             with torch.no_grad():
                 n = self.model.model.get_image_features(**mm, return_dict=True).pooler_output[0].shape[0]
             return mm, n
-        # Qwen2-VL / 2.5-VL: [t*gh*gw, 3*2*14*14] patches, grid (1, H/14, W/14).
-        gh, gw = h // 14, w // 14
+        if self.family == "gemma3":  # one fixed-size image, a fixed number of pooled tokens
+            return {"pixel_values": torch.nn.functional.interpolate(img[None], size=(56, 56))}, GEMMA_IMAGE_TOKENS
+        # Qwen2-VL / 2.5-VL / 3-VL: [t*gh*gw, 3*2*p*p] patches, grid (1, H/p, W/p), p = 14 or 16.
+        p = self.model.config.vision_config.patch_size
+        gh, gw = h // p, w // p
         frames = img[None].repeat(2, 1, 1, 1)  # temporal patch of 2 identical frames
-        patches = frames.reshape(2, 3, gh, 14, gw, 14).permute(2, 4, 1, 0, 3, 5).reshape(gh * gw, -1)
+        patches = frames.reshape(2, 3, gh, p, gw, p).permute(2, 4, 1, 0, 3, 5).reshape(gh * gw, -1)
         return {"pixel_values": patches, "image_grid_thw": torch.tensor([[1, gh, gw]])}, gh * gw // 4
 
     def __call__(self, images=None, text=None, return_tensors="pt"):
@@ -168,11 +214,13 @@ class TinyProcessor:
                 mm, n = self._pixels(images[i - 1])
                 mms.append(mm)
                 marker = [IMAGE] * n
-                ids += [VSTART, *marker, VEND] if self.family.startswith("qwen") else marker
+                ids += [VSTART, *marker, VEND] if self.family.startswith(("qwen", "gemma")) else marker
             ids += self.tokenizer.encode(piece)
         out = {"input_ids": torch.tensor([ids])}
         if self.family.startswith("qwen"):  # as Qwen's processor returns it (M-RoPE needs it)
             out["mm_token_type_ids"] = (out["input_ids"] == IMAGE).int()
+        if self.family == "gemma3":  # as Gemma 3's processor returns it (its image-block mask)
+            out["token_type_ids"] = (out["input_ids"] == IMAGE).long()
         for key in mms[0] if mms else []:
             out[key] = torch.cat([m[key] for m in mms])
         return out

@@ -13,8 +13,9 @@ def forward_over(model, processor, image, prompt, output_ids):
     enc = processor(images=[image], text=[prompt])
     ids = torch.cat([enc["input_ids"], torch.tensor([output_ids])], dim=1)
     extra = {k: v for k, v in enc.items() if k != "input_ids"}
-    if "mm_token_type_ids" in extra:  # output tokens are text
-        extra["mm_token_type_ids"] = torch.nn.functional.pad(extra["mm_token_type_ids"], (0, len(output_ids)))
+    for key in ("mm_token_type_ids", "token_type_ids"):  # output tokens are text
+        if key in extra:
+            extra[key] = torch.nn.functional.pad(extra[key], (0, len(output_ids)))
     with torch.no_grad():
         out = model(input_ids=ids, output_hidden_states=True, **extra)
     return out.logits[0].float(), out.hidden_states[-1][0], enc["input_ids"].shape[1]
@@ -24,6 +25,8 @@ def forward_over(model, processor, image, prompt, output_ids):
     "family,sp",
     [
         ("qwen2_vl", SamplingParams(temperature=0.7, max_new_tokens=12, seed=3)),
+        ("qwen3_vl", SamplingParams(temperature=0.7, max_new_tokens=12, seed=3)),
+        ("gemma3", SamplingParams(temperature=1.0, max_new_tokens=12, seed=4)),
         ("llava", SamplingParams(temperature=1.3, top_p=0.9, repetition_penalty=1.2, max_new_tokens=12, seed=5)),
         ("llava", SamplingParams(temperature=0, max_new_tokens=8)),
     ],
@@ -31,7 +34,7 @@ def forward_over(model, processor, image, prompt, output_ids):
 def test_logprobs_match_forward(family, sp, models, tiny):
     model = models(family)
     processor = tiny.TinyProcessor(model, family)
-    hw = (56, 56) if family.startswith("qwen") else (28, 28)
+    hw = {"qwen3_vl": (64, 64), "gemma3": (56, 56)}.get(family, (56, 56) if family.startswith("qwen") else (28, 28))
     images = [tiny.frame(i, *hw) for i in range(3)]
     prompts = ["<image> first prompt", "a longer second prompt, with more words <image>", "<image>3"]
     engine = Engine(model, processor, block_size=8, num_blocks=64)

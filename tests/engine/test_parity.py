@@ -22,6 +22,8 @@ SIZES = {
     "llava_next": [(28, 28), (28, 56), (56, 28), (28, 56)],
     "qwen2_vl": [(56, 56), (28, 56), (56, 84), (28, 28)],
     "qwen2_5_vl": [(56, 56), (28, 56), (56, 84), (28, 28)],
+    "qwen3_vl": [(64, 64), (32, 64), (64, 96), (32, 32)],
+    "gemma3": [(56, 56), (28, 56), (56, 84), (28, 28)],  # resized to the tower's 56 px
 }
 
 
@@ -31,7 +33,7 @@ def reference(model, processor, image, prompt, n):
     return out[0, enc["input_ids"].shape[1] :].tolist()
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3"])
 def test_greedy_matches_generate(family, models, tiny):
     model = models(family)
     processor = tiny.TinyProcessor(model, family)
@@ -43,7 +45,9 @@ def test_greedy_matches_generate(family, models, tiny):
     for out, want in zip(outs, expected):
         assert out.error is None
         assert out.token_ids == want
-        assert out.finish_reason == "length" and len(out.logprobs) == NEW_TOKENS
+        # A random model may emit EOS early (tiny Gemma 3 does once): then both stop there.
+        assert out.finish_reason == ("length" if len(want) == NEW_TOKENS else "eos")
+        assert len(out.logprobs) == len(want)
     assert len({tuple(w) for w in expected}) > 1, "degenerate model: every prompt gives the same output"
 
     # A cache too small for the whole batch: admission control queues requests and decode growth

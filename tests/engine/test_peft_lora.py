@@ -44,11 +44,14 @@ def lora_step(model, processor, image, prompt, lr):
     model.eval()
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+HW = {"llava": (28, 28), "qwen2_vl": (56, 56), "qwen3_vl": (64, 64), "gemma3": (56, 56)}
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "qwen3_vl", "gemma3"])
 def test_engine_on_peft_model(family, tiny):
     model = tiny.build_model(family, seed=5)
     processor = tiny.TinyProcessor(model, family)
-    hw = (56, 56) if family.startswith("qwen") else (28, 28)
+    hw = HW[family]
     images = [tiny.frame(i, *hw) for i in range(3)]
     prompts = ["<image> lora", "<image> adapters are modules", "peft says <image> hi"]
     plain = hf_greedy(model, processor, images, prompts)
@@ -61,7 +64,7 @@ def test_engine_on_peft_model(family, tiny):
             if "lora_" in name:
                 p.mul_(0.3)  # peft's random init is large for a 64-wide model: keep outputs varied
     n_lora = sum(isinstance(m, peft.tuners.lora.LoraLayer) for m in policy.modules())
-    assert n_lora == 2 * 7
+    assert n_lora == len(model.model.language_model.layers) * 7
     policy.eval()
     engine = Engine(policy, processor, block_size=8, num_blocks=64)
     assert engine.family.name == family

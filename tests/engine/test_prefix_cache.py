@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fastvlmrl.engine import Engine, SamplingParams
@@ -102,3 +103,36 @@ def test_optimizer_updates_invalidate_the_cache(tiny):
         assert engine.stats.cached_prompt_tokens == 0
         assert engine.weight_versions.version != versions
         versions = engine.weight_versions.version
+
+
+@pytest.mark.parametrize("family,hw", [("gemma3", (56, 56)), ("qwen3_vl", (64, 64))])
+def test_a_cache_hit_that_ends_inside_an_image(family, hw, models, tiny):
+    """Gemma 3's image tokens attend to each other both ways and Qwen3-VL adds DeepStack features
+    at them: a request whose cached prefix stops in the middle of its image computes the rest of
+    the image exactly as a request with nothing cached."""
+    model = models(family)
+    processor = tiny.TinyProcessor(model, family)
+    bs = 4
+    image = tiny.frame(7, *hw)
+
+    def image_span(ids):
+        return ids.index(tiny.IMAGE), len(ids) - 1 - ids[::-1].index(tiny.IMAGE)
+
+    def split_inside(prompt):
+        # The hit covers the full blocks before the last token: at least two image tokens after it.
+        ids = processor(images=[image], text=[prompt])["input_ids"][0].tolist()
+        first, last = image_span(ids)
+        return first < (len(ids) - 1) // bs * bs < last
+
+    prompt = next(p for p in ("x" * n + "<image>" for n in range(bs)) if split_inside(p))
+    sp = SamplingParams(temperature=0, max_new_tokens=4)
+    plain = Engine(model, processor, block_size=bs, num_blocks=128, enable_prefix_caching=False)
+    want = plain.generate([image, image], [prompt] * 2, sp)
+    cached = Engine(model, processor, block_size=bs, num_blocks=128)
+    got = cached.generate([image, image], [prompt] * 2, sp)
+    first, last = image_span(got[1].prompt_token_ids)
+    assert first < got[1].num_cached_tokens < last, "the cached prefix must end inside the image"
+    for g, w in zip(got, want):
+        assert g.token_ids == w.token_ids
+        torch.testing.assert_close(torch.tensor(g.logprobs), torch.tensor(w.logprobs), rtol=0, atol=1e-5)
+        torch.testing.assert_close(g.hidden_state, w.hidden_state, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,77 @@
+"""The newer families from saved directories, with their own processors and chat templates, as a
+user's checkpoint would be: the engine's greedy output equals ``generate``, and the trainer's padded
+forward reproduces what the engine sampled (log-probs and the value head's input), with LoRA on the
+language model and a frozen vision tower."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastvlmrl.engine import Engine, SamplingParams
+from fastvlmrl.models import chat_prompt, load_policy
+
+DIRS = ["qwen3_vl_dir", "gemma3_dir"]
+TASKS = ["hi", "a longer task: reach the target number", "go"]
+
+
+def frames(helpers, n):
+    return list(helpers.frames(n, 96, 128))
+
+
+def encode(processor, frame, prompt):
+    return processor(images=[frame], text=[prompt], return_tensors="pt")
+
+
+@pytest.mark.parametrize("dir_fixture", DIRS)
+def test_greedy_matches_generate_with_the_model_processor(dir_fixture, request, helpers):
+    policy, processor = load_policy(request.getfixturevalue(dir_fixture))
+    images = frames(helpers, 3)
+    prompts = [chat_prompt(processor, t) for t in TASKS]
+    engine = Engine(policy.model, processor, block_size=8, num_blocks=128)
+    outs = engine.generate(images, prompts, SamplingParams(temperature=0, max_new_tokens=8))
+    for image, prompt, out in zip(images, prompts, outs):
+        assert out.error is None
+        enc = encode(processor, image, prompt)
+        assert out.prompt_token_ids == enc["input_ids"][0].tolist()
+        with torch.no_grad():
+            want = policy.model.generate(**enc, max_new_tokens=8, do_sample=False)[0, enc["input_ids"].shape[1]:]
+        assert out.token_ids == want.tolist()
+
+
+@pytest.mark.parametrize("dir_fixture", DIRS)
+def test_training_forward_reproduces_the_rollout(dir_fixture, request, helpers):
+    policy, processor = load_policy(request.getfixturevalue(dir_fixture), lora=True, lora_r=4, lora_alpha=8,
+                                    freeze_vision=True)
+    with torch.no_grad():  # LoRA B starts at zero: make the adapters change the output
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.2)
+    images = frames(helpers, 3)
+    prompts = [chat_prompt(processor, t) for t in TASKS]
+    engine = Engine(policy.model, processor, block_size=8, num_blocks=128)
+    outs = engine.generate(images, prompts, SamplingParams(temperature=1.0, max_new_tokens=8, seed=2))
+    # The trainer's forward: prompt + sampled ids right-padded, every prompt's image tensors.
+    rows = [o.prompt_token_ids + o.token_ids for o in outs]
+    ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+    encs = [encode(processor, im, p) for im, p in zip(images, prompts)]
+    mm = {k: torch.cat([e[k] for e in encs]) for k in encs[0] if k in ("pixel_values", "image_grid_thw")}
+    policy.eval()  # the rollout's policy: LoRA dropout off
+    with torch.no_grad():
+        hidden = policy.hidden_states(ids, mask, **mm)
+        logp = (hidden @ policy.lm_head_weight().T).log_softmax(-1)
+    for i, out in enumerate(outs):
+        n = len(out.prompt_token_ids)
+        got = logp[i, n - 1 : len(rows[i]) - 1].gather(-1, torch.tensor(out.token_ids)[:, None])[:, 0]
+        torch.testing.assert_close(got, torch.tensor(out.logprobs), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.hidden_state, hidden[i, n - 1], atol=1e-5, rtol=1e-5)
+    # LoRA sits on the language model only; the vision tower gets no gradient.
+    hidden = policy.hidden_states(ids, mask, **mm)
+    (hidden.sum() + policy.value(hidden[:, 0]).sum()).backward()
+    trained = {n for n, p in policy.named_parameters() if p.grad is not None}
+    assert any("language_model" in n and "lora_B" in n for n in trained)
+    assert not any(("vision_tower" in n or "visual.blocks" in n) for n in trained)
+    assert any(n.startswith("value_head") for n in trained)
