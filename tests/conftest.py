@@ -10,6 +10,8 @@ downloaded).
   be constructed without torchvision (its video processor); ``load_processor`` assembles an
   image-only one there.
 - ``qwen3_vl_dir``: the same for a tiny Qwen3-VL (patch 16, DeepStack into decoder layers 0, 1).
+- ``llava_onevision_dir``: a tiny LLaVA-OneVision (AnyRes tiles pooled to anyres_max_9) with
+  its image processor, Qwen's tokens and template (file by file, as above: a video processor).
 - ``gemma3_dir``: a tiny Gemma 3 (SigLIP 56 px pooled to 4 tokens, sliding and full layers) with
   its own ``Gemma3Processor`` (PIL image processor, byte-level tokenizer with Gemma's specials).
 """
@@ -138,6 +140,25 @@ def build_qwen3_vl(seed: int = 0):
     return Qwen3VLForConditionalGeneration(cfg).eval()
 
 
+def build_llava_onevision(seed: int = 0):
+    """A tiny random LLaVA-OneVision (SigLIP 28 px tiles, AnyRes grid up to 56x56, Qwen2 text) with
+    Qwen's token ids (vocabulary 264, ``qwen_tokenizer``); ``<|image_pad|>`` is its image token."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = LlavaOnevisionConfig(
+        text_config=dict(model_type="qwen2", vocab_size=264, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, bos_token_id=256, eos_token_id=258, pad_token_id=257),
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14),
+        image_token_id=261, video_token_id=262, image_grid_pinpoints=ONEVISION_PINPOINTS, vision_feature_layer=-1,
+    )
+    return LlavaOnevisionForConditionalGeneration(cfg).eval()
+
+
+ONEVISION_PINPOINTS = [[28, 28], [28, 56], [56, 28], [56, 56]]
+ONEVISION_TEMPLATE = QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>")
 GEMMA_IMAGE_TOKENS = 4
 GEMMA_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
@@ -244,6 +265,25 @@ def qwen3_vl_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def llava_onevision_dir(tmp_path_factory):
+    """Written file by file: its processor has a video processor (torchvision) too."""
+    from transformers import LlavaOnevisionImageProcessorPil
+
+    path = tmp_path_factory.mktemp("llava_onevision")
+    build_llava_onevision().save_pretrained(path)
+    tok = qwen_tokenizer()
+    tok.save_pretrained(path)
+    LlavaOnevisionImageProcessorPil(size={"height": 28, "width": 28},
+                                    image_grid_pinpoints=ONEVISION_PINPOINTS).save_pretrained(path)
+    (path / "processor_config.json").write_text(json.dumps({
+        "processor_class": "LlavaOnevisionProcessor", "image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+        "num_image_tokens": 4, "vision_feature_select_strategy": "full", "vision_aspect_ratio": "anyres_max_9",
+    }))
+    (path / "chat_template.jinja").write_text(ONEVISION_TEMPLATE)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def gemma3_dir(tmp_path_factory):
     model, processor = build_gemma3()
     path = tmp_path_factory.mktemp("gemma3")
@@ -261,6 +301,7 @@ def helpers():
         build_llava = staticmethod(build_llava)
         build_qwen2_vl = staticmethod(build_qwen2_vl)
         build_qwen3_vl = staticmethod(build_qwen3_vl)
+        build_llava_onevision = staticmethod(build_llava_onevision)
         build_gemma3 = staticmethod(build_gemma3)
         qwen_tokenizer = staticmethod(qwen_tokenizer)
 

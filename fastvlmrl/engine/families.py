@@ -162,6 +162,31 @@ class LlavaNextFamily(Family):
         return {"pixel_values": torch.cat(pvs), "image_sizes": torch.cat([m["image_sizes"] for m in mms])}
 
 
+class LlavaOnevisionFamily(LlavaNextFamily):
+    """LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``): LLaVA-NeXT's AnyRes tiles with
+    the features pooled down to ``vision_aspect_ratio`` (anyres_max_9) in ``get_image_features``;
+    a prompt with several images gets one base tile per image (``batch_num_images``)."""
+
+    name = "llava_onevision"
+    mm_keys = ("pixel_values", "image_sizes", "batch_num_images")
+
+    def check_mm(self, mm):
+        out = super().check_mm(mm)
+        if mm.get("batch_num_images") is not None:
+            counts = torch.as_tensor(mm["batch_num_images"]).reshape(-1)
+            if counts.numel() != 1 or int(counts[0]) != out["image_sizes"].shape[0]:
+                raise ValueError(f"batch_num_images must be [{out['image_sizes'].shape[0]}] (one request's "
+                                 f"image count), got {counts.tolist()}")
+            out["batch_num_images"] = counts
+        return out
+
+    def batch_mm(self, mms):
+        out = super().batch_mm(mms)
+        if all("batch_num_images" in m for m in mms):
+            out["batch_num_images"] = torch.cat([m["batch_num_images"] for m in mms])
+        return out
+
+
 class Qwen2VLFamily(Family):
     """Qwen2-VL and Qwen2.5-VL: flattened patches + ``image_grid_thw``, 3-row M-RoPE positions."""
 
@@ -280,6 +305,7 @@ class Gemma3Family(LlavaFamily):
 FAMILIES: dict[str, type[Family]] = {
     "llava": LlavaFamily,
     "llava_next": LlavaNextFamily,
+    "llava_onevision": LlavaOnevisionFamily,
     "qwen2_vl": Qwen2VLFamily,
     "qwen2_5_vl": Qwen2VLFamily,
     "qwen3_vl": Qwen3VLFamily,

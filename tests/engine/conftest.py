@@ -19,6 +19,8 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
@@ -29,7 +31,7 @@ from transformers import (
 
 VOCAB, PAD, BOS, EOS = 128, 0, 1, 2
 IMAGE, VSTART, VEND, VIDEO = 120, 121, 122, 123
-FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3"]
+FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3"]
 GEMMA_IMAGE_TOKENS = 4  # SigLIP 56 px / patch 14 = 4x4 patches, pooled to 2x2
 
 _TEXT = dict(
@@ -69,6 +71,16 @@ def build_model(family: str, seed: int = 0) -> torch.nn.Module:
             vision_feature_layer=-1,
         )
         model = LlavaNextForConditionalGeneration(cfg)
+    elif family == "llava_onevision":
+        cfg = LlavaOnevisionConfig(
+            vision_config=dict(model_type="siglip_vision_model", **_CLIP),
+            text_config=dict(model_type="qwen2", **_TEXT),
+            image_token_id=IMAGE,
+            video_token_id=VIDEO,
+            image_grid_pinpoints=[[28, 28], [28, 56], [56, 28], [56, 56]],
+            vision_feature_layer=-1,
+        )
+        model = LlavaOnevisionForConditionalGeneration(cfg)
     elif family == "qwen2_vl":
         cfg = Qwen2VLConfig(
             text_config=dict(**_TEXT, rope_parameters=_MROPE),
@@ -182,7 +194,7 @@ class TinyProcessor:
         h, w = img.shape[1:]
         if self.family == "llava":
             return {"pixel_values": img[None]}, (h // 14) * (w // 14)
-        if self.family == "llava_next":
+        if self.family in ("llava_next", "llava_onevision"):
             from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
             tiles = image_size_to_num_patches((h, w), self.model.config.image_grid_pinpoints, 28)

@@ -20,6 +20,7 @@ PROMPTS = [
 SIZES = {
     "llava": [(28, 28)] * 4,
     "llava_next": [(28, 28), (28, 56), (56, 28), (28, 56)],
+    "llava_onevision": [(28, 28), (28, 56), (56, 84), (200, 300)],
     "qwen2_vl": [(56, 56), (28, 56), (56, 84), (28, 28)],
     "qwen2_5_vl": [(56, 56), (28, 56), (56, 84), (28, 28)],
     "qwen3_vl": [(64, 64), (32, 64), (64, 96), (32, 32)],
@@ -33,7 +34,7 @@ def reference(model, processor, image, prompt, n):
     return out[0, enc["input_ids"].shape[1] :].tolist()
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3"])
 def test_greedy_matches_generate(family, models, tiny):
     model = models(family)
     processor = tiny.TinyProcessor(model, family)

@@ -11,7 +11,7 @@ import torch
 from fastvlmrl.engine import Engine, SamplingParams
 from fastvlmrl.models import chat_prompt, load_policy
 
-DIRS = ["qwen3_vl_dir", "gemma3_dir"]
+DIRS = ["qwen3_vl_dir", "gemma3_dir", "llava_onevision_dir"]
 TASKS = ["hi", "a longer task: reach the target number", "go"]
 
 
@@ -58,7 +58,7 @@ def test_training_forward_reproduces_the_rollout(dir_fixture, request, helpers):
     for i, r in enumerate(rows):
         ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
     encs = [encode(processor, im, p) for im, p in zip(images, prompts)]
-    mm = {k: torch.cat([e[k] for e in encs]) for k in encs[0] if k in ("pixel_values", "image_grid_thw")}
+    mm = {k: torch.cat([e[k] for e in encs]) for k in encs[0] if k in ("pixel_values", "image_grid_thw", "image_sizes")}
     policy.eval()  # the rollout's policy: LoRA dropout off
     with torch.no_grad():
         hidden = policy.hidden_states(ids, mask, **mm)
