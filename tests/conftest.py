@@ -12,6 +12,8 @@ downloaded).
 - ``qwen3_vl_dir``: the same for a tiny Qwen3-VL (patch 16, DeepStack into decoder layers 0, 1).
 - ``llava_onevision_dir``: a tiny LLaVA-OneVision (AnyRes tiles pooled to anyres_max_9) with
   its image processor, Qwen's tokens and template (file by file, as above: a video processor).
+- ``internvl_dir``: a tiny transformers-native InternVL (56 px tiles + thumbnail, pixel shuffle)
+  with GOT-OCR2's image processor and InternVL's image tokens (file by file, as above).
 - ``gemma3_dir``: a tiny Gemma 3 (SigLIP 56 px pooled to 4 tokens, sliding and full layers) with
   its own ``Gemma3Processor`` (PIL image processor, byte-level tokenizer with Gemma's specials).
 """
@@ -157,6 +159,34 @@ def build_llava_onevision(seed: int = 0):
     return LlavaOnevisionForConditionalGeneration(cfg).eval()
 
 
+def internvl_tokenizer():
+    """Byte-level BPE + the named image tokens InternVL's processor reads (``<img>`` 256,
+    ``</img>`` 257, ``<IMG_CONTEXT>`` 258, ``<video>`` 259) and ChatML's (260..262)."""
+    tok = byte_tokenizer(["<|im_start|>", "<|im_end|>", "<|endoftext|>"], start_image_token="<img>",
+                         end_image_token="</img>", context_image_token="<IMG_CONTEXT>", video_token="<video>")
+    tok.pad_token, tok.eos_token = "<|endoftext|>", "<|im_end|>"
+    return tok
+
+
+def build_internvl(seed: int = 0):
+    """A tiny random InternVL: 56 px tiles (4x4 patches pixel-shuffled to 4 tokens), Qwen2 text,
+    ``internvl_tokenizer``'s ids (vocabulary 264)."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = InternVLConfig(
+        text_config=dict(model_type="qwen2", vocab_size=264, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, eos_token_id=261, pad_token_id=262),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=56, patch_size=14),
+        image_token_id=258, image_seq_length=4, downsample_ratio=0.5, vision_feature_layer=-1,
+        tie_word_embeddings=False,
+    )
+    return InternVLForConditionalGeneration(cfg).eval()
+
+
+INTERNVL_TEMPLATE = QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n")
 ONEVISION_PINPOINTS = [[28, 28], [28, 56], [56, 28], [56, 56]]
 ONEVISION_TEMPLATE = QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>")
 GEMMA_IMAGE_TOKENS = 4
@@ -284,6 +314,23 @@ def llava_onevision_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def internvl_dir(tmp_path_factory):
+    """Written file by file (its processor has a video processor); tiles of 56 px, at most 4 and
+    a thumbnail."""
+    from transformers import GotOcr2ImageProcessorPil
+
+    path = tmp_path_factory.mktemp("internvl")
+    build_internvl().save_pretrained(path)
+    internvl_tokenizer().save_pretrained(path)
+    GotOcr2ImageProcessorPil(size={"height": 56, "width": 56}, crop_to_patches=True, min_patches=1,
+                             max_patches=4).save_pretrained(path)
+    (path / "processor_config.json").write_text(json.dumps({"processor_class": "InternVLProcessor",
+                                                            "image_seq_length": 4}))
+    (path / "chat_template.jinja").write_text(INTERNVL_TEMPLATE)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def gemma3_dir(tmp_path_factory):
     model, processor = build_gemma3()
     path = tmp_path_factory.mktemp("gemma3")
@@ -302,6 +349,7 @@ def helpers():
         build_qwen2_vl = staticmethod(build_qwen2_vl)
         build_qwen3_vl = staticmethod(build_qwen3_vl)
         build_llava_onevision = staticmethod(build_llava_onevision)
+        build_internvl = staticmethod(build_internvl)
         build_gemma3 = staticmethod(build_gemma3)
         qwen_tokenizer = staticmethod(qwen_tokenizer)
 

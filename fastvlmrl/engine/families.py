@@ -91,7 +91,7 @@ class LlavaFamily(Family):
     def check_mm(self, mm):
         vc = self.config.vision_config
         pv = _require(mm, "pixel_values")
-        want = (getattr(vc, "num_channels", 3), vc.image_size, vc.image_size)
+        want = (getattr(vc, "num_channels", 3), *_image_hw(vc))
         if pv.ndim == 3:
             pv = pv.unsqueeze(0)
         if pv.ndim != 4 or tuple(pv.shape[1:]) != want:
@@ -107,6 +107,14 @@ class LlavaFamily(Family):
         return {"pixel_values": torch.cat([m["pixel_values"] for m in mms])}
 
 
+class InternVLFamily(LlavaFamily):
+    """InternVL (transformers-native ``InternVLForConditionalGeneration``): each image is cut into
+    tiles (plus a thumbnail) of the tower's size; every tile gives its own pixel-shuffled features,
+    so to the engine a tile is an image: ``pixel_values`` [tiles, 3, S, S], features in tile order."""
+
+    name = "internvl"
+
+
 class LlavaNextFamily(Family):
     """LLaVA-NeXT / 1.6 (``LlavaNextForConditionalGeneration``): AnyRes tiles + ``image_sizes``."""
 
@@ -120,7 +128,7 @@ class LlavaNextFamily(Family):
             pv = pv.unsqueeze(0)
         if sizes.ndim == 1:
             sizes = sizes.unsqueeze(0)
-        want = (getattr(vc, "num_channels", 3), vc.image_size, vc.image_size)
+        want = (getattr(vc, "num_channels", 3), *_image_hw(vc))
         if pv.ndim != 5 or tuple(pv.shape[2:]) != want:
             raise ValueError(
                 f"pixel_values must be [num_images, num_tiles, {want[0]}, {want[1]}, {want[2]}], got {list(pv.shape)}"
@@ -310,6 +318,7 @@ FAMILIES: dict[str, type[Family]] = {
     "qwen2_5_vl": Qwen2VLFamily,
     "qwen3_vl": Qwen3VLFamily,
     "gemma3": Gemma3Family,
+    "internvl": InternVLFamily,
 }
 
 
@@ -327,6 +336,12 @@ def family_for(model: nn.Module) -> Family:
             "add a Family in fastvlmrl/engine/families.py"
         )
     return cls(model)
+
+
+def _image_hw(vision_config) -> tuple[int, int]:
+    """The vision tower's input height and width (an int in most configs, a pair in InternVL's)."""
+    size = vision_config.image_size
+    return (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
 
 
 def _require(mm: dict[str, torch.Tensor], key: str) -> torch.Tensor:

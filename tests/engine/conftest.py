@@ -14,6 +14,8 @@ from transformers import (
     CLIPVisionConfig,
     Gemma3Config,
     Gemma3ForConditionalGeneration,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -31,8 +33,9 @@ from transformers import (
 
 VOCAB, PAD, BOS, EOS = 128, 0, 1, 2
 IMAGE, VSTART, VEND, VIDEO = 120, 121, 122, 123
-FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3"]
+FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl"]
 GEMMA_IMAGE_TOKENS = 4  # SigLIP 56 px / patch 14 = 4x4 patches, pooled to 2x2
+INTERNVL_TILE_TOKENS = 4  # 56 px tiles / patch 14, pixel-shuffled by 0.5
 
 _TEXT = dict(
     vocab_size=VOCAB,
@@ -159,6 +162,18 @@ def build_model(family: str, seed: int = 0) -> torch.nn.Module:
             eoi_token_id=VEND,
         )
         model = Gemma3ForConditionalGeneration(cfg)
+    elif family == "internvl":
+        cfg = InternVLConfig(
+            text_config=dict(model_type="qwen2", **_TEXT),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                               image_size=56, patch_size=14),
+            image_token_id=IMAGE,
+            image_seq_length=INTERNVL_TILE_TOKENS,
+            downsample_ratio=0.5,  # pixel shuffle: 4x4 patches -> 2x2 tokens
+            vision_feature_layer=-1,
+            tie_word_embeddings=False,  # tied, a 2-layer random model mostly repeats its last token
+        )
+        model = InternVLForConditionalGeneration(cfg)
     else:
         raise ValueError(family)
     model.generation_config.eos_token_id = EOS
@@ -205,6 +220,10 @@ class TinyProcessor:
             with torch.no_grad():
                 n = self.model.model.get_image_features(**mm, return_dict=True).pooler_output[0].shape[0]
             return mm, n
+        if self.family == "internvl":  # 56 px tiles over the image, and a thumbnail when there are several
+            grid = [img[:, r : r + 56, c : c + 56] for r in range(0, h - 55, 56) for c in range(0, w - 55, 56)]
+            tiles = grid + ([torch.nn.functional.interpolate(img[None], size=(56, 56))[0]] if len(grid) > 1 else [])
+            return {"pixel_values": torch.stack(tiles)}, INTERNVL_TILE_TOKENS * len(tiles)
         if self.family == "gemma3":  # one fixed-size image, a fixed number of pooled tokens
             return {"pixel_values": torch.nn.functional.interpolate(img[None], size=(56, 56))}, GEMMA_IMAGE_TOKENS
         # Qwen2-VL / 2.5-VL / 3-VL: [t*gh*gw, 3*2*p*p] patches, grid (1, H/p, W/p), p = 14 or 16.

@@ -28,6 +28,7 @@ def forward_over(model, processor, image, prompt, output_ids):
         ("qwen3_vl", SamplingParams(temperature=0.7, max_new_tokens=12, seed=3)),
         ("gemma3", SamplingParams(temperature=1.0, max_new_tokens=12, seed=4)),
         ("llava_onevision", SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=12, seed=6)),
+        ("internvl", SamplingParams(temperature=1.0, max_new_tokens=12, seed=7)),
         ("llava", SamplingParams(temperature=1.3, top_p=0.9, repetition_penalty=1.2, max_new_tokens=12, seed=5)),
         ("llava", SamplingParams(temperature=0, max_new_tokens=8)),
     ],
@@ -35,7 +36,7 @@ def forward_over(model, processor, image, prompt, output_ids):
 def test_logprobs_match_forward(family, sp, models, tiny):
     model = models(family)
     processor = tiny.TinyProcessor(model, family)
-    hw = {"qwen3_vl": (64, 64), "gemma3": (56, 56), "llava_onevision": (56, 84)}.get(family, (56, 56) if family.startswith("qwen") else (28, 28))
+    hw = {"qwen3_vl": (64, 64), "gemma3": (56, 56), "llava_onevision": (56, 84), "internvl": (56, 112)}.get(family, (56, 56) if family.startswith("qwen") else (28, 28))
     images = [tiny.frame(i, *hw) for i in range(3)]
     prompts = ["<image> first prompt", "a longer second prompt, with more words <image>", "<image>3"]
     engine = Engine(model, processor, block_size=8, num_blocks=64)

@@ -25,6 +25,7 @@ SIZES = {
     "qwen2_5_vl": [(56, 56), (28, 56), (56, 84), (28, 28)],
     "qwen3_vl": [(64, 64), (32, 64), (64, 96), (32, 32)],
     "gemma3": [(56, 56), (28, 56), (56, 84), (28, 28)],  # resized to the tower's 56 px
+    "internvl": [(56, 56), (56, 112), (112, 112), (56, 56)],  # 1, 2 + 1, 4 + 1 tiles
 }
 
 
@@ -34,7 +35,8 @@ def reference(model, processor, image, prompt, n):
     return out[0, enc["input_ids"].shape[1] :].tolist()
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3",
+                                    "internvl"])
 def test_greedy_matches_generate(family, models, tiny):
     model = models(family)
     processor = tiny.TinyProcessor(model, family)

@@ -44,10 +44,10 @@ def lora_step(model, processor, image, prompt, lr):
     model.eval()
 
 
-HW = {"llava": (28, 28), "qwen2_vl": (56, 56), "qwen3_vl": (64, 64), "gemma3": (56, 56), "llava_onevision": (56, 84)}
+HW = {"llava": (28, 28), "qwen2_vl": (56, 56), "qwen3_vl": (64, 64), "gemma3": (56, 56), "llava_onevision": (56, 84), "internvl": (56, 112)}
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "qwen3_vl", "gemma3", "llava_onevision"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "qwen3_vl", "gemma3", "llava_onevision", "internvl"])
 def test_engine_on_peft_model(family, tiny):
     model = tiny.build_model(family, seed=5)
     processor = tiny.TinyProcessor(model, family)

@@ -11,7 +11,7 @@ import torch
 from fastvlmrl.engine import Engine, SamplingParams
 from fastvlmrl.models import chat_prompt, load_policy
 
-DIRS = ["qwen3_vl_dir", "gemma3_dir", "llava_onevision_dir"]
+DIRS = ["qwen3_vl_dir", "gemma3_dir", "llava_onevision_dir", "internvl_dir"]
 TASKS = ["hi", "a longer task: reach the target number", "go"]
 
 
