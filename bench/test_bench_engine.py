@@ -35,7 +35,7 @@ from transformers import (
 )
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-from fastvlmrl.architectures import llava_15_7b, llava_16_mistral_7b, qwen2_vl_2b
+from fastvlmrl.architectures import gemma3_4b, llava_15_7b, llava_16_mistral_7b, qwen2_vl_2b, qwen3_vl_2b
 from fastvlmrl.engine import Engine, Request, SamplingParams
 
 PROMPT_TOKENS = 600
@@ -75,7 +75,7 @@ def tiny_llava_config() -> LlavaConfig:
 
 
 CONFIGS = {"tiny-llava": tiny_llava_config, "llava-1.5-7b": llava_15_7b, "llava-1.6-mistral-7b": llava_16_mistral_7b,
-           "qwen2-vl-2b": qwen2_vl_2b}
+           "qwen2-vl-2b": qwen2_vl_2b, "qwen3-vl-2b": qwen3_vl_2b, "gemma-3-4b": gemma3_4b}
 
 
 def build(case: Case):
@@ -94,12 +94,16 @@ def make_requests(model, case: Case) -> list[Request]:
     image_id = cfg.image_token_id
     requests, n_image = [], None
     for i in range(case.batch):
-        if cfg.model_type == "qwen2_vl":
-            grid = torch.tensor([[1, 24, 24]])  # a 336x336 frame -> 144 image tokens
+        if cfg.model_type in ("qwen2_vl", "qwen3_vl"):
+            grid = torch.tensor([[1, 24, 24]])  # a 336x336 (Qwen2-VL) or 384x384 (Qwen3-VL) frame -> 144 tokens
             vc = cfg.vision_config
             pixels = torch.randn(576, 3 * vc.temporal_patch_size * vc.patch_size**2, generator=g)
             mm = {"pixel_values": pixels.to(case.dtype), "image_grid_thw": grid}
             image = [cfg.vision_start_token_id] + [image_id] * 144 + [cfg.vision_end_token_id]
+        elif cfg.model_type == "gemma3":  # 896 px, pooled to 256 tokens between begin and end of image
+            vc = cfg.vision_config
+            mm = {"pixel_values": torch.randn(1, 3, vc.image_size, vc.image_size, generator=g).to(case.dtype)}
+            image = [cfg.boi_token_id] + [image_id] * cfg.mm_tokens_per_image + [cfg.eoi_token_id]
         elif cfg.model_type == "llava_next":
             # A 300x300 frame (RL4VLM's) in AnyRes: the base tile and the tiles of its best grid
             # (random pixels); the image's token count is what the model's own features give.
@@ -278,6 +282,15 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
 @pytest.mark.benchmark(group="engine-gpu")
 @pytest.mark.parametrize("name", ["qwen2-vl-2b", "llava-1.6-mistral-7b"])
 def test_engine_vs_generate_gpu(name, benchmark, report):
+    run_case(Case(name, batch=64, new_tokens=256, device="cuda", dtype=torch.bfloat16), benchmark, report)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.benchmark(group="engine-gpu-families")
+@pytest.mark.parametrize("name", ["qwen3-vl-2b", "gemma-3-4b"])
+def test_engine_vs_generate_gpu_newer_families(name, benchmark, report):
+    """Qwen3-VL (DeepStack) and Gemma 3 (image-block prefill mask: SDPA prefill, a capped context)."""
     run_case(Case(name, batch=64, new_tokens=256, device="cuda", dtype=torch.bfloat16), benchmark, report)
 
 

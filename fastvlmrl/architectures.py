@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from transformers import (
     CLIPVisionConfig,
+    Gemma3Config,
     LlamaConfig,
     LlavaConfig,
     LlavaNextConfig,
     MistralConfig,
     Qwen2VLConfig,
+    Qwen3VLConfig,
 )
 
 
@@ -63,11 +65,45 @@ def qwen2_vl_7b() -> Qwen2VLConfig:
     return _qwen2_vl(3584, 18944, 28, 28, 4, 152064, tie=False)
 
 
+def qwen3_vl_2b() -> Qwen3VLConfig:
+    """Qwen/Qwen3-VL-2B-Instruct: 16 px patches, DeepStack from vision layers 5, 11, 17."""
+    return Qwen3VLConfig(
+        text_config=dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                         num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=262144,
+                         rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
+                                          "mrope_interleaved": True},
+                         bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, tie_word_embeddings=True),
+        vision_config=dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2048,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
+                           deepstack_visual_indexes=[5, 11, 17]),
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        tie_word_embeddings=True,
+    )
+
+
+def gemma3_4b() -> Gemma3Config:
+    """google/gemma-3-4b-it: SigLIP-so400m at 896 px pooled to 256 tokens; 5 of every 6 layers
+    attend in a 1024-token window."""
+    return Gemma3Config(
+        text_config=dict(vocab_size=262208, hidden_size=2560, intermediate_size=10240, num_hidden_layers=34,
+                         num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
+                         sliding_window=1024, sliding_window_pattern=6, max_position_embeddings=131072,
+                         rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+                         bos_token_id=2, eos_token_id=1, pad_token_id=0),
+        vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                           image_size=896, patch_size=14, vision_use_head=False),
+        mm_tokens_per_image=256, image_token_id=262144, boi_token_id=255999, eoi_token_id=256000,
+    )
+
+
 ARCHITECTURES = {
     "llava-1.5-7b": llava_15_7b,
     "llava-1.6-mistral-7b": llava_16_mistral_7b,
     "qwen2-vl-2b": qwen2_vl_2b,
     "qwen2-vl-7b": qwen2_vl_7b,
+    "qwen3-vl-2b": qwen3_vl_2b,
+    "gemma-3-4b": gemma3_4b,
 }
 
 

@@ -146,10 +146,12 @@ def estimated_image_tokens(config, image_size: int) -> int:
         else:
             rows -= (rows - cols) // 2 * 2
         return side * side + rows * cols + rows
-    if config.model_type in ("qwen2_vl", "qwen2_5_vl"):  # resized to multiples of patch x merge, 2x2 merged
+    if config.model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):  # resized to multiples of patch x merge, 2x2 merged
         factor = v.patch_size * v.spatial_merge_size
         side = max(round(image_size / factor), 1) * factor
         return (side // v.patch_size) ** 2 // v.spatial_merge_size**2 + 2  # + vision start/end
+    if config.model_type == "gemma3":  # a fixed count, between begin/end of image and blank lines
+        return config.mm_tokens_per_image + 4
     raise ValueError(f"no image-token estimate for model_type {config.model_type!r}: give model.path=DIR")
 
 
@@ -165,8 +167,10 @@ def vision_tokens_per_frame(config, image_size: int) -> int:
         best_h, best_w = select_best_resolution((image_size, image_size), config.image_grid_pinpoints)
         crops = 1 + (best_h // v.image_size) * (best_w // v.image_size)
         return crops * ((v.image_size // v.patch_size) ** 2 + 1)
-    if config.model_type in ("qwen2_vl", "qwen2_5_vl"):
+    if config.model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         return (estimated_image_tokens(config, image_size) - 2) * v.spatial_merge_size**2
+    if config.model_type == "gemma3":  # SigLIP at its full size, pooled after the tower
+        return (v.image_size // v.patch_size) ** 2
     raise ValueError(f"no vision-token estimate for model_type {config.model_type!r}")
 
 

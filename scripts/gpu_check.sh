@@ -11,7 +11,8 @@
 # project); compiled-kernel correctness (all but the paged-decode grid, then a representative six of
 # its 72 cases); the kernel bench; the CUDA-graph engine tests; the engine bench at Qwen2-VL-2B and
 # LLaVA-1.6-Mistral-7B shapes (random weights, bf16, batch 64); the sampler's cost in RL mode;
-# one PPO iteration per path (fast, then RL4VLM's reference).
+# one PPO iteration per path (fast, then RL4VLM's reference); last, the engine bench at Qwen3-VL-2B
+# and Gemma-3-4B shapes (run when the budget leaves time).
 #
 # Written to $OUT (./gpu_check_out without it): summary.md (each stage's status, seconds, pytest's
 # last line and its bench-report lines: tokens/s, ratios, roofline fractions, engine.backend),
@@ -124,6 +125,8 @@ stage "sampler in RL mode" 45 pytest_gpu bench/test_bench_sampler.py --benchmark
 stage "PPO iteration, fast path" 90 pytest_gpu bench/test_bench_ppo_iteration.py -k "gpu and fast" \
     --benchmark-json="$out/ppo_fast.json"
 stage "PPO iteration, reference path" 120 pytest_gpu bench/test_bench_ppo_iteration.py -k "gpu and reference"
+stage "engine bench (qwen3-vl-2b, gemma-3-4b)" 150 pytest_gpu bench/test_bench_engine.py \
+    -k "test_engine_vs_generate_gpu_newer_families" --benchmark-json="$out/engine_families.json"
 
 echo "total: $(($(date +%s) - start)) s of a ${budget} s budget" >>"$summary"
 echo

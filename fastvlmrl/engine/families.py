@@ -328,14 +328,19 @@ def family_for(model: nn.Module) -> Family:
         # PeftModel forwards attribute lookups to the HF model *class* (``...ForConditionalGeneration``),
         # so ``.model`` on it skips a level: unwrap first.
         model = model.get_base_model()
-    model_type = getattr(model.config, "model_type", None)
+    return family_class(getattr(model.config, "model_type", None))(model)
+
+
+def family_class(model_type: str | None) -> type[Family]:
+    """The Family for a config's ``model_type``; a one-line ValueError for any other (checked before
+    a checkpoint's weights are loaded)."""
     cls = FAMILIES.get(model_type)
     if cls is None:
         raise ValueError(
-            f"the engine does not support model_type {model_type!r} yet (supported: {sorted(FAMILIES)}); "
+            f"the engine does not support model_type {model_type!r} yet (supported: {', '.join(sorted(FAMILIES))}); "
             "add a Family in fastvlmrl/engine/families.py"
         )
-    return cls(model)
+    return cls
 
 
 def _image_hw(vision_config) -> tuple[int, int]:

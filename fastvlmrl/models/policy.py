@@ -193,12 +193,15 @@ def _load_pretrained(path: str, dtype: torch.dtype) -> tuple[nn.Module, object]:
         raise ValueError(f"model directory not found: {path}")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise ValueError(f"{path} has no config.json: not a Hugging Face model directory")
+    from fastvlmrl.engine.families import FAMILIES, family_class
+
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     if config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         raise ValueError(
             f"{path} holds a {config.model_type!r} model, not an image-text-to-text one "
-            f"(supported types include llava, llava_next, qwen2_vl, qwen2_5_vl)"
+            f"(supported: {', '.join(sorted(FAMILIES))})"
         )
+    family_class(config.model_type)  # before the processor and the weights: fail in a second
     processor = load_processor(path)  # before the weights: fail fast on a directory without one
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
     return model.eval(), processor
