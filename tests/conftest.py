@@ -14,6 +14,8 @@ downloaded).
   its image processor, Qwen's tokens and template (file by file, as above: a video processor).
 - ``internvl_dir``: a tiny transformers-native InternVL (56 px tiles + thumbnail, pixel shuffle)
   with GOT-OCR2's image processor and InternVL's image tokens (file by file, as above).
+- ``idefics3_dir`` / ``smolvlm_dir``: tiny Idefics3 / SmolVLM (32 px tiles + the global image,
+  pixel shuffle) with their PIL image processors and Idefics' tokens (file by file, as above).
 - ``gemma3_dir``: a tiny Gemma 3 (SigLIP 56 px pooled to 4 tokens, sliding and full layers) with
   its own ``Gemma3Processor`` (PIL image processor, byte-level tokenizer with Gemma's specials).
 """
@@ -187,6 +189,48 @@ def build_internvl(seed: int = 0):
 
 
 INTERNVL_TEMPLATE = QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n")
+IDEFICS_TEMPLATE = (  # SmolVLM's: "User:<image>text<end_of_utterance>" turns, then "Assistant:"
+    "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}:"
+    "{% if m['content'] is string %} {{ m['content'] }}{% else %}{% for p in m['content'] %}"
+    "{% if p['type'] == 'image' %}<image>{% elif p['type'] == 'text' %}{{ p['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def idefics_tokenizer():
+    """Byte-level BPE + the tokens Idefics3's and SmolVLM's processors read (image 256, fake
+    token around image 257, global image 258, end of utterance 259, video 260), ChatML's start,
+    pad, and the tile grid's row/col markers (one token each)."""
+    rows_cols = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    tok = byte_tokenizer(["<|im_start|>", "<|endoftext|>", *rows_cols], image_token="<image>",
+                         fake_image_token="<fake_token_around_image>", global_image_token="<global-img>",
+                         end_of_utterance_token="<end_of_utterance>", video_token="<video>")
+    tok.bos_token, tok.eos_token, tok.pad_token = "<|im_start|>", "<end_of_utterance>", "<|endoftext|>"
+    return tok
+
+
+def build_idefics3(seed: int = 0, family: str = "idefics3"):
+    """A tiny random Idefics3 (or SmolVLM): 32 px tiles of 8 px patches, pixel-shuffled by 2 to 4
+    tokens per tile, Llama text, ``idefics_tokenizer``'s ids (vocabulary 299)."""
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, SmolVLMConfig,
+                              SmolVLMForConditionalGeneration)
+
+    tok = idefics_tokenizer()
+    config_cls, model_cls = ((Idefics3Config, Idefics3ForConditionalGeneration) if family == "idefics3"
+                             else (SmolVLMConfig, SmolVLMForConditionalGeneration))
+    torch.manual_seed(seed)
+    cfg = config_cls(
+        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        scale_factor=2, image_token_id=tok.image_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
+    )
+    return model_cls(cfg).eval(), tok
+
+
 ONEVISION_PINPOINTS = [[28, 28], [28, 56], [56, 28], [56, 56]]
 ONEVISION_TEMPLATE = QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>")
 GEMMA_IMAGE_TOKENS = 4
@@ -328,6 +372,34 @@ def internvl_dir(tmp_path_factory):
                                                             "image_seq_length": 4}))
     (path / "chat_template.jinja").write_text(INTERNVL_TEMPLATE)
     return str(path)
+
+
+def _idefics_dir(tmp_path_factory, family: str):
+    """Written file by file (SmolVLM's processor has a video processor); a frame is resized to a
+    64 px longest edge and split into 32 px tiles plus the global image."""
+    from transformers import Idefics3ImageProcessorPil, SmolVLMImageProcessorPil
+
+    path = tmp_path_factory.mktemp(family)
+    model, tok = build_idefics3(family=family)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    image_processor = Idefics3ImageProcessorPil if family == "idefics3" else SmolVLMImageProcessorPil
+    image_processor(do_image_splitting=True, size={"longest_edge": 64},
+                    max_image_size={"longest_edge": 32}).save_pretrained(path)
+    name = "Idefics3Processor" if family == "idefics3" else "SmolVLMProcessor"
+    (path / "processor_config.json").write_text(json.dumps({"processor_class": name, "image_seq_len": 4}))
+    (path / "chat_template.jinja").write_text(IDEFICS_TEMPLATE)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def idefics3_dir(tmp_path_factory):
+    return _idefics_dir(tmp_path_factory, "idefics3")
+
+
+@pytest.fixture(scope="session")
+def smolvlm_dir(tmp_path_factory):
+    return _idefics_dir(tmp_path_factory, "smolvlm")
 
 
 @pytest.fixture(scope="session")

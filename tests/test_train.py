@@ -83,7 +83,7 @@ def saved_llava(tmp_path):
 
 @pytest.mark.parametrize("family,lora", [
     ("llava", False), ("llava", True), ("qwen2_vl", False), ("qwen2_vl", True), ("qwen3_vl", True), ("gemma3", True),
-    ("llava_onevision", True), ("internvl", True),
+    ("llava_onevision", True), ("internvl", True), ("idefics3", True), ("smolvlm", True),
 ])
 def test_one_ppo_update_from_a_saved_checkpoint_directory(tmp_path, request, family, lora):
     """Real-size models go through the same code: a random-weight checkpoint saved to a directory,

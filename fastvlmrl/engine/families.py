@@ -115,6 +115,55 @@ class InternVLFamily(LlavaFamily):
     name = "internvl"
 
 
+class Idefics3Family(Family):
+    """Idefics3 and SmolVLM: each image split into tiles plus a global image, every tile a fixed
+    number of pixel-shuffled tokens. ``pixel_values`` [1, tiles, 3, S, S] per request (the model
+    drops all-zero tiles as padding) with ``pixel_attention_mask`` [1, tiles, S, S]; the features
+    come per request, the tiles' in order. The language model is ``model.text_model``."""
+
+    name = "idefics3"
+    mm_keys = ("pixel_values", "pixel_attention_mask")
+
+    def language_model(self):
+        return self.model.model.text_model
+
+    def check_mm(self, mm):
+        vc = self.config.vision_config
+        pv = _require(mm, "pixel_values")
+        if pv.ndim == 4:
+            pv = pv.unsqueeze(0)
+        want = (getattr(vc, "num_channels", 3), *_image_hw(vc))
+        if pv.ndim != 5 or pv.shape[0] != 1 or tuple(pv.shape[2:]) != want:
+            raise ValueError(f"pixel_values must be [1, num_tiles, {want[0]}, {want[1]}, {want[2]}] (one "
+                             f"request's tiles), got {list(pv.shape)}")
+        out = {"pixel_values": pv}
+        if mm.get("pixel_attention_mask") is not None:
+            mask = torch.as_tensor(mm["pixel_attention_mask"])
+            if mask.ndim == 3:
+                mask = mask.unsqueeze(0)
+            if tuple(mask.shape) != (*pv.shape[:2], *pv.shape[3:]):
+                raise ValueError(f"pixel_attention_mask must be {[*pv.shape[:2], *pv.shape[3:]]}, got {list(mask.shape)}")
+            out["pixel_attention_mask"] = mask
+        return out
+
+    def num_images(self, mm):
+        return mm["pixel_values"].shape[0]  # one feature block per request: all its tiles
+
+    def batch_mm(self, mms):
+        # Requests split into different tile counts: pad with all-zero tiles, which the model drops.
+        tiles = max(m["pixel_values"].shape[1] for m in mms)
+        out = {"pixel_values": torch.cat([_pad_dim1(m["pixel_values"], tiles) for m in mms])}
+        if all("pixel_attention_mask" in m for m in mms):
+            out["pixel_attention_mask"] = torch.cat([_pad_dim1(m["pixel_attention_mask"], tiles) for m in mms])
+        return out
+
+
+class SmolVLMFamily(Idefics3Family):
+    """SmolVLM: Idefics3's layout (its processor adds video, which the engine does not take)."""
+
+    name = "smolvlm"
+
+
 class LlavaNextFamily(Family):
     """LLaVA-NeXT / 1.6 (``LlavaNextForConditionalGeneration``): AnyRes tiles + ``image_sizes``."""
 
@@ -160,14 +209,8 @@ class LlavaNextFamily(Family):
         # Requests processed one by one carry different tile counts: pad to the largest; the model
         # drops the padding tiles using image_sizes.
         tiles = max(m["pixel_values"].shape[1] for m in mms)
-        pvs = []
-        for m in mms:
-            pv = m["pixel_values"]
-            if pv.shape[1] < tiles:
-                pad = pv.new_zeros((pv.shape[0], tiles - pv.shape[1], *pv.shape[2:]))
-                pv = torch.cat([pv, pad], dim=1)
-            pvs.append(pv)
-        return {"pixel_values": torch.cat(pvs), "image_sizes": torch.cat([m["image_sizes"] for m in mms])}
+        return {"pixel_values": torch.cat([_pad_dim1(m["pixel_values"], tiles) for m in mms]),
+                "image_sizes": torch.cat([m["image_sizes"] for m in mms])}
 
 
 class LlavaOnevisionFamily(LlavaNextFamily):
@@ -319,6 +362,8 @@ FAMILIES: dict[str, type[Family]] = {
     "qwen3_vl": Qwen3VLFamily,
     "gemma3": Gemma3Family,
     "internvl": InternVLFamily,
+    "idefics3": Idefics3Family,
+    "smolvlm": SmolVLMFamily,
 }
 
 
@@ -347,6 +392,13 @@ def _image_hw(vision_config) -> tuple[int, int]:
     """The vision tower's input height and width (an int in most configs, a pair in InternVL's)."""
     size = vision_config.image_size
     return (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
+
+
+def _pad_dim1(t: torch.Tensor, size: int) -> torch.Tensor:
+    """``t`` zero-padded along dim 1 to ``size``."""
+    if t.shape[1] == size:
+        return t
+    return torch.cat([t, t.new_zeros((t.shape[0], size - t.shape[1], *t.shape[2:]))], dim=1)
 
 
 def _require(mm: dict[str, torch.Tensor], key: str) -> torch.Tensor:

@@ -175,10 +175,10 @@ def enable_gradient_checkpointing(policy: Policy, *, vision: bool = False) -> in
     from torch.utils.checkpoint import checkpoint
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    inner = policy.hf_model.model
-    if not isinstance(getattr(inner, "language_model", None), nn.Module):
+    language_model = _language_model(policy.hf_model)
+    if language_model is None:
         raise ValueError(f"model.gradient_checkpointing: no language_model in {type(policy.hf_model).__name__}")
-    roots = [inner.language_model] + ([_vision_tower(policy.hf_model)] if vision else [])
+    roots = [language_model] + ([_vision_tower(policy.hf_model)] if vision else [])
     layers = [m for root in roots for m in root.modules() if isinstance(m, GradientCheckpointingLayer)]
     if not layers:
         raise ValueError(f"model.gradient_checkpointing: {type(policy.hf_model).__name__}'s layers do not support it")
@@ -225,10 +225,20 @@ def _add_lora(model: nn.Module, r: int, alpha: int, dropout: float) -> nn.Module
     return get_peft_model(model, config)
 
 
+def _language_model(model: nn.Module) -> nn.Module | None:
+    """The decoder: ``model.language_model`` in most families, ``model.text_model`` in Idefics3's."""
+    inner = getattr(model, "model", None)
+    for name in ("language_model", "text_model"):
+        if isinstance(getattr(inner, name, None), nn.Module):
+            return getattr(inner, name)
+    return None
+
+
 def _lora_targets(model: nn.Module) -> list[str]:
     """Full names of the language model's and the projector's linear layers."""
     inner = model.model
-    roots = ["model.language_model"]
+    language_model = _language_model(model)
+    roots = [f"model.{n}" for n, m in inner.named_children() if m is language_model]
     roots += [f"model.{p}" for p in _PROJECTORS if _has(inner, p)]
     names = []
     for name, module in model.named_modules():

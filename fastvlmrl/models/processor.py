@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from typing import Any
@@ -34,8 +35,9 @@ def load_processor(path: str) -> Any:
             processor = _assembled_processor(path, lambda: AutoTokenizer.from_pretrained(path, local_files_only=True))
         else:
             processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError, ImportError) as e:
-        hint = " (pip install torchvision)" if "torchvision" in str(e).lower() else ""
+    except (OSError, ValueError, KeyError, ImportError, TypeError) as e:
+        text = str(e).lower()
+        hint = next((f" (pip install {pkg})" for pkg in ("torchvision", "num2words") if pkg in text), "")
         raise ValueError(f"cannot load the processor in {path}: {_first_sentence(e)}{hint}") from e
     if getattr(processor, "image_processor", None) is None:
         raise ValueError(
@@ -84,16 +86,33 @@ def _assembled_processor(path: str, load_tokenizer) -> Any:
         "tokenizer": load_tokenizer,
     }
     attributes = cls.get_attributes()
+    extra = {}
     if "video_processor" in attributes and not is_torchvision_available():
         attributes = [a for a in attributes if a != "video_processor"]
-        # Same class name, so saved directories still name the real processor class.
-        cls = type(name, (cls,), {"get_attributes": classmethod(lambda c: attributes)})
+        # Same class name, so saved directories still name the real processor class. The class
+        # attribute stands in for the missing part (SmolVLM's chat template reads its num_frames
+        # and fps even for images; a class attribute stays out of save_pretrained's dict).
+        cls = type(name, (cls,), {"get_attributes": classmethod(lambda c: attributes),
+                                  "video_processor": _NoVideoProcessor()})
+        # SmolVLMProcessor takes video_processor without a default; the mixin drops the None.
+        if "video_processor" in inspect.signature(cls.__init__).parameters:
+            extra["video_processor"] = None
     missing = [a for a in attributes if a not in parts]
     if missing:
         raise ValueError(f"{name}: cannot build its {missing} here")
     args = [parts[a]() for a in attributes]
     processor_dict, kwargs = cls.get_processor_dict(path, local_files_only=True)
-    return cls.from_args_and_dict(args, processor_dict, **kwargs)
+    return cls.from_args_and_dict(args, processor_dict, **kwargs, **extra)
+
+
+class _NoVideoProcessor:
+    """The video processor an image-only processor lacks (videos need torchvision)."""
+
+    num_frames = None
+    fps = None
+
+    def __call__(self, *args, **kwargs):
+        raise ValueError("this processor was loaded without its video processor (videos need torchvision)")
 
 
 def has_image_processor(path: str) -> bool:

@@ -14,6 +14,8 @@ from transformers import (
     CLIPVisionConfig,
     Gemma3Config,
     Gemma3ForConditionalGeneration,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
     InternVLConfig,
     InternVLForConditionalGeneration,
     LlamaConfig,
@@ -29,13 +31,17 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
 )
 
 VOCAB, PAD, BOS, EOS = 128, 0, 1, 2
 IMAGE, VSTART, VEND, VIDEO = 120, 121, 122, 123
-FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl"]
+FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl",
+            "idefics3", "smolvlm"]
 GEMMA_IMAGE_TOKENS = 4  # SigLIP 56 px / patch 14 = 4x4 patches, pooled to 2x2
 INTERNVL_TILE_TOKENS = 4  # 56 px tiles / patch 14, pixel-shuffled by 0.5
+IDEFICS_TILE_TOKENS = 4  # 32 px tiles / patch 8, pixel-shuffled by 2
 
 _TEXT = dict(
     vocab_size=VOCAB,
@@ -174,6 +180,19 @@ def build_model(family: str, seed: int = 0) -> torch.nn.Module:
             tie_word_embeddings=False,  # tied, a 2-layer random model mostly repeats its last token
         )
         model = InternVLForConditionalGeneration(cfg)
+    elif family in ("idefics3", "smolvlm"):
+        config_cls, model_cls = ((Idefics3Config, Idefics3ForConditionalGeneration) if family == "idefics3"
+                                 else (SmolVLMConfig, SmolVLMForConditionalGeneration))
+        cfg = config_cls(
+            text_config=dict(model_type="llama", **_TEXT),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                               image_size=32, patch_size=8),
+            scale_factor=2,
+            image_token_id=IMAGE,
+            pad_token_id=PAD,
+            tie_word_embeddings=False,
+        )
+        model = model_cls(cfg)
     else:
         raise ValueError(family)
     model.generation_config.eos_token_id = EOS
@@ -220,6 +239,12 @@ class TinyProcessor:
             with torch.no_grad():
                 n = self.model.model.get_image_features(**mm, return_dict=True).pooler_output[0].shape[0]
             return mm, n
+        if self.family in ("idefics3", "smolvlm"):  # 32 px tiles, and the global image when there are several
+            grid = [img[:, r : r + 32, c : c + 32] for r in range(0, h - 31, 32) for c in range(0, w - 31, 32)]
+            tiles = grid + ([torch.nn.functional.interpolate(img[None], size=(32, 32))[0]] if len(grid) > 1 else [])
+            pv = torch.stack(tiles)[None]
+            return ({"pixel_values": pv, "pixel_attention_mask": torch.ones(1, len(tiles), 32, 32, dtype=torch.long)},
+                    IDEFICS_TILE_TOKENS * len(tiles))
         if self.family == "internvl":  # 56 px tiles over the image, and a thumbnail when there are several
             grid = [img[:, r : r + 56, c : c + 56] for r in range(0, h - 55, 56) for c in range(0, w - 55, 56)]
             tiles = grid + ([torch.nn.functional.interpolate(img[None], size=(56, 56))[0]] if len(grid) > 1 else [])

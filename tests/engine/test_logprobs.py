@@ -29,6 +29,9 @@ def forward_over(model, processor, image, prompt, output_ids):
         ("gemma3", SamplingParams(temperature=1.0, max_new_tokens=12, seed=4)),
         ("llava_onevision", SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=12, seed=6)),
         ("internvl", SamplingParams(temperature=1.0, max_new_tokens=12, seed=7)),
+        ("idefics3", SamplingParams(temperature=1.0, max_new_tokens=12, seed=8)),
+        # This tiny model favours its image token: suppressed (a reply with one breaks the forward).
+        ("smolvlm", SamplingParams(temperature=0.8, max_new_tokens=12, seed=9, suppress_token_ids=(120,))),
         ("llava", SamplingParams(temperature=1.3, top_p=0.9, repetition_penalty=1.2, max_new_tokens=12, seed=5)),
         ("llava", SamplingParams(temperature=0, max_new_tokens=8)),
     ],
@@ -36,7 +39,8 @@ def forward_over(model, processor, image, prompt, output_ids):
 def test_logprobs_match_forward(family, sp, models, tiny):
     model = models(family)
     processor = tiny.TinyProcessor(model, family)
-    hw = {"qwen3_vl": (64, 64), "gemma3": (56, 56), "llava_onevision": (56, 84), "internvl": (56, 112)}.get(family, (56, 56) if family.startswith("qwen") else (28, 28))
+    hw = {"qwen3_vl": (64, 64), "gemma3": (56, 56), "llava_onevision": (56, 84), "internvl": (56, 112), "idefics3": (32, 64),
+          "smolvlm": (64, 64)}.get(family, (56, 56) if family.startswith("qwen") else (28, 28))
     images = [tiny.frame(i, *hw) for i in range(3)]
     prompts = ["<image> first prompt", "a longer second prompt, with more words <image>", "<image>3"]
     engine = Engine(model, processor, block_size=8, num_blocks=64)
@@ -48,6 +52,7 @@ def test_logprobs_match_forward(family, sp, models, tiny):
         logits, hidden, n_prompt = forward_over(model, processor, image, prompt, out.token_ids)
         # Logits at position t predict token t + 1.
         steps = logits[n_prompt - 1 : n_prompt - 1 + len(out.token_ids)]
+        steps[:, list(sp.suppress_token_ids)] = float("-inf")  # the distribution without them
         want = torch.log_softmax(steps / temperature, dim=-1).gather(-1, torch.tensor(out.token_ids)[:, None])[:, 0]
         torch.testing.assert_close(torch.tensor(out.logprobs), want, rtol=0, atol=1e-5)
         # The value-head input: final hidden state of the last prompt token.

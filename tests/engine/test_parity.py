@@ -26,6 +26,8 @@ SIZES = {
     "qwen3_vl": [(64, 64), (32, 64), (64, 96), (32, 32)],
     "gemma3": [(56, 56), (28, 56), (56, 84), (28, 28)],  # resized to the tower's 56 px
     "internvl": [(56, 56), (56, 112), (112, 112), (56, 56)],  # 1, 2 + 1, 4 + 1 tiles
+    "idefics3": [(32, 32), (32, 64), (64, 64), (64, 96)],  # 1, 2 + 1, 4 + 1, 6 + 1 tiles
+    "smolvlm": [(32, 32), (32, 64), (64, 64), (64, 96)],
 }
 
 
@@ -36,7 +38,7 @@ def reference(model, processor, image, prompt, n):
 
 
 @pytest.mark.parametrize("family", ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3",
-                                    "internvl"])
+                                    "internvl", "idefics3", "smolvlm"])
 def test_greedy_matches_generate(family, models, tiny):
     model = models(family)
     processor = tiny.TinyProcessor(model, family)

@@ -16,7 +16,7 @@ peft = pytest.importorskip("peft")
 
 SP = SamplingParams(temperature=0, max_new_tokens=8)
 # The language model's linear layers only (the vision tower keeps its plain layers).
-TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
 def hf_greedy(model, processor, images, prompts):
@@ -44,10 +44,12 @@ def lora_step(model, processor, image, prompt, lr):
     model.eval()
 
 
-HW = {"llava": (28, 28), "qwen2_vl": (56, 56), "qwen3_vl": (64, 64), "gemma3": (56, 56), "llava_onevision": (56, 84), "internvl": (56, 112)}
+HW = {"llava": (28, 28), "qwen2_vl": (56, 56), "qwen3_vl": (64, 64), "gemma3": (56, 56), "llava_onevision": (56, 84), "internvl": (56, 112),
+      "idefics3": (32, 64), "smolvlm": (64, 64)}
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "qwen3_vl", "gemma3", "llava_onevision", "internvl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "qwen3_vl", "gemma3", "llava_onevision", "internvl",
+                                    "idefics3", "smolvlm"])
 def test_engine_on_peft_model(family, tiny):
     model = tiny.build_model(family, seed=5)
     processor = tiny.TinyProcessor(model, family)
@@ -64,13 +66,14 @@ def test_engine_on_peft_model(family, tiny):
             if "lora_" in name:
                 p.mul_(0.3)  # peft's random init is large for a 64-wide model: keep outputs varied
     n_lora = sum(isinstance(m, peft.tuners.lora.LoraLayer) for m in policy.modules())
-    assert n_lora == len(model.model.language_model.layers) * 7
+    language_model = family_for(model).language_model()
+    assert n_lora == len(language_model.layers) * 7
     policy.eval()
     engine = Engine(policy, processor, block_size=8, num_blocks=64)
     assert engine.family.name == family
     # family_for on the peft wrapper itself (the trainer calls it so) resolves the same modules.
     fam = family_for(policy)
-    assert fam.model is model and fam.language_model() is model.model.language_model
+    assert fam.model is model and fam.language_model() is language_model
 
     before = engine.generate(images, prompts, SP)
     want = hf_greedy(policy, processor, images, prompts)

@@ -11,7 +11,7 @@ import torch
 from fastvlmrl.engine import Engine, SamplingParams
 from fastvlmrl.models import chat_prompt, load_policy
 
-DIRS = ["qwen3_vl_dir", "gemma3_dir", "llava_onevision_dir", "internvl_dir"]
+DIRS = ["qwen3_vl_dir", "gemma3_dir", "llava_onevision_dir", "internvl_dir", "idefics3_dir", "smolvlm_dir"]
 TASKS = ["hi", "a longer task: reach the target number", "go"]
 
 
@@ -58,7 +58,7 @@ def test_training_forward_reproduces_the_rollout(dir_fixture, request, helpers):
     for i, r in enumerate(rows):
         ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
     encs = [encode(processor, im, p) for im, p in zip(images, prompts)]
-    mm = {k: torch.cat([e[k] for e in encs]) for k in encs[0] if k in ("pixel_values", "image_grid_thw", "image_sizes")}
+    mm = {k: torch.cat([e[k] for e in encs]) for k in encs[0] if k in ("pixel_values", "image_grid_thw", "image_sizes", "pixel_attention_mask")}
     policy.eval()  # the rollout's policy: LoRA dropout off
     with torch.no_grad():
         hidden = policy.hidden_states(ids, mask, **mm)
@@ -72,6 +72,28 @@ def test_training_forward_reproduces_the_rollout(dir_fixture, request, helpers):
     hidden = policy.hidden_states(ids, mask, **mm)
     (hidden.sum() + policy.value(hidden[:, 0]).sum()).backward()
     trained = {n for n, p in policy.named_parameters() if p.grad is not None}
-    assert any("language_model" in n and "lora_B" in n for n in trained)
-    assert not any(("vision_tower" in n or "visual.blocks" in n) for n in trained)
+    assert any(("language_model" in n or "text_model" in n) and "lora_B" in n for n in trained)
+    assert not any(("vision_tower" in n or "visual.blocks" in n or "vision_model" in n) for n in trained)
     assert any(n.startswith("value_head") for n in trained)
+
+
+def test_smolvlm_processor_without_torchvision_or_num2words(smolvlm_dir, monkeypatch, helpers):
+    """Without torchvision SmolVLM's processor is assembled image-only (its constructor takes the
+    video processor with no default, and its chat template reads the video settings); without
+    num2words, which it requires, loading is one line that names the package."""
+    import transformers.models.smolvlm.processing_smolvlm as smolvlm
+
+    from fastvlmrl.models.processor import load_processor
+
+    processor = load_processor(smolvlm_dir)
+    assert type(processor).__name__ == "SmolVLMProcessor" and processor.image_seq_len == 4
+    prompt = chat_prompt(processor, "hi")
+    assert prompt.count("<image>") == 1
+    enc = processor(images=[helpers.frames(1, 96, 128)[0]], text=[prompt], return_tensors="pt")
+    assert int((enc["input_ids"] == processor.tokenizer.image_token_id).sum()) == 4 * enc["pixel_values"].shape[1]
+    with pytest.raises(ValueError, match="video"):
+        processor.video_processor()
+
+    monkeypatch.setattr(smolvlm, "num2words", None)
+    with pytest.raises(ValueError, match=r"cannot load the processor in .*num2words.*\(pip install num2words\)$"):
+        load_processor(smolvlm_dir)
