@@ -245,11 +245,28 @@ def validate(cfg: Config, *, check_model_files: bool = True) -> None:
         if not (path / "config.json").is_file():
             raise ConfigError(f"model.path {cfg.model.path!r} has no config.json: it is not a Hugging Face model "
                               "directory (save one with model.save_pretrained)")
+        _check_model_type(cfg.model.path, path / "config.json")
         from fastvlmrl.models.processor import has_image_processor
 
         if not has_image_processor(str(path)):
             raise ConfigError(f"model.path {cfg.model.path!r} has no image processor (no preprocessor_config.json): "
                               "save the model's processor into it (processor.save_pretrained)")
+
+
+def _check_model_type(path: str, config_json: Path) -> None:
+    """A model family the engine has no adapter for stops here, before anything loads."""
+    import json
+
+    from fastvlmrl.engine.families import family_class
+
+    try:
+        model_type = json.loads(config_json.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.path {path!r}: cannot read config.json ({e})") from e
+    try:
+        family_class(model_type)
+    except ValueError as e:
+        raise ConfigError(f"model.path {path!r}: {e}") from e
 
 
 def _check_ranges(cfg: Config) -> None:

@@ -97,3 +97,38 @@ def test_smolvlm_processor_without_torchvision_or_num2words(smolvlm_dir, monkeyp
     monkeypatch.setattr(smolvlm, "num2words", None)
     with pytest.raises(ValueError, match=r"cannot load the processor in .*num2words.*\(pip install num2words\)$"):
         load_processor(smolvlm_dir)
+
+
+@pytest.mark.parametrize("config_name", ["Mistral3Config", "Llama4Config", "PaliGemmaConfig"])
+def test_an_unsupported_family_is_one_line_before_anything_loads(config_name, tmp_path, capsys):
+    """Only config.json in the directory: the refusal comes before the processor and the weights."""
+    import transformers
+
+    from fastvlmrl.cli import main
+
+    config = getattr(transformers, config_name)()
+    config.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=rf"does not support model_type '{config.model_type}' yet \(supported: "):
+        load_policy(str(tmp_path))
+    assert main(["train", f"model.path={tmp_path}", f"run.out_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"model_type '{config.model_type}'" in err[0] and "gemma3" in err[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_processor_that_needs_torchvision_says_so(tmp_path, helpers):
+    import json
+
+    from transformers.utils import is_torchvision_available
+
+    from fastvlmrl.models.processor import load_processor
+
+    if is_torchvision_available():
+        pytest.skip("torchvision is installed here")
+    helpers.qwen_tokenizer().save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": "Llama4ImageProcessorFast",
+                                                                  "processor_class": "Llama4Processor"}))
+    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "Llama4Processor"}))
+    with pytest.raises(ValueError, match=r"^cannot load the processor in .*Llama4ImageProcessor requires the "
+                                         r"Torchvision library.*\(pip install torchvision\)$"):
+        load_processor(str(tmp_path))
