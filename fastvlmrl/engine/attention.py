@@ -11,7 +11,8 @@ would otherwise forward extra kwargs to the vision tower too).
 
 Backends, chosen once per engine (:func:`select_backend`):
 - prefill: flash-attn's varlen kernel when installed (CUDA, fp16/bf16), else PyTorch SDPA per
-  sequence;
+  sequence (causal, or lower-right causal after a cached prefix; an explicit mask only for
+  Gemma 3's image blocks);
 - decode: flash-attn's ``flash_attn_with_kvcache`` with a block table when installed and the block
   size is a multiple of 256 (flash-attn 2's paged-cache rule), else ``fastvlmrl.kernels``'
   paged-decode kernel (Triton on CUDA, its PyTorch reference on CPU).
@@ -26,6 +27,7 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface
 
 ATTN_IMPL = "fastvlmrl_paged"
@@ -135,13 +137,15 @@ def prefill_sdpa(q, k, v, k_cache, v_cache, ctx: AttentionContext, scale):
             ki = _gather_context(k_cache, ctx.block_tables[i], k_len)
             vi = _gather_context(v_cache, ctx.block_tables[i], k_len)
         mask, causal = None, True
-        if k_len != q_len or blocks is not None:
+        if blocks is not None:  # causal, and both ways within an image: an explicit mask
             rows = torch.arange(q_len, device=q.device)[:, None] + (k_len - q_len)
-            cols = torch.arange(k_len, device=q.device)[None, :]
-            mask, causal = cols <= rows, False
-            if blocks is not None:
-                own = blocks[k_len - q_len : k_len, None]
-                mask = mask | ((own == blocks[None, :k_len]) & (own >= 0))
+            mask, causal = torch.arange(k_len, device=q.device)[None, :] <= rows, False
+            own = blocks[k_len - q_len : k_len, None]
+            mask = mask | ((own == blocks[None, :k_len]) & (own >= 0))
+        elif k_len != q_len:
+            # Causal aligned to the end of the cached prefix: a CausalBias, which SDPA runs with its
+            # fused kernels (an explicit boolean mask would send it to the math backend).
+            mask, causal = causal_lower_right(q_len, k_len), False
         o = F.scaled_dot_product_attention(
             q[qs:qe].transpose(0, 1),
             ki.transpose(0, 1),

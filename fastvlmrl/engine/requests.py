@@ -105,14 +105,18 @@ class SequenceBuilder:
         # Looked up per request: LoRA (modules_to_save) may have replaced the embedding.
         vocab_size = self.runner.embed.weight.shape[0]
         _check_prompt(ids, sp, self.block_manager, self.max_model_len, vocab_size)
-        mm = _check_images(ids, req.mm_inputs, family, device)
+        # Checks, the image digest and the positions run on the host copies (a processor's output
+        # is on the CPU): no device sync per request; the images then move in one copy each.
+        mm = _check_images(ids, req.mm_inputs, family)
         seed = sp.seed if sp.seed is not None else int(torch.randint(2**62, ()).item())
+        positions, delta = family.prompt_positions(torch.tensor(ids), mm)
+        digest = mm_digest(mm) if mm and self.block_manager.enable_prefix_caching else None
+        mm = {k: v.to(device, non_blocking=True) for k, v in mm.items()}
         seq = Sequence(next(self._seq_ids), ids, len(ids), sp, mm, None if sp.greedy else seed)
         if self.block_manager.enable_prefix_caching:
-            digest = mm_digest(mm) if mm else None
             seq.prefix_keys = block_keys(ids, self.block_manager.block_size, family.image_token_id, digest)
-        positions, delta = family.prompt_positions(torch.tensor(ids, device=device), mm)
-        seq.prompt_positions, seq.rope_delta = positions, delta
+        seq.prompt_positions = positions.to(device) if positions is not None else None
+        seq.rope_delta = delta
         return seq
 
 
@@ -137,10 +141,8 @@ def _check_prompt(
         )
 
 
-def _check_images(
-    ids: list[int], mm_inputs: dict[str, torch.Tensor], family: Family, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """The request's image tensors, checked by its family and moved to the device."""
+def _check_images(ids: list[int], mm_inputs: dict[str, torch.Tensor], family: Family) -> dict[str, torch.Tensor]:
+    """The request's image tensors, checked by its family, on the host."""
     has_image_tokens = family.image_token_id in ids
     mm = {k: v for k, v in mm_inputs.items() if v is not None}
     if mm and not has_image_tokens:
@@ -148,7 +150,7 @@ def _check_images(
     if has_image_tokens and not mm:
         raise ValueError("the prompt has image tokens but no images were given")
     if mm:
-        mm = {k: v.to(device) for k, v in family.check_mm(mm).items()}
+        mm = {k: v.cpu() for k, v in family.check_mm(mm).items()}
         if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in mm.values()):
             raise ValueError("image inputs contain NaN or inf values")
     return mm
