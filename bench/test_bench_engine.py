@@ -143,8 +143,11 @@ def hf_batch(model, requests: list[Request], pad_id: int):
     out = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     for key in requests[0].mm_inputs:
         out[key] = torch.cat([r.mm_inputs[key] for r in requests]).to(device)
-    if model.config.model_type == "qwen2_vl":
-        out["mm_token_type_ids"] = (out["input_ids"] == model.config.image_token_id).int()
+    image_tokens = out["input_ids"] == model.config.image_token_id
+    if model.config.model_type in ("qwen2_vl", "qwen3_vl"):  # M-RoPE positions come from the token types
+        out["mm_token_type_ids"] = image_tokens.int()
+    if model.config.model_type == "gemma3":  # the bidirectional image mask
+        out["token_type_ids"] = image_tokens.long()
     return out
 
 

@@ -152,9 +152,9 @@ class Idefics3Family(Family):
     def batch_mm(self, mms):
         # Requests split into different tile counts: pad with all-zero tiles, which the model drops.
         tiles = max(m["pixel_values"].shape[1] for m in mms)
-        out = {"pixel_values": torch.cat([_pad_dim1(m["pixel_values"], tiles) for m in mms])}
+        out = {"pixel_values": torch.cat([pad_tiles(m["pixel_values"], tiles) for m in mms])}
         if all("pixel_attention_mask" in m for m in mms):
-            out["pixel_attention_mask"] = torch.cat([_pad_dim1(m["pixel_attention_mask"], tiles) for m in mms])
+            out["pixel_attention_mask"] = torch.cat([pad_tiles(m["pixel_attention_mask"], tiles) for m in mms])
         return out
 
 
@@ -209,14 +209,15 @@ class LlavaNextFamily(Family):
         # Requests processed one by one carry different tile counts: pad to the largest; the model
         # drops the padding tiles using image_sizes.
         tiles = max(m["pixel_values"].shape[1] for m in mms)
-        return {"pixel_values": torch.cat([_pad_dim1(m["pixel_values"], tiles) for m in mms]),
+        return {"pixel_values": torch.cat([pad_tiles(m["pixel_values"], tiles) for m in mms]),
                 "image_sizes": torch.cat([m["image_sizes"] for m in mms])}
 
 
 class LlavaOnevisionFamily(LlavaNextFamily):
     """LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``): LLaVA-NeXT's AnyRes tiles with
-    the features pooled down to ``vision_aspect_ratio`` (anyres_max_9) in ``get_image_features``;
-    a prompt with several images gets one base tile per image (``batch_num_images``)."""
+    the features pooled down to ``vision_aspect_ratio`` (anyres_max_9) in ``get_image_features``.
+    ``batch_num_images`` groups the images into samples (a sample of several gets one base tile per
+    image); the engine passes each request's images as a flat list, whose counts are all ones."""
 
     name = "llava_onevision"
     mm_keys = ("pixel_values", "image_sizes", "batch_num_images")
@@ -225,9 +226,9 @@ class LlavaOnevisionFamily(LlavaNextFamily):
         out = super().check_mm(mm)
         if mm.get("batch_num_images") is not None:
             counts = torch.as_tensor(mm["batch_num_images"]).reshape(-1)
-            if counts.numel() != 1 or int(counts[0]) != out["image_sizes"].shape[0]:
-                raise ValueError(f"batch_num_images must be [{out['image_sizes'].shape[0]}] (one request's "
-                                 f"image count), got {counts.tolist()}")
+            if int(counts.sum()) != out["image_sizes"].shape[0] or bool((counts < 1).any()):
+                raise ValueError(f"batch_num_images must be image counts summing to the request's "
+                                 f"{out['image_sizes'].shape[0]} images, got {counts.tolist()}")
             out["batch_num_images"] = counts
         return out
 
@@ -394,8 +395,9 @@ def _image_hw(vision_config) -> tuple[int, int]:
     return (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
 
 
-def _pad_dim1(t: torch.Tensor, size: int) -> torch.Tensor:
-    """``t`` zero-padded along dim 1 to ``size``."""
+def pad_tiles(t: torch.Tensor, size: int) -> torch.Tensor:
+    """``t`` zero-padded along dim 1 (the tiles) to ``size``: all-zero tiles, which the tiled
+    families drop (by ``image_sizes``, or as padding)."""
     if t.shape[1] == size:
         return t
     return torch.cat([t, t.new_zeros((t.shape[0], size - t.shape[1], *t.shape[2:]))], dim=1)

@@ -104,7 +104,7 @@ class SequenceBuilder:
         sp, family, device = req.sampling, self.family, self.runner.device
         # Looked up per request: LoRA (modules_to_save) may have replaced the embedding.
         vocab_size = self.runner.embed.weight.shape[0]
-        _check_prompt(ids, sp, self.block_manager, self.max_model_len, vocab_size)
+        _check_prompt(ids, sp, self.block_manager, self.max_model_len, vocab_size, family.image_token_id)
         # Checks, the image digest and the positions run on the host copies (a processor's output
         # is on the CPU): no device sync per request; the images then move in one copy each.
         mm = _check_images(ids, req.mm_inputs, family)
@@ -121,15 +121,18 @@ class SequenceBuilder:
 
 
 def _check_prompt(
-    ids: list[int], sp: SamplingParams, block_manager: BlockManager, max_model_len: int, vocab_size: int
+    ids: list[int], sp: SamplingParams, block_manager: BlockManager, max_model_len: int, vocab_size: int,
+    image_token_id: int | None = None,
 ) -> None:
     if not ids:
         raise ValueError("empty prompt: no tokens")
     if len(ids) >= max_model_len:
         raise ValueError(f"prompt has {len(ids)} tokens; the model's context is {max_model_len}")
-    if min(ids) < 0 or max(ids) >= vocab_size:
+    # The image token may lie past the embedding (Gemma 3 allows it): its rows get image features.
+    text = [t for t in ids if t != image_token_id]
+    if text and (min(text) < 0 or max(text) >= vocab_size):
         raise ValueError(
-            f"prompt token ids must be in the vocabulary [0, {vocab_size}), got range [{min(ids)}, {max(ids)}]"
+            f"prompt token ids must be in the vocabulary [0, {vocab_size}), got range [{min(text)}, {max(text)}]"
         )
     # Preemption can make room for any sequence that fits the cache alone; one that does not would
     # wait forever.

@@ -16,7 +16,7 @@ from fastvlmrl.rl.storage import Transition
 class PackedBatch:
     input_ids: torch.Tensor  # [B, L] right-padded prompt + output
     attention_mask: torch.Tensor  # [B, L]
-    mm: dict  # image inputs, concatenated along dim 0
+    mm: dict  # image inputs, concatenated along dim 0 (tile counts zero-padded along dim 1)
     prompt_lens: torch.Tensor  # [B]
     rows: torch.Tensor  # [T]: flat index (b * L + position) of the hidden state predicting each output token
     targets: torch.Tensor  # [T] output token ids
@@ -45,9 +45,7 @@ def pack(transitions: list[Transition], pad_id: int, device) -> PackedBatch:
         p, o = len(t.prompt_ids), len(t.output_ids)
         rows.append(b * L + torch.arange(p - 1, p - 1 + o))  # position k predicts token k + 1
         lens.append(lens[-1] + o)
-    mm = {}
-    for key in transitions[0].mm:
-        mm[key] = torch.cat([t.mm[key] for t in transitions]).to(device)
+    mm = {key: _cat_tiles([t.mm[key] for t in transitions]).to(device) for key in transitions[0].mm}
     return PackedBatch(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
@@ -59,6 +57,19 @@ def pack(transitions: list[Transition], pad_id: int, device) -> PackedBatch:
         cu_seqlens=torch.tensor(lens, dtype=torch.int32, device=device),
         cu_host=lens,
     )
+
+
+def _cat_tiles(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Samples' image tensors along dim 0. Tiled families (LLaVA-NeXT, OneVision, Idefics3,
+    SmolVLM: ``[1, tiles, ...]``) may differ in tile count: the shorter ones get all-zero tiles,
+    which those models drop (by ``image_sizes`` or as padding), as the engine's batching does."""
+    shapes = {tuple(t.shape[2:]) for t in tensors}
+    if len({t.shape[1:] for t in tensors}) > 1 and len(shapes) == 1 and all(t.ndim >= 3 for t in tensors):
+        from fastvlmrl.engine.families import pad_tiles
+
+        width = max(t.shape[1] for t in tensors)
+        tensors = [pad_tiles(t, width) for t in tensors]
+    return torch.cat(tensors)
 
 
 def forward_hidden_and_values(policy, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:

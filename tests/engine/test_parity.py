@@ -239,3 +239,25 @@ def test_sliding_window_caps_the_context(tiny, caplog):
     assert "context" in out[0].error
     assert out[1].error is None and out[1].finish_reason == "length" and len(out[1].token_ids) == 64 - 6
     assert Engine(tiny.build_model("llava"), None, num_blocks=8).max_model_len == 512  # no window: unchanged
+
+
+def test_an_image_token_id_past_the_vocabulary(tiny):
+    """Gemma 3 lets the image token lie outside the embedding (its forward embeds pad there, then
+    puts the image features in): the engine accepts such prompts and matches `generate`."""
+    model = tiny.build_model("gemma3", seed=1)
+    model.config.image_token_id = 130  # vocabulary 128
+
+    class Processor(tiny.TinyProcessor):
+        def __call__(self, *args, **kwargs):
+            out = super().__call__(*args, **kwargs)
+            out["input_ids"] = out["input_ids"].masked_fill(out["input_ids"] == tiny.IMAGE, 130)
+            return out
+
+    processor = Processor(model, "gemma3")
+    images = [tiny.frame(i, 56, 56) for i in range(2)]
+    prompts = PROMPTS[:2]
+    expected = [reference(model, processor, im, p, NEW_TOKENS) for im, p in zip(images, prompts)]
+    outs = Engine(model, processor, block_size=8, num_blocks=64).generate(
+        images, prompts, SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS))
+    assert [o.error for o in outs] == [None, None]
+    assert [o.token_ids for o in outs] == expected

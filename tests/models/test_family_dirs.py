@@ -132,3 +132,49 @@ def test_a_processor_that_needs_torchvision_says_so(tmp_path, helpers):
     with pytest.raises(ValueError, match=r"^cannot load the processor in .*Llama4ImageProcessor requires the "
                                          r"Torchvision library.*\(pip install torchvision\)$"):
         load_processor(str(tmp_path))
+
+
+def test_onevision_requests_with_several_images(llava_onevision_dir, helpers):
+    """The engine hands the processor each request's images as a flat list (counts of ones)."""
+    policy, processor = load_policy(llava_onevision_dir)
+    frames_ = list(helpers.frames(3, 96, 128))
+    two = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "then"}, {"type": "image"}]}]
+    prompts = [processor.apply_chat_template(two, add_generation_prompt=True, tokenize=False),
+               chat_prompt(processor, "one")]
+    images = [frames_[:2], frames_[2]]
+    outs = Engine(policy.model, processor, block_size=8, num_blocks=256).generate(
+        images, prompts, SamplingParams(temperature=1.0, max_new_tokens=6, seed=1))
+    for image, prompt, out in zip(images, prompts, outs):
+        assert out.error is None
+        enc = processor(images=image if isinstance(image, list) else [image], text=[prompt], return_tensors="pt")
+        ids = torch.cat([enc["input_ids"], torch.tensor([out.token_ids])], dim=1)
+        mm = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            logp = policy.model(input_ids=ids, **mm).logits[0].log_softmax(-1)
+        n = enc["input_ids"].shape[1]
+        want = logp[n - 1 : -1].gather(-1, torch.tensor(out.token_ids)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(out.logprobs), want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_training_batch_pads_different_tile_counts(idefics3_dir, helpers):
+    """Frames split into different numbers of tiles pack into one batch (zero tiles, dropped by the
+    model) and give each sample's own states."""
+    from fastvlmrl.rl.batch import pack
+    from fastvlmrl.rl.storage import Transition
+
+    policy, processor = load_policy(idefics3_dir)
+    policy.eval()
+    transitions = []
+    for hw in [(32, 128), (96, 128)]:
+        enc = encode(processor, helpers.frames(1, *hw)[0], chat_prompt(processor, "hi"))
+        mm = {k: enc[k] for k in ("pixel_values", "pixel_attention_mask")}
+        transitions.append(Transition(enc["input_ids"][0], mm, torch.tensor([65, 66]), torch.zeros(2),
+                                      torch.zeros(2, dtype=torch.bool), 0.0))
+    assert transitions[0].mm["pixel_values"].shape[1] != transitions[1].mm["pixel_values"].shape[1]
+    batch = pack(transitions, processor.tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        together = policy.hidden_states(batch.input_ids, batch.attention_mask, **batch.mm)
+        for i, t in enumerate(transitions):
+            alone = pack([t], processor.tokenizer.pad_token_id, "cpu")
+            h = policy.hidden_states(alone.input_ids, alone.attention_mask, **alone.mm)[0]
+            torch.testing.assert_close(together[i, : h.shape[0]], h, atol=1e-5, rtol=1e-5)
