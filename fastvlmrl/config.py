@@ -263,6 +263,8 @@ def _check_model_type(path: str, config_json: Path) -> None:
         model_type = json.loads(config_json.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError) as e:
         raise ConfigError(f"model.path {path!r}: cannot read config.json ({e})") from e
+    if not model_type:
+        raise ConfigError(f"model.path {path!r}: its config.json names no model_type (not a Hugging Face model config)")
     try:
         family_class(model_type)
     except ValueError as e:

@@ -17,8 +17,9 @@ def test_tiny_presets_load(game):
 def test_paper_presets_need_a_model_path_and_hold_the_papers_settings(game, tmp_path):
     with pytest.raises(ConfigError, match="model.path .* is not a directory"):
         load_config(preset_path(f"rl4vlm/{game}"))
-    for name in ("config.json", "preprocessor_config.json"):  # what the check looks for in a model directory
-        (tmp_path / name).write_text("{}")
+    # What the check looks for in a model directory: a config of a supported family, an image processor.
+    (tmp_path / "config.json").write_text('{"model_type": "llava_next"}')
+    (tmp_path / "preprocessor_config.json").write_text("{}")
     cfg = load_config(preset_path(f"rl4vlm/{game}"), [f"model.path={tmp_path}"])
     assert (cfg.ppo.lr, cfg.ppo.lr_end, cfg.ppo.clip, cfg.ppo.epochs, cfg.ppo.minibatch_size) == (1e-5, 1e-9, 0.1, 4, 128)
     assert (cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.ppo.thought_coef, cfg.ppo.max_grad_norm) == (0.9, 0.95, 0.5, 0.01)

@@ -178,3 +178,13 @@ def test_the_training_batch_pads_different_tile_counts(idefics3_dir, helpers):
             alone = pack([t], processor.tokenizer.pad_token_id, "cpu")
             h = policy.hidden_states(alone.input_ids, alone.attention_mask, **alone.mm)[0]
             torch.testing.assert_close(together[i, : h.shape[0]], h, atol=1e-5, rtol=1e-5)
+
+
+def test_a_config_without_a_model_type_is_one_line(tmp_path):
+    from fastvlmrl.config import load_config
+    from fastvlmrl.config_io import ConfigError
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "preprocessor_config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="config.json names no model_type"):
+        load_config(None, [f"model.path={tmp_path}"])
