@@ -38,10 +38,10 @@ def build_encoder(policy, processor, dtype: torch.dtype):
                          placeholder_token_ids(policy.hf_model.config))
 
 
-def build_player(cfg: Config, policy, processor, encoder, *, ignore_eos: bool = False):
+def build_player(cfg: Config, policy, processor, encoder, *, ignore_eos: bool = False, guide=None):
     """The Player of cfg's game: an Engine over `policy`'s weights and a batch of cfg.env.num_envs
-    C envs (SameStep autoreset, for the truncation bootstrap). Close it with `player.envs.close()`.
-    ignore_eos: every reply runs to sampling.max_new_tokens (benchmarks)."""
+    C envs (SameStep autoreset, for the truncation bootstrap). Close it with `player.close()`.
+    ignore_eos: every reply runs to sampling.max_new_tokens (benchmarks). guide: GTR's ThoughtGuide."""
     from fastvlmrl.distributed import current as current_world
     from fastvlmrl.engine import Engine
     from fastvlmrl.envs.vector import make_batch
@@ -55,7 +55,7 @@ def build_player(cfg: Config, policy, processor, encoder, *, ignore_eos: bool = 
     return Player(policy, engine, encoder, envs, cot=cfg.prompt.cot, style=cfg.prompt.style,
                   sampling=cfg.sampling, illegal_action=cfg.env.illegal_action,
                   illegal_penalty=cfg.env.illegal_penalty, seed=cfg.run.seed, ignore_eos=ignore_eos,
-                  env_offset=first, global_envs=cfg.env.num_envs)
+                  env_offset=first, global_envs=cfg.env.num_envs, guide=guide)
 
 
 def longest_prompt_tokens(cfg: Config, envs, encoder) -> int:

@@ -121,6 +121,26 @@ class AlgoConfig:
 
 
 @dataclass
+class GTRConfig:
+    enabled: bool = False  # GTR: correct the thoughts and clone the corrections beside PPO (algo.name=ppo)
+    corrector: str = "oracle"  # oracle (exact, from the env's state) | http (an OpenAI-compatible endpoint)
+    sft_coef: float = 1.0  # weight of the cloning loss beside the PPO loss
+    sft_batch_size: int = 0  # DAgger-buffer samples per PPO mini-batch; 0 = ppo.minibatch_size (GTR: one per sample)
+    buffer_size: int = 10000  # corrected samples kept (the oldest dropped first)
+    format_reward: float = 5.0  # added to the return of a step whose reply is valid JSON with the prompt's keys
+    truncate_off_path: bool = False  # end an episode (reward -1) once its formula extends no solution
+    truncate_unsolvable: bool = False  # end an episode (reward -1) whose hand cannot make the target
+    http_base_url: str = ""  # http: the endpoint's base URL (".../v1"), chat/completions is appended
+    http_model: str = "gpt-4o"  # http: the model the endpoint serves
+    http_api_key_env: str = "OPENAI_API_KEY"  # http: the environment variable holding the API key ("" = none)
+    http_timeout_s: float = 60.0  # http: per request
+    http_retries: int = 3  # http: retries of a failed request (exponential backoff), then no correction
+    http_concurrency: int = 8  # http: requests in flight at once
+    http_temperature: float = 0.4  # http: GTR's
+    http_max_tokens: int = 400  # http: GTR's for the card games
+
+
+@dataclass
 class EvalConfig:
     episodes: int = 500  # episodes of the final evaluation (the first started from eval.seed)
     temperature: float = 0.0  # greedy
@@ -149,6 +169,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    gtr: GTRConfig = field(default_factory=GTRConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -233,6 +254,7 @@ def validate(cfg: Config, *, check_model_files: bool = True) -> None:
     if cfg.ppo.value_lr is not None and cfg.ppo.value_lr <= 0:
         raise ConfigError(f"ppo.value_lr must be positive (or null for ppo.lr), got {cfg.ppo.value_lr}")
     _check_ranges(cfg)
+    _check_gtr(cfg)
     if cfg.ppo.updates == 0 and cfg.sft.steps == 0:
         raise ConfigError("nothing to train: set sft.steps or ppo.updates above 0")
     if cfg.ppo.gamma > 1 or cfg.ppo.gae_lambda > 1:
@@ -269,6 +291,29 @@ def _check_model_type(path: str, config_json: Path) -> None:
         family_class(model_type)
     except ValueError as e:
         raise ConfigError(f"model.path {path!r}: {e}") from e
+
+
+def _check_gtr(cfg: Config) -> None:
+    g = cfg.gtr
+    if not g.enabled:
+        return
+    if g.corrector in ("vlm", "self"):
+        raise ConfigError(f"gtr.corrector={g.corrector} is not available yet: use gtr.corrector=oracle or http")
+    if g.corrector not in ("oracle", "http"):
+        raise ConfigError(f"gtr.corrector must be oracle or http, got {g.corrector!r}")
+    if cfg.algo.name != "ppo":
+        raise ConfigError(f"gtr.enabled runs with algo.name=ppo (GTR's), got algo.name={cfg.algo.name}")
+    if not cfg.prompt.cot:
+        raise ConfigError("gtr.enabled corrects thoughts: it needs prompt.cot=true")
+    if g.corrector == "http" and not g.http_base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"gtr.corrector=http needs gtr.http_base_url (http:// or https://), got {g.http_base_url!r}")
+    for key in ("buffer_size", "http_retries", "http_concurrency", "http_max_tokens"):
+        if getattr(g, key) < (0 if key == "http_retries" else 1):
+            raise ConfigError(f"gtr.{key} must be at least {0 if key == 'http_retries' else 1}, got {getattr(g, key)}")
+    if g.sft_batch_size < 0 or g.sft_coef < 0:
+        raise ConfigError("gtr.sft_batch_size and gtr.sft_coef must be 0 or more")
+    if g.http_timeout_s <= 0:
+        raise ConfigError(f"gtr.http_timeout_s must be positive, got {g.http_timeout_s}")
 
 
 def _check_ranges(cfg: Config) -> None:

@@ -158,7 +158,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         say(f"SFT: {len(losses)} steps in {time.perf_counter() - start:.0f}s, final loss "
             f"{sum(tail) / max(len(tail), 1):.4f} (mean of the last {len(tail)} steps)")
 
-    player = build_player(cfg, policy, processor, encoder)
+    player = build_player(cfg, policy, processor, encoder, guide=build_guide(cfg, world))
+    cloning = build_cloning(cfg, player.guide, encoder)
     if cfg.sft.steps and cfg.ppo.updates and not resume_ppo:  # the warm-started model's success, to compare with PPO's
         policy.eval()
         sft_eval = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed, desc="eval sft")
@@ -202,10 +203,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         with nvtx_range("update"):
             metrics = ppo_update(policy, optimizer, storage, update_cfg, temperature=logprob_temperature(cfg),
                                  pad_id=encoder.pad_id, device=device, generator=generator, logit_bias=logit_bias,
-                                 critic_only=update < cfg.ppo.critic_warmup_updates, reference=reference)
+                                 critic_only=update < cfg.ppo.critic_warmup_updates, reference=reference,
+                                 cloning=cloning)
         update_s = time.perf_counter() - start
         env_steps += steps
-        record = {"update": update, "env_steps": env_steps, "lr": lr, **stats.summary(), **metrics, **critic,
+        guided = player.guide.metrics() if player.guide is not None else {}
+        record = {"update": update, "env_steps": env_steps, "lr": lr, **stats.summary(), **guided, **metrics, **critic,
                   "timing/rollout_s": rollout_s, "timing/update_s": update_s,
                   **{f"timing/{k}_s": v for k, v in stats.seconds.items()},
                   "timing/checkpoint_s": checkpoint_s,  # the previous update's checkpoint and curves
@@ -226,7 +229,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         checkpoint_s = time.perf_counter() - checkpoint_start
         if stopping and done < cfg.ppo.updates:
             log.close()
-            player.envs.close()
+            player.close()
             raise RunStopped(f"stopped after update {done} of {cfg.ppo.updates}, checkpoint saved: continue with "
                              f"`fastvlmrl train resume={run_dir}`")
 
@@ -242,7 +245,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     say(result_line("final model", result))
     log.close()
-    player.envs.close()
+    player.close()
     if world.is_main:
         redraw_curves(run_dir)
     world.barrier()  # eval.json is written before any rank returns
@@ -275,6 +278,35 @@ def _save(world, run_dir: Path, update: int, policy, optimizer, processor, state
     world.barrier()
 
 
+def build_guide(cfg: Config, world):
+    """GTR's ThoughtGuide with the configured corrector (gtr.enabled), else None."""
+    if not cfg.gtr.enabled:
+        return None
+    from fastvlmrl.envs.games import get_game
+    from fastvlmrl.gtr.guide import ThoughtGuide
+
+    game = get_game(cfg.env.name).with_options(face_cards_as_10=cfg.env.face_cards_as_10)
+    if cfg.gtr.corrector == "http":
+        from fastvlmrl.gtr.http_corrector import HTTPCorrector
+
+        corrector = HTTPCorrector.from_config(cfg.gtr, game)
+    else:
+        from fastvlmrl.gtr.oracle_corrector import OracleCorrector
+
+        corrector = OracleCorrector(game)
+    return ThoughtGuide(corrector, game, cfg.gtr, seed=(cfg.run.seed, world.rank))
+
+
+def build_cloning(cfg: Config, guide, encoder):
+    """The cloning term of the PPO update over the guide's DAgger buffer (gtr.enabled), else None."""
+    if guide is None:
+        return None
+    from fastvlmrl.gtr.cloning import ThoughtCloning
+
+    return ThoughtCloning(guide.buffer, encoder, batch_size=cfg.gtr.sft_batch_size or cfg.ppo.minibatch_size,
+                          coef=cfg.gtr.sft_coef, micro_batch_size=cfg.ppo.micro_batch_size)
+
+
 def collect_rollout(cfg: Config, player, obs, update: int):
     """One update's samples, as (obs, storage, stats, seconds, env steps, critic metrics):
     ppo: cfg.ppo.num_steps steps of every env, GAE over the critic (time limits bootstrapped);
@@ -288,7 +320,8 @@ def collect_rollout(cfg: Config, player, obs, update: int):
         storage = RolloutStorage(cfg.ppo.num_steps, player.envs.num_envs, player.env_offset, player.global_envs)
         obs, stats, seconds, last_values = player.collect(obs, storage, cfg.ppo.gamma, reward_scale=cfg.ppo.reward_scale,
                                                           samples=samples)
-        storage.finish(last_values, cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.ppo.normalize_advantages)
+        storage.finish(last_values, cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.ppo.normalize_advantages,
+                       bonus_scale=cfg.ppo.reward_scale)
         return obs, storage, stats.pooled(player.env_offset, player.envs.num_envs), seconds, cfg.ppo.num_steps * cfg.env.num_envs, storage.critic_stats()
     groups = cfg.env.num_envs // cfg.algo.group_size
     episodes, stats, seconds = player.collect_groups(cfg.run.seed * 1_000_003 + update * groups, cfg.algo.group_size,

@@ -60,6 +60,20 @@ def reply_object(text) -> dict | None:
     return None
 
 
+def strict_reply(text, keys) -> dict | None:
+    """The reply as a JSON object when the whole output (surrounding whitespace aside) is one JSON
+    object holding every key in `keys`, else None: GTR's valid-format rule (its format reward and
+    the valid-JSON rate), stricter than `reply_object`, which finds an object anywhere."""
+    text = _as_text(text).strip()
+    if not text.startswith("{") or len(text) > _MAX_JSON_CHARS:
+        return None
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) and all(key in obj for key in keys) else None
+
+
 def _from_json(text: str, lookup: dict[str, int]) -> int | None:
     obj = reply_object(text)
     if obj is None:

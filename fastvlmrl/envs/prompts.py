@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from fastvlmrl.envs.games import Game, formula_string, get_game
 
-__all__ = ["formula_string", "short_prompt", "task_prompt"]
+__all__ = ["formula_string", "reply_keys", "short_prompt", "task_prompt"]
 
 _JSON_INTRO = "Your response should be a valid json file in the following format:"
 
@@ -22,10 +22,16 @@ def _json_block(fields: list[tuple[str, str]]) -> str:
     return "{\n" + ",\n".join(lines) + "\n}"
 
 
+def reply_keys(game: Game | str, *, cot: bool = True) -> tuple[str, ...]:
+    """The JSON keys a reply must hold, in the prompts' order (both styles ask for the same)."""
+    game = get_game(game) if isinstance(game, str) else game
+    return ((*game.short_keys, "thoughts") if cot else ()) + ("action",)
+
+
 def short_prompt(game: Game, info: dict, *, cot: bool = True) -> str:
     """A one-line prompt for small models that cannot read instructions anyway (the built-in tiny
     VLM): the game, the text state RL4VLM's prompt carries (the formula), the JSON keys in order."""
-    keys = (list(game.short_keys) + ["thoughts"] if cot else []) + ["action"]
+    keys = reply_keys(game, cot=cot)
     return f"{game.name}.{game.short_state(info)} Reply in JSON with {', '.join(keys)}."
 
 

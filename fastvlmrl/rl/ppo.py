@@ -185,11 +185,13 @@ def _micro_loss(policy, samples, totals: dict[str, float], cfg, *, value_clip, t
 
 def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: float, pad_id: int,
                device, generator: torch.Generator, logit_bias: torch.Tensor | None = None,
-               critic_only: bool = False, reference=None) -> dict[str, float]:
+               critic_only: bool = False, reference=None, cloning=None) -> dict[str, float]:
     """cfg.epochs passes over the rollout in mini-batches; returns the update's metrics.
     `temperature`: the one the rollout's log-probs were taken at (SamplingParams.logprob_temperature).
     critic_only: only the value head steps (critic warm-up); the policy's weights do not move.
     reference: the frozen ReferencePolicy of the KL penalty (needed when cfg.kl_coef > 0).
+    cloning: GTR's ThoughtCloning: each mini-batch's gradient also takes its weighted cloning loss
+    on a batch drawn from the DAgger buffer, in the same step (its clip and optimizer step).
 
     Beyond RL4VLM's loss: `- entropy_coef * mean token entropy` and `+ kl_coef * mean token k3
     KL to the reference`; with target_kl > 0 the epochs stop once an epoch's mean approx-KL
@@ -213,6 +215,7 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
     if cfg.kl_coef > 0:
         score_reference(reference, storage, cfg, temperature=temperature, pad_id=pad_id, device=device,
                         logit_bias=logit_bias)
+    clone_sum, clone_steps = 0.0, 0  # GTR's cloning loss (already the global mean on every rank)
     first_log_ratios = []  # of the first mini-batch, before any step: 0 up to numerics, or rollout and trainer disagree
     seconds = {"forward_backward": 0.0, "optimizer": 0.0}  # of the mini-batch steps (timing/ppo_*_s)
     for _ in range(cfg.epochs):
@@ -238,6 +241,12 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
                 seconds["forward_backward"] += time.perf_counter() - tick
                 for key, value in stats.items():
                     step_sums[key] += value
+            clone = None
+            if cloning is not None and not critic_only:  # (every rank draws, for the collectives inside)
+                tick = time.perf_counter()
+                clone = cloning.backward(policy, pad_id=pad_id, device=device, logit_bias=logit_bias)
+                seconds["forward_backward"] += time.perf_counter() - tick
+                finite = finite and (clone is None or math.isfinite(clone))
             if not world.all_finite(finite):  # every rank skips the step together
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
@@ -257,6 +266,8 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
                 optimizer.step()
             seconds["optimizer"] += time.perf_counter() - tick
             steps += 1
+            if clone is not None:
+                clone_sum, clone_steps = clone_sum + clone, clone_steps + 1
             step_sums["actor/grad_norm"] = float(grad_norm)
             for key, value in step_sums.items():
                 sums[key] += value
@@ -273,6 +284,9 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
     if engine_gap is not None:  # what recomputing replaced: the engine/trainer log-prob gap
         metrics["actor/engine_trainer_logprob_max_diff"] = world.max(engine_gap)
     metrics["actor/skipped_nonfinite"] = skipped
+    if cloning is not None:
+        metrics["gtr/sft_loss"] = clone_sum / clone_steps if clone_steps else float("nan")
+        metrics["gtr/sft_steps"] = clone_steps
     metrics.update({f"timing/ppo_{k}_s": v for k, v in seconds.items()})
     first = torch.cat(first_log_ratios) if first_log_ratios else torch.zeros(0)
     total, count = world.sum([float(first.sum()), float(len(first))])

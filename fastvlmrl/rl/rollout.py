@@ -18,9 +18,10 @@ from fastvlmrl.console import progress
 from fastvlmrl.distributed import current as current_world
 from fastvlmrl.engine import Request, SamplingParams
 from fastvlmrl.engine.nvtx import nvtx_range
-from fastvlmrl.envs.parse import choose_action, parse_action, reply_object
-from fastvlmrl.envs.prompts import task_prompt
+from fastvlmrl.envs.parse import choose_action, parse_action, reply_object, strict_reply
+from fastvlmrl.envs.prompts import reply_keys, task_prompt
 from fastvlmrl.rl.storage import RolloutStorage, Transition
+from fastvlmrl.rl.thought_metrics import thought_summary
 from fastvlmrl.rl.token_weights import action_token_mask
 
 
@@ -36,6 +37,8 @@ class EpisodeStats:
     # over the replies that say it (Game.judge): a failure reads as seeing or deciding
     perception: list[int] = field(default_factory=lambda: [0, 0])  # [correct, judged]
     follows: list[int] = field(default_factory=lambda: [0, 0])
+    valid: int = 0  # replies that are one JSON object with every key the prompt asks for (parse.strict_reply)
+    thoughts: list[str] = field(default_factory=list)  # the "thoughts" of the replies that have one (thought metrics)
     # a few replies as they were (samples.jsonl): the first `samples_wanted` of the rollout
     samples_wanted: int = 0
     samples: list[dict] = field(default_factory=list)
@@ -54,6 +57,8 @@ class EpisodeStats:
             **({} if self.cut is None else {"rollout/cut_episodes": self.cut}),
             "thought/perception_correct": self.perception[0] / self.perception[1] if self.perception[1] else float("nan"),
             "thought/action_follows_thought": self.follows[0] / self.follows[1] if self.follows[1] else float("nan"),
+            "thought/valid_json_rate": self.valid / max(self.outputs, 1),
+            **thought_summary(self.thoughts),
         }
 
     def pooled(self, env_offset: int = 0, num_envs: int = 1) -> EpisodeStats:
@@ -66,11 +71,13 @@ class EpisodeStats:
             return self
         samples = [({**sample, "env": sample["env"] + env_offset}, k // num_envs) for k, sample in enumerate(self.samples)]
         parts = world.gather((self.returns, self.lengths, self.legal, self.outputs, self.tokens, self.cut,
-                              self.perception, self.follows, samples, self.seconds))
+                              self.perception, self.follows, samples, self.valid, self.thoughts, self.seconds))
         out = EpisodeStats(samples_wanted=self.samples_wanted)
         ordered = sorted((pair for p in parts for pair in p[8]), key=lambda pair: (pair[1], pair[0]["env"]))
         out.samples = [sample for sample, _ in ordered[: self.samples_wanted]]
-        for returns, lengths, legal, outputs, tokens, cut, perception, follows, _, _ in parts:
+        for returns, lengths, legal, outputs, tokens, cut, perception, follows, _, valid, thoughts, _ in parts:
+            out.valid += valid
+            out.thoughts += thoughts
             out.returns += returns
             out.lengths += lengths
             out.legal, out.outputs, out.tokens = out.legal + legal, out.outputs + outputs, out.tokens + tokens
@@ -92,10 +99,14 @@ class EpisodeStats:
             if sample["reward"] is None:
                 sample["reward"] = float(rewards[sample["env"]])
 
-    def judge(self, game, info: dict, text: str) -> None:
+    def judge(self, game, info: dict, text: str, keys: tuple[str, ...]) -> None:
+        """Count a reply's format, keep its thought, and judge what it says against the state."""
+        self.valid += strict_reply(text, keys) is not None
         reply = reply_object(text)
         if reply is None:
             return
+        if isinstance(reply.get("thoughts"), str):
+            self.thoughts.append(reply["thoughts"])
         for tally, verdict in zip((self.perception, self.follows), game.judge(info, reply)):
             if verdict is not None:
                 tally[0] += int(verdict)
@@ -105,12 +116,15 @@ class EpisodeStats:
 class Player:
     def __init__(self, policy, engine, encoder, envs, *, cot: bool, style: str, sampling, illegal_action: str,
                  illegal_penalty: float, seed: int, ignore_eos: bool = False, env_offset: int = 0,
-                 global_envs: int | None = None):
+                 global_envs: int | None = None, guide=None):
         """env_offset / global_envs: under torchrun, this rank's envs are global envs env_offset ...
-        of global_envs; each is seeded and sampled as that env of a single-process run."""
+        of global_envs; each is seeded and sampled as that env of a single-process run.
+        guide: GTR's ThoughtGuide (format reward, corrections, truncation) for training steps."""
         self.policy, self.engine, self.encoder, self.envs = policy, engine, encoder, envs
         self.game = envs.game
+        self.guide = guide
         self.cot, self.style, self.sampling = cot, style, sampling
+        self.keys = reply_keys(self.game, cot=cot)
         self.illegal_action, self.illegal_penalty = illegal_action, illegal_penalty
         self.ignore_eos = ignore_eos  # benchmarks: every output runs to max_new_tokens
         # (a rank's own stream under torchrun: the random actions for illegal replies differ per rank)
@@ -123,10 +137,13 @@ class Player:
         self.episode_return = np.zeros(n)
         self.episode_length = np.zeros(n, int)
 
-    def _requests(self, frames, infos):
+    def _tasks(self, infos) -> list[str]:
+        return [task_prompt(self.game, info, cot=self.cot, style=self.style) for info in infos]
+
+    def _requests(self, frames, infos, tasks=None):
         reqs = []
-        for frame, info in zip(frames, infos):
-            ids, mm = self.encoder.encode(frame, task_prompt(self.game, info, cot=self.cot, style=self.style))
+        for frame, task in zip(frames, self._tasks(infos) if tasks is None else tasks):
+            ids, mm = self.encoder.encode(frame, task)
             reqs.append(Request(ids, mm))
         return reqs
 
@@ -153,11 +170,12 @@ class Player:
         head_dtype = next(self.policy.value_head.parameters()).dtype
         return self.policy.value(torch.stack([g.hidden_state for g in gens]).to(head_dtype)).float()
 
-    def _act(self, env: int, info: dict, req, gen, value: float, stats: EpisodeStats, record: bool):
+    def _act(self, env: int, info: dict, req, gen, value: float, stats: EpisodeStats, record: bool,
+             bonus: float = 0.0):
         """Env `env`'s reply as (action, extra reward, Transition or None), counted (and judged,
         and perhaps kept as a sample) in stats; an illegal reply becomes an action by
         env.illegal_action (drawing from the player's RNG)."""
-        stats.judge(self.game, info, gen.text)
+        stats.judge(self.game, info, gen.text, self.keys)
         parsed = parse_action(self.game, gen.text)
         action, extra = choose_action(parsed, self.game.num_actions, self.rng, self.illegal_action,
                                       self.illegal_penalty)
@@ -171,15 +189,17 @@ class Player:
             torch.as_tensor(req.prompt_token_ids).long(), req.mm_inputs, torch.tensor(gen.token_ids, dtype=torch.long),
             logprobs=torch.tensor(gen.logprobs, dtype=torch.float32),
             is_action=torch.tensor(action_token_mask(self.encoder.tokenizer, gen.token_ids), dtype=torch.bool),
-            value=value)
+            value=value, bonus=bonus)
 
     @torch.no_grad()
     def step(self, obs, temperature: float, stats: EpisodeStats, record: bool = True):
         """One env step for every env: (transitions, rewards for PPO, dones, new obs, step infos).
-        record=False (evaluation) keeps no transitions and skips the action/thought token split."""
+        record=False (evaluation) keeps no transitions and skips the action/thought token split;
+        GTR's guide (format reward, corrections, early truncation) acts on training steps only."""
         tick = time.perf_counter()
         infos = [self.envs.describe(i) for i in range(self.envs.num_envs)]
-        requests = self._requests(obs, infos)
+        tasks = self._tasks(infos)
+        requests = self._requests(obs, infos, tasks)
         tock = time.perf_counter()
         stats.seconds["prompt"] += tock - tick
         with nvtx_range("rollout/generate"):
@@ -189,16 +209,21 @@ class Player:
         stats.seconds["generate"] += tick - tock
         actions = np.zeros(len(gens), np.int64)
         extra = np.zeros(len(gens), np.float32)
+        guided = record and self.guide is not None
         transitions = []
         with nvtx_range("rollout/parse"):
+            bonus = self.guide.observe(obs, infos, tasks, [g.text for g in gens]) if guided else np.zeros(len(gens))
             for i, (req, gen) in enumerate(zip(requests, gens)):
-                actions[i], extra[i], transition = self._act(i, infos[i], req, gen, float(values[i]), stats, record)
+                actions[i], extra[i], transition = self._act(i, infos[i], req, gen, float(values[i]), stats, record,
+                                                             float(bonus[i]))
                 if record:
                     transitions.append(transition)
         tock = time.perf_counter()
         stats.seconds["parse"] += tock - tick
         with nvtx_range("rollout/env_step"):
             obs, rewards, terminated, truncated, step_infos = self.envs.step(actions)
+            if guided:
+                obs = self._truncate(infos, obs, rewards, terminated, truncated)
         stats.seconds["env"] += time.perf_counter() - tock
         stats.settle_rewards(rewards + extra)
         self.episode_return += rewards
@@ -209,6 +234,20 @@ class Player:
             stats.lengths.append(int(self.episode_length[i]))
             self.episode_return[i], self.episode_length[i] = 0.0, 0
         return transitions, rewards + extra, terminated, truncated, obs, step_infos
+
+    def _truncate(self, infos, obs, rewards, terminated, truncated):
+        """GTR's early truncation: the envs the guide cuts short end here (terminated, reward -1)
+        and start a new episode; returns the frames after it."""
+        from fastvlmrl.gtr.guide import TRUNCATION_REWARD
+
+        after = [self.envs.describe(i) for i in range(self.envs.num_envs)]
+        cut = self.guide.truncations(infos, after, terminated | truncated)
+        if not cut.any():
+            return obs
+        rewards[cut] = TRUNCATION_REWARD
+        terminated[cut] = True
+        obs, _ = self.envs.reset(options={"reset_mask": cut})
+        return obs
 
     def collect(self, obs, storage: RolloutStorage, gamma: float, desc: str = "rollout", reward_scale: float = 1.0,
                 samples: int = 0):
@@ -287,6 +326,12 @@ class Player:
             stats.lengths.append(int(self.episode_length[i]))
         return episodes, stats, time.perf_counter() - start
 
+    def close(self) -> None:
+        """Close the envs (and GTR's corrector)."""
+        self.envs.close()
+        if self.guide is not None:
+            self.guide.close()
+
     def reset(self, seed: int):
         """New episodes in every env (from `seed`), and no partial episode counted from before."""
         obs, _ = self.envs.reset(seed=seed + self.env_offset)
@@ -297,10 +342,17 @@ class Player:
     def get_state(self) -> dict:
         """The player's own state (its RNG, sampling-seed counter, the episodes' running returns),
         saved in checkpoints so a resumed run samples and counts exactly as the original."""
-        return {"rng": self.rng.bit_generator.state, "calls": self.calls,
-                "episode_return": self.episode_return.copy(), "episode_length": self.episode_length.copy()}
+        state = {"rng": self.rng.bit_generator.state, "calls": self.calls,
+                 "episode_return": self.episode_return.copy(), "episode_length": self.episode_length.copy()}
+        if self.guide is not None:  # the DAgger buffer: a resumed run clones what the original would have
+            state["guide"] = self.guide.get_state()
+        return state
 
     def set_state(self, state: dict) -> None:
+        if self.guide is not None:
+            if "guide" not in state:
+                raise ValueError("the checkpoint was written without gtr.enabled: it holds no DAgger buffer to resume")
+            self.guide.set_state(state["guide"])
         self.rng.bit_generator.state = state["rng"]
         self.calls = int(state["calls"])
         self.episode_return[:] = state["episode_return"]

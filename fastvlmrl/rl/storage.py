@@ -21,6 +21,7 @@ class Transition:
     is_action: torch.Tensor  # [O] bool: the token belongs to the action part of the reply (the rest is thought)
     value: float  # V(state) at rollout time
     ref_logprobs: torch.Tensor | None = None  # [O] under the KL reference policy (ppo.kl_coef > 0)
+    bonus: float = 0.0  # added to this step's return and advantage after GAE (GTR's format reward), env units
 
 
 class RolloutStorage:
@@ -35,16 +36,21 @@ class RolloutStorage:
         self.values = torch.zeros(num_steps, num_envs)
         self.advantages = torch.zeros(num_steps, num_envs)
         self.returns = torch.zeros(num_steps, num_envs)
+        self.bonus = torch.zeros(num_steps, num_envs)
 
     def add(self, step: int, transitions: list[Transition], rewards, dones) -> None:
         self.transitions[step] = list(transitions)
         self.rewards[step] = torch.as_tensor(rewards, dtype=torch.float32)
         self.dones[step] = torch.as_tensor(dones, dtype=torch.bool)
         self.values[step] = torch.tensor([t.value for t in transitions], dtype=torch.float32)
+        self.bonus[step] = torch.tensor([t.bonus for t in transitions], dtype=torch.float32)
 
-    def finish(self, last_values, gamma: float, lam: float, normalize: bool) -> None:
-        """Advantages and returns; advantages normalised over the whole rollout if asked."""
+    def finish(self, last_values, gamma: float, lam: float, normalize: bool, bonus_scale: float = 1.0) -> None:
+        """Advantages and returns; advantages normalised over the whole rollout if asked. Each
+        step's bonus (times `bonus_scale`: the rewards' scale) is added to its return and its
+        advantage after GAE, not discounted back to earlier steps (GTR's format reward)."""
         adv, ret = compute_gae(self.rewards, self.values, self.dones, torch.as_tensor(last_values).float(), gamma, lam)
+        adv, ret = adv + bonus_scale * self.bonus, ret + bonus_scale * self.bonus
         self.returns = ret
         if normalize:  # over the global rollout under torchrun: every rank's envs
             total, squares, count = current_world().sum([float(adv.double().sum()), float((adv.double() ** 2).sum()),

@@ -60,7 +60,7 @@ def test_episode_stats_judge_the_replies():
     for text in ('{"current number": "1", "target number": "4", "thoughts": "x", "action": "+"}',
                  '{"current number": "2", "target number": "4", "thoughts": "x", "action": "-"}',
                  'not json at all'):
-        stats.judge(GAMES["NumberLine"], info, text)
+        stats.judge(GAMES["NumberLine"], info, text, ("action",))
     summary = stats.summary()
     assert summary["thought/perception_correct"] == 0.5 and summary["thought/action_follows_thought"] == 0.5
     assert np.isnan(EpisodeStats().summary()["thought/perception_correct"])

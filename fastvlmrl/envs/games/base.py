@@ -92,6 +92,37 @@ class Game(abc.ABC):
         when it is not the expert's). Noisy SFT demonstrations: the decision is in the thought and
         the action together, never a correct thought followed by a contradicting action."""
 
+    def thought_decision(self, thoughts: str) -> str | None:
+        """The action a thought decides on, in the words the oracle's thoughts use (SFT teaches
+        them), or None when it names none."""
+        return None
+
+    def assess(self, info: dict, reply: dict) -> dict[str, bool | None]:
+        """GTR's evaluation questions answered exactly from the state, for a reply's JSON object:
+        each named check True (right), False (wrong) or None (the reply does not say). Always
+        "decision": the thought's decided action (the reply's action where the thought names none)
+        is one the expert would take. What each game adds: the fields it reads from the frame."""
+        return {"decision": self.right_decision(info, self._decided(reply))}
+
+    def right_decision(self, info: dict, action: str | None) -> bool | None:
+        """Whether `action` is an expert move in this state (None when there is no action)."""
+        return None if action is None else action == self.oracle(info)[1]
+
+    def solvable(self, info: dict) -> bool | None:
+        """Whether the episode can still be won from this state (None: the game cannot say)."""
+        return None
+
+    def on_path(self, info: dict) -> bool:
+        """Whether some expert line of play still wins from this state (GTR's early truncation ends
+        an episode that left every one); True for games with no such notion."""
+        return True
+
+    def _decided(self, reply: dict) -> str | None:
+        decided = self.thought_decision(str(reply.get("thoughts", "")))
+        if decided is None and isinstance(reply.get("action"), (str, int)) and not isinstance(reply.get("action"), bool):
+            decided = str(reply["action"]).strip().lower()
+        return decided
+
     def judge(self, info: dict, reply: dict) -> tuple[bool | None, bool | None]:
         """Reading a reply (its JSON object) against the state: (does what it says it sees match
         the frame, does its action follow from what it says), each None where the reply does not

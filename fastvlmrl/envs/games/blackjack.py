@@ -69,6 +69,19 @@ class BlackjackGame(Game):
         ]
         return head, fields, '"stand" or "hit"'
 
+    def thought_decision(self, thoughts):
+        found = re.findall(r"\b(hit|stand)\b", thoughts.lower())
+        return found[-1] if found else None
+
+    def assess(self, info, reply):
+        thoughts = str(reply.get("thoughts", ""))
+        total, dealer = re.search(r"total of (\d+)", thoughts), re.search(r"worth (\d+)", thoughts)
+        true_total, _, true_dealer = _hand(info)
+        totals = None
+        if total or dealer:  # what it states must be true; a total it leaves out is not checked
+            totals = all(int(m.group(1)) == truth for m, truth in ((total, true_total), (dealer, true_dealer)) if m)
+        return {"totals": totals, **super().assess(info, reply)}
+
     def judge(self, info, reply):
         # the totals the thought states, and basic strategy from them (as the other games decide
         # from the fields a reply states): the reply's own plan may be wrong and still followed

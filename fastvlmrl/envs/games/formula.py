@@ -8,6 +8,7 @@ no solution extends it (ending at once costs least).
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from fastvlmrl.envs import solver
@@ -69,6 +70,60 @@ class FormulaGame(Game):
             "Numbers": row[_F["numbers"]][:k],
             "Formula": [token_text(t) for t in row[_F["formula"]][: row[_F["formula_len"]]]],
         }
+
+    def thought_decision(self, thoughts):
+        appended = list(re.finditer(r"append '([^']+)'", thoughts))
+        ends = max(thoughts.rfind("is complete"), thoughts.rfind("so I end"))
+        if appended and appended[-1].start() > ends:
+            return appended[-1].group(1).strip()
+        return "=" if ends >= 0 else None
+
+    def _prefix(self, info):
+        return tuple(int(t) if t.isdigit() else t for t in info["Formula"] if t != " ")
+
+    def right_decision(self, info, action):
+        if action is None:
+            return None
+        numbers, prefix = [int(n) for n in info["Numbers"]], self._prefix(info)
+        token = int(action) if action.isdigit() else action
+        extending = [s for s in solver.solutions(tuple(numbers), self.target, self.solver_ops) if s[: len(prefix)] == prefix]
+        if action == "=":  # complete, or nothing left to win (ending at once costs least)
+            return not extending or any(len(s) == len(prefix) for s in extending)
+        return any(len(s) > len(prefix) and s[len(prefix)] == token for s in extending)
+
+    def solvable(self, info):
+        return solver.solvable([int(n) for n in info["Numbers"]], self.target, self.solver_ops)
+
+    def on_path(self, info):
+        return solver.next_token([int(n) for n in info["Numbers"]], self.target, self._prefix(info),
+                                 self.solver_ops)[0] is not None
+
+    def assess(self, info, reply):
+        numbers = sorted(int(n) for n in info["Numbers"])
+        try:
+            cards = sorted(int(c) for c in reply["cards"]) == numbers
+        except (TypeError, ValueError):
+            cards = False
+        except KeyError:
+            cards = None
+        formula = reply.get("current formula")
+        current = None if formula is None else str(formula).split() == formula_string(info).split()
+        return {"cards": cards, "current_formula": current,
+                "proposed_formula": self._proposal_right(info, str(reply.get("thoughts", ""))),
+                **super().assess(info, reply)}
+
+    def _proposal_right(self, info, thoughts: str) -> bool | None:
+        """A formula the thought proposes ("<formula> = <target> uses every card"): it must use
+        every card once, equal the target exactly and extend the current formula; None if none."""
+        found = re.search(r"([0-9+\-*/() ]+?)\s*=\s*(\d+) uses every card", thoughts)
+        if found is None:
+            return None
+        tokens = tuple(int(t) if t.isdigit() else t for t in re.findall(r"\d+|[+\-*/()]", found.group(1)))
+        numbers = sorted(int(n) for n in info["Numbers"])
+        used = sorted(t for t in tokens if isinstance(t, int))
+        prefix = self._prefix(info)
+        return (used == numbers and tokens[: len(prefix)] == prefix and int(found.group(2)) == self.target
+                and solver.evaluate(tokens) == self.target)
 
     def judge(self, info, reply):
         try:

@@ -44,6 +44,20 @@ class NumberLineGame(Game):
         thoughts = f"The current number is {p} and the target number is {g}. {why}."
         return {"current number": str(p), "target number": str(g)}, action, thoughts
 
+    def thought_decision(self, thoughts):
+        adds, subtracts = thoughts.rfind("add one"), thoughts.rfind("subtract one")
+        if adds == subtracts:  # (both -1: it names neither)
+            return None
+        return "+" if adds > subtracts else "-"
+
+    def assess(self, info, reply):
+        try:
+            numbers = (int(reply["current number"]) == int(info["Current"])
+                       and int(reply["target number"]) == int(info["Target"]))
+        except (KeyError, TypeError, ValueError):
+            numbers = None if "current number" not in reply or "target number" not in reply else False
+        return {"numbers": numbers, **super().assess(info, reply)}
+
     def judge(self, info, reply):
         try:
             current, target = int(reply["current number"]), int(reply["target number"])
