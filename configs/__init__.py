@@ -1,5 +1,6 @@
-"""YAML presets, installed as fastvlmrl.configs: tiny/ (the built-in tiny VLM, CPU-sized) and
-rl4vlm/ (the paper's gym_cards runs, with a model path to fill in)."""
+"""YAML presets, installed as fastvlmrl.configs: tiny/ (the built-in tiny VLM, CPU-sized),
+rl4vlm/ (the paper's gym_cards runs, with a model path to fill in) and gtr/ (GTR's Points24 run,
+with a model path and a corrector endpoint to fill in)."""
 
 from importlib import resources
 from pathlib import Path

@@ -2,7 +2,8 @@
 
 `curves.png` (one run, redrawn at every checkpoint): success rate with the SFT model's and the
 final evaluation's levels, return, legal-action rate, approx-KL, clip fraction, value loss, the
-thought metrics, entropy and KL to the reference, rollout throughput, against env steps; an
+thought metrics (what they read and decide, valid JSON, GTR's corrected rate) and their diversity
+(distinct-n, self-BLEU), entropy and KL to the reference, rollout throughput, against env steps; an
 SFT-only run draws its SFT loss. `fastvlmrl plot RUN_DIR...` (`plot_runs`) overlays runs, one
 colour per configuration: runs that differ only in `run.seed` are drawn as their mean with a band
 from the lowest to the highest seed, against env steps or wall time.
@@ -26,7 +27,10 @@ PANELS = [
     ("approx KL (old -> new policy)", ["actor/approx_kl"], None),
     ("clip fraction", ["actor/clip_frac"], (-0.02, 1.02)),
     ("value loss", ["critic/value_loss"], None),
-    ("thoughts", ["thought/perception_correct", "thought/action_follows_thought"], (-0.02, 1.02)),
+    ("thoughts", ["thought/perception_correct", "thought/action_follows_thought", "thought/valid_json_rate",
+                  "gtr/corrected_rate"], (-0.02, 1.02)),
+    ("thought diversity (collapse: distinct falls, self-BLEU rises)",
+     ["thought/distinct_1", "thought/distinct_2", "thought/self_bleu"], (-0.02, 1.02)),
     ("entropy, KL to reference", ["actor/entropy", "actor/kl_ref"], None),
     ("tokens/s (rollout)", ["throughput/tokens_per_s"], None),
 ]

@@ -144,3 +144,19 @@ def test_settings_that_would_be_silently_meaningless_are_refused():
     with pytest.raises(ConfigError, match="adapters off"):
         load_config(None, ["ppo.kl_coef=0.1", "model.lora=true", "sft.steps=10"])
     assert load_config(None, ["ppo.kl_coef=0.1", "model.lora=true"]).ppo.kl_coef == 0.1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["gtr.corrector=vlm"], "gtr.corrector=vlm is not available yet"),
+    (["gtr.corrector=gpt"], "gtr.corrector must be oracle or http"),
+    (["algo.name=grpo"], "gtr.enabled runs with algo.name=ppo"),
+    (["prompt.cot=false"], "needs prompt.cot=true"),
+    (["gtr.corrector=http"], "needs gtr.http_base_url"),
+    (["gtr.buffer_size=0"], "gtr.buffer_size must be at least 1"),
+    (["gtr.sft_coef=-1"], "gtr.sft_batch_size and gtr.sft_coef must be 0 or more"),
+    (["gtr.corrector=http", "gtr.http_base_url=http://x/v1", "gtr.http_timeout_s=0"], "gtr.http_timeout_s must be positive"),
+])
+def test_gtr_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["gtr.enabled=true", "sft.steps=1", *overrides])
+    load_config(None, ["sft.steps=1", *overrides])  # the GTR keys are checked only when it is enabled

@@ -44,3 +44,16 @@ def test_cli_picks_default_preset_files_and_overrides(tmp_path):
     Args.settings = ["tiny/chess"]
     with pytest.raises(ValueError, match="unknown preset 'tiny/chess'"):
         _config_from(Args)
+
+
+def test_gtr_presets(tmp_path):
+    cfg = load_config(preset_path("tiny/points24_gtr"))
+    assert cfg.gtr.enabled and cfg.gtr.corrector == "oracle" and cfg.gtr.truncate_off_path
+    plain = load_config(preset_path("tiny/points24"))
+    assert (cfg.sft, cfg.ppo, cfg.sampling) == (plain.sft, plain.ppo, plain.sampling)  # the same budget as plain PPO
+    (tmp_path / "config.json").write_text('{"model_type": "llava_next"}')
+    (tmp_path / "preprocessor_config.json").write_text("{}")
+    paper = load_config(preset_path("gtr/points24"), [f"model.path={tmp_path}"])
+    rl4vlm = load_config(preset_path("rl4vlm/points24"), [f"model.path={tmp_path}"])
+    assert paper.ppo == rl4vlm.ppo and paper.gtr.corrector == "http" and paper.gtr.format_reward == 5.0
+    assert paper.sampling.repetition_penalty == 1.2 and paper.gtr.http_model == "gpt-4o"

@@ -127,13 +127,17 @@ def _comparable(records):
             for r in records]
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, lora):
-    """With LoRA, dropout draws from torch's RNG during the update: its state must be restored too."""
+GTR = ["env.name=Points24", "gtr.enabled=true", "gtr.truncate_off_path=true", "gtr.truncate_unsolvable=true"]
+
+
+@pytest.mark.parametrize("lora, extra", [(False, []), (True, []), (False, GTR)], ids=["full", "lora", "gtr"])
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, lora, extra):
+    """With LoRA, dropout draws from torch's RNG during the update: its state must be restored too.
+    With GTR, its DAgger buffer and the episodes it cut short."""
     import fastvlmrl.train as train_module
 
     args = [*TOY, "ppo.updates=4", "log.checkpoint_every=2", "sampling.temperature=1.0", f"model.lora={lora}",
-            "model.lora_r=4", "model.lora_alpha=8", "model.lora_dropout=0.5", "log.samples_every=1"]
+            "model.lora_r=4", "model.lora_alpha=8", "model.lora_dropout=0.5", "log.samples_every=1", *extra]
     assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=whole"]) == 0
 
     save = train_module.save_checkpoint
@@ -161,6 +165,9 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, l
     assert (stopped / "eval.json").read_text() == (tmp_path / "whole" / "eval.json").read_text()
     assert (stopped / "samples.jsonl").read_text() == (tmp_path / "whole" / "samples.jsonl").read_text()
     assert (stopped / "curves.png").stat().st_size > 0
+    if extra:
+        assert all("gtr/truncated_episodes" in r and "thought/self_bleu" in r for r in whole if "update" in r)
+        assert sum(r["gtr/truncated_episodes"] for r in whole if "update" in r) > 0
 
 
 def test_a_run_killed_during_sft_resumes_from_its_sft_checkpoint_exactly(tmp_path, monkeypatch):

@@ -68,11 +68,12 @@ class ThoughtGuide:
         """The rollout's GTR metrics over every rank's envs (then the counts start again)."""
         world = current_world()
         c = dict(zip(self.counts, world.sum([float(v) for v in self.counts.values()])))
-        size, added = world.sum([float(len(self.buffer)), float(self.buffer.added)])
+        failures = sum(getattr(self.corrector, "failures", {}).values())  # (cumulative: an HTTP corrector's)
+        size, added, failures = world.sum([float(len(self.buffer)), float(self.buffer.added), float(failures)])
         out = {"gtr/corrected_rate": c["corrected"] / c["judged"] if c["judged"] else float("nan"),
                "gtr/no_verdict": c["no_verdict"], "gtr/truncated_episodes": c["truncated"],
                "gtr/format_reward_mean": c["format_reward"] / max(c["replies"], 1),
-               "gtr/buffer_size": size, "gtr/buffer_added": added}
+               "gtr/buffer_size": size, "gtr/buffer_added": added, "gtr/corrector_failures": failures}
         self.reset_counts()
         return out
 
