@@ -123,7 +123,7 @@ class AlgoConfig:
 @dataclass
 class GTRConfig:
     enabled: bool = False  # GTR: correct the thoughts and clone the corrections beside PPO (algo.name=ppo)
-    corrector: str = "oracle"  # oracle (exact, from the env's state) | http (an OpenAI-compatible endpoint)
+    corrector: str = "oracle"  # oracle (exact, from the env's state) | http (an OpenAI-compatible endpoint) | vlm (a local model)
     sft_coef: float = 1.0  # weight of the cloning loss beside the PPO loss
     sft_batch_size: int = 0  # DAgger-buffer samples per PPO mini-batch; 0 = ppo.minibatch_size (GTR: one per sample)
     buffer_size: int = 10000  # corrected samples kept (the oldest dropped first)
@@ -138,6 +138,8 @@ class GTRConfig:
     http_concurrency: int = 8  # http: requests in flight at once
     http_temperature: float = 0.4  # http: GTR's
     http_max_tokens: int = 400  # http: GTR's for the card games
+    vlm_path: str = ""  # vlm: a local Hugging Face VLM directory, run through the engine (greedy)
+    vlm_max_new_tokens: int = 400  # vlm: the answer's length limit in tokens
 
 
 @dataclass
@@ -260,22 +262,29 @@ def validate(cfg: Config, *, check_model_files: bool = True) -> None:
     if cfg.ppo.gamma > 1 or cfg.ppo.gae_lambda > 1:
         raise ConfigError("ppo.gamma and ppo.gae_lambda must be at most 1")
     if cfg.model.path is not None and check_model_files:
-        path = Path(cfg.model.path)
-        if not path.is_dir():
-            raise ConfigError(f"model.path {cfg.model.path!r} is not a directory: give a local Hugging Face model "
-                              "directory, or leave it out for the built-in tiny VLM")
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.path {cfg.model.path!r} has no config.json: it is not a Hugging Face model "
-                              "directory (save one with model.save_pretrained)")
-        _check_model_type(cfg.model.path, path / "config.json")
-        from fastvlmrl.models.processor import has_image_processor
-
-        if not has_image_processor(str(path)):
-            raise ConfigError(f"model.path {cfg.model.path!r} has no image processor (no preprocessor_config.json): "
-                              "save the model's processor into it (processor.save_pretrained)")
+        _check_model_dir("model.path", cfg.model.path, "or leave it out for the built-in tiny VLM")
+    if cfg.gtr.enabled and cfg.gtr.corrector == "vlm" and check_model_files:
+        _check_model_dir("gtr.vlm_path", cfg.gtr.vlm_path, "holding the corrector model")
 
 
-def _check_model_type(path: str, config_json: Path) -> None:
+def _check_model_dir(key: str, value: str, alternative: str) -> None:
+    """A local Hugging Face VLM directory the engine can load: its config names a supported family,
+    and it holds an image processor."""
+    path = Path(value)
+    if not value or not path.is_dir():
+        raise ConfigError(f"{key} {value!r} is not a directory: give a local Hugging Face model directory, {alternative}")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{key} {value!r} has no config.json: it is not a Hugging Face model "
+                          "directory (save one with model.save_pretrained)")
+    _check_model_type(value, path / "config.json", key)
+    from fastvlmrl.models.processor import has_image_processor
+
+    if not has_image_processor(str(path)):
+        raise ConfigError(f"{key} {value!r} has no image processor (no preprocessor_config.json): "
+                          "save the model's processor into it (processor.save_pretrained)")
+
+
+def _check_model_type(path: str, config_json: Path, key: str = "model.path") -> None:
     """A model family the engine has no adapter for stops here, before anything loads."""
     import json
 
@@ -284,30 +293,30 @@ def _check_model_type(path: str, config_json: Path) -> None:
     try:
         model_type = json.loads(config_json.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError) as e:
-        raise ConfigError(f"model.path {path!r}: cannot read config.json ({e})") from e
+        raise ConfigError(f"{key} {path!r}: cannot read config.json ({e})") from e
     if not model_type:
-        raise ConfigError(f"model.path {path!r}: its config.json names no model_type (not a Hugging Face model config)")
+        raise ConfigError(f"{key} {path!r}: its config.json names no model_type (not a Hugging Face model config)")
     try:
         family_class(model_type)
     except ValueError as e:
-        raise ConfigError(f"model.path {path!r}: {e}") from e
+        raise ConfigError(f"{key} {path!r}: {e}") from e
 
 
 def _check_gtr(cfg: Config) -> None:
     g = cfg.gtr
     if not g.enabled:
         return
-    if g.corrector in ("vlm", "self"):
-        raise ConfigError(f"gtr.corrector={g.corrector} is not available yet: use gtr.corrector=oracle or http")
-    if g.corrector not in ("oracle", "http"):
-        raise ConfigError(f"gtr.corrector must be oracle or http, got {g.corrector!r}")
+    if g.corrector == "self":
+        raise ConfigError("gtr.corrector=self is not available yet: use gtr.corrector=oracle, http or vlm")
+    if g.corrector not in ("oracle", "http", "vlm"):
+        raise ConfigError(f"gtr.corrector must be oracle, http or vlm, got {g.corrector!r}")
     if cfg.algo.name != "ppo":
         raise ConfigError(f"gtr.enabled runs with algo.name=ppo (GTR's), got algo.name={cfg.algo.name}")
     if not cfg.prompt.cot:
         raise ConfigError("gtr.enabled corrects thoughts: it needs prompt.cot=true")
     if g.corrector == "http" and not g.http_base_url.startswith(("http://", "https://")):
         raise ConfigError(f"gtr.corrector=http needs gtr.http_base_url (http:// or https://), got {g.http_base_url!r}")
-    for key in ("buffer_size", "http_retries", "http_concurrency", "http_max_tokens"):
+    for key in ("buffer_size", "http_retries", "http_concurrency", "http_max_tokens", "vlm_max_new_tokens"):
         if getattr(g, key) < (0 if key == "http_retries" else 1):
             raise ConfigError(f"gtr.{key} must be at least {0 if key == 'http_retries' else 1}, got {getattr(g, key)}")
     if g.sft_batch_size < 0 or g.sft_coef < 0:

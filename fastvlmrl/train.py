@@ -290,6 +290,12 @@ def build_guide(cfg: Config, world):
         from fastvlmrl.gtr.http_corrector import HTTPCorrector
 
         corrector = HTTPCorrector.from_config(cfg.gtr, game)
+    elif cfg.gtr.corrector == "vlm":
+        from fastvlmrl.gtr.vlm_corrector import VLMCorrector
+
+        device = resolve_device(cfg)
+        corrector = VLMCorrector.from_config(cfg.gtr, game, device=device, dtype=resolve_dtype(cfg, device),
+                                             num_envs=world.local_slice(cfg.env.num_envs, "env.num_envs")[1])
     else:
         from fastvlmrl.gtr.oracle_corrector import OracleCorrector
 

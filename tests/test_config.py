@@ -147,8 +147,9 @@ def test_settings_that_would_be_silently_meaningless_are_refused():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["gtr.corrector=vlm"], "gtr.corrector=vlm is not available yet"),
-    (["gtr.corrector=gpt"], "gtr.corrector must be oracle or http"),
+    (["gtr.corrector=self"], "gtr.corrector=self is not available yet"),
+    (["gtr.corrector=gpt"], "gtr.corrector must be oracle, http or vlm"),
+    (["gtr.corrector=vlm"], "gtr.vlm_path '' is not a directory"),
     (["algo.name=grpo"], "gtr.enabled runs with algo.name=ppo"),
     (["prompt.cot=false"], "needs prompt.cot=true"),
     (["gtr.corrector=http"], "needs gtr.http_base_url"),

@@ -160,3 +160,4 @@ def test_read_answer_never_raises():
         assert read_answer(GAME, bad).verdict == NO_VERDICT
     yes = read_answer(GAME, json.dumps({"evaluation": "yes", "possible_solution": "NO"}))
     assert yes.verdict == CORRECT and yes.solvable is False and yes.target is None
+
