@@ -123,7 +123,7 @@ class AlgoConfig:
 @dataclass
 class GTRConfig:
     enabled: bool = False  # GTR: correct the thoughts and clone the corrections beside PPO (algo.name=ppo)
-    corrector: str = "oracle"  # oracle (exact, from the env's state) | http (an OpenAI-compatible endpoint) | vlm (a local model)
+    corrector: str = "oracle"  # oracle (exact, from the env's state) | http (an OpenAI-compatible endpoint) | vlm (a local model) | self (GTR-Turbo: the agent's own past)
     sft_coef: float = 1.0  # weight of the cloning loss beside the PPO loss
     sft_batch_size: int = 0  # DAgger-buffer samples per PPO mini-batch; 0 = ppo.minibatch_size (GTR: one per sample)
     buffer_size: int = 10000  # corrected samples kept (the oldest dropped first)
@@ -140,6 +140,11 @@ class GTRConfig:
     http_max_tokens: int = 400  # http: GTR's for the card games
     vlm_path: str = ""  # vlm: a local Hugging Face VLM directory, run through the engine (greedy)
     vlm_max_new_tokens: int = 400  # vlm: the answer's length limit in tokens
+    self_mode: str = "sft"  # self: clone the teacher's thoughts (sft; kl, a reverse-KL term to the teacher, not built yet)
+    self_merge: int = 4  # self with LoRA: the teacher is a TIES merge of the adapters of the last K updates
+    self_density: float = 0.8  # self with LoRA: TIES keeps this share of each adapter delta's largest entries
+    self_every: int = 1  # self with LoRA: updates between the adapter snapshots that join the merge
+    self_ema_decay: float = 0.9  # self with full fine-tuning: the teacher is this EMA of the weights (per update)
 
 
 @dataclass
@@ -306,17 +311,22 @@ def _check_gtr(cfg: Config) -> None:
     g = cfg.gtr
     if not g.enabled:
         return
-    if g.corrector == "self":
-        raise ConfigError("gtr.corrector=self is not available yet: use gtr.corrector=oracle, http or vlm")
-    if g.corrector not in ("oracle", "http", "vlm"):
-        raise ConfigError(f"gtr.corrector must be oracle, http or vlm, got {g.corrector!r}")
+    if g.corrector not in ("oracle", "http", "vlm", "self"):
+        raise ConfigError(f"gtr.corrector must be oracle, http, vlm or self, got {g.corrector!r}")
+    if g.self_mode == "kl":
+        raise ConfigError("gtr.self_mode=kl (a reverse-KL term to the teacher) is not available yet: use gtr.self_mode=sft")
+    if g.self_mode != "sft":
+        raise ConfigError(f"gtr.self_mode must be sft, got {g.self_mode!r}")
+    if not 0 < g.self_density <= 1 or not 0 <= g.self_ema_decay < 1:
+        raise ConfigError("gtr.self_density must be in (0, 1] and gtr.self_ema_decay in [0, 1)")
     if cfg.algo.name != "ppo":
         raise ConfigError(f"gtr.enabled runs with algo.name=ppo (GTR's), got algo.name={cfg.algo.name}")
     if not cfg.prompt.cot:
         raise ConfigError("gtr.enabled corrects thoughts: it needs prompt.cot=true")
     if g.corrector == "http" and not g.http_base_url.startswith(("http://", "https://")):
         raise ConfigError(f"gtr.corrector=http needs gtr.http_base_url (http:// or https://), got {g.http_base_url!r}")
-    for key in ("buffer_size", "http_retries", "http_concurrency", "http_max_tokens", "vlm_max_new_tokens"):
+    for key in ("buffer_size", "http_retries", "http_concurrency", "http_max_tokens", "vlm_max_new_tokens", "self_merge",
+                "self_every"):
         if getattr(g, key) < (0 if key == "http_retries" else 1):
             raise ConfigError(f"gtr.{key} must be at least {0 if key == 'http_retries' else 1}, got {getattr(g, key)}")
     if g.sft_batch_size < 0 or g.sft_coef < 0:

@@ -158,7 +158,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         say(f"SFT: {len(losses)} steps in {time.perf_counter() - start:.0f}s, final loss "
             f"{sum(tail) / max(len(tail), 1):.4f} (mean of the last {len(tail)} steps)")
 
-    player = build_player(cfg, policy, processor, encoder, guide=build_guide(cfg, world))
+    player = build_player(cfg, policy, processor, encoder)
+    player.guide = build_guide(cfg, world, policy=policy, player=player)
     cloning = build_cloning(cfg, player.guide, encoder)
     if cfg.sft.steps and cfg.ppo.updates and not resume_ppo:  # the warm-started model's success, to compare with PPO's
         policy.eval()
@@ -205,6 +206,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
                                  pad_id=encoder.pad_id, device=device, generator=generator, logit_bias=logit_bias,
                                  critic_only=update < cfg.ppo.critic_warmup_updates, reference=reference,
                                  cloning=cloning)
+            if player.guide is not None:
+                player.guide.after_update()  # (the self-teacher's EMA or adapter merge)
         update_s = time.perf_counter() - start
         env_steps += steps
         guided = player.guide.metrics() if player.guide is not None else {}
@@ -278,8 +281,9 @@ def _save(world, run_dir: Path, update: int, policy, optimizer, processor, state
     world.barrier()
 
 
-def build_guide(cfg: Config, world):
-    """GTR's ThoughtGuide with the configured corrector (gtr.enabled), else None."""
+def build_guide(cfg: Config, world, *, policy, player):
+    """GTR's ThoughtGuide with the configured corrector (gtr.enabled), else None. The self-teacher
+    runs on the player's engine (the policy's own weights, swapped with the teacher's)."""
     if not cfg.gtr.enabled:
         return None
     from fastvlmrl.envs.games import get_game
@@ -296,6 +300,13 @@ def build_guide(cfg: Config, world):
         device = resolve_device(cfg)
         corrector = VLMCorrector.from_config(cfg.gtr, game, device=device, dtype=resolve_dtype(cfg, device),
                                              num_envs=world.local_slice(cfg.env.num_envs, "env.num_envs")[1])
+    elif cfg.gtr.corrector == "self":
+        from fastvlmrl.gtr.self_teacher import SelfTeacher
+
+        corrector = SelfTeacher(game, policy, player.engine, player.encoder, lora=cfg.model.lora,
+                                lora_scale=cfg.model.lora_alpha / cfg.model.lora_r, merge=cfg.gtr.self_merge,
+                                density=cfg.gtr.self_density, ema_decay=cfg.gtr.self_ema_decay,
+                                every=cfg.gtr.self_every, max_new_tokens=cfg.sampling.max_new_tokens)
     else:
         from fastvlmrl.gtr.oracle_corrector import OracleCorrector
 

@@ -147,8 +147,10 @@ def test_settings_that_would_be_silently_meaningless_are_refused():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["gtr.corrector=self"], "gtr.corrector=self is not available yet"),
-    (["gtr.corrector=gpt"], "gtr.corrector must be oracle, http or vlm"),
+    (["gtr.self_mode=kl"], "gtr.self_mode=kl .* is not available yet"),
+    (["gtr.self_density=0"], "gtr.self_density must be in"),
+    (["gtr.self_merge=0"], "gtr.self_merge must be at least 1"),
+    (["gtr.corrector=gpt"], "gtr.corrector must be oracle, http, vlm or self"),
     (["gtr.corrector=vlm"], "gtr.vlm_path '' is not a directory"),
     (["algo.name=grpo"], "gtr.enabled runs with algo.name=ppo"),
     (["prompt.cot=false"], "needs prompt.cot=true"),

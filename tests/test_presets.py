@@ -51,6 +51,8 @@ def test_gtr_presets(tmp_path):
     assert cfg.gtr.enabled and cfg.gtr.corrector == "oracle" and cfg.gtr.truncate_off_path
     plain = load_config(preset_path("tiny/points24"))
     assert (cfg.sft, cfg.ppo, cfg.sampling) == (plain.sft, plain.ppo, plain.sampling)  # the same budget as plain PPO
+    turbo = load_config(preset_path("tiny/points24_turbo"))
+    assert turbo.gtr.corrector == "self" and (turbo.sft, turbo.ppo) == (plain.sft, plain.ppo)
     (tmp_path / "config.json").write_text('{"model_type": "llava_next"}')
     (tmp_path / "preprocessor_config.json").write_text("{}")
     paper = load_config(preset_path("gtr/points24"), [f"model.path={tmp_path}"])

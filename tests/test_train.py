@@ -130,7 +130,9 @@ def _comparable(records):
 GTR = ["env.name=Points24", "gtr.enabled=true", "gtr.truncate_off_path=true", "gtr.truncate_unsolvable=true"]
 
 
-@pytest.mark.parametrize("lora, extra", [(False, []), (True, []), (False, GTR)], ids=["full", "lora", "gtr"])
+@pytest.mark.parametrize("lora, extra", [(False, []), (True, []), (False, GTR),
+                                         (True, [*GTR, "gtr.corrector=self", "gtr.self_merge=2"])],
+                         ids=["full", "lora", "gtr", "gtr-self-lora"])
 def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, lora, extra):
     """With LoRA, dropout draws from torch's RNG during the update: its state must be restored too.
     With GTR, its DAgger buffer and the episodes it cut short."""

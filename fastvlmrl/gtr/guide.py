@@ -80,9 +80,19 @@ class ThoughtGuide:
     def close(self) -> None:
         self.corrector.close()
 
+    def after_update(self) -> None:
+        """After each PPO update (a self-teacher moves its EMA or its merge)."""
+        if hasattr(self.corrector, "after_update"):
+            self.corrector.after_update()
+
     def get_state(self) -> dict:
-        return {"buffer": self.buffer.state_dict(), "counts": dict(self.counts)}
+        state = {"buffer": self.buffer.state_dict(), "counts": dict(self.counts)}
+        if hasattr(self.corrector, "get_state"):
+            state["corrector"] = self.corrector.get_state()
+        return state
 
     def set_state(self, state: dict) -> None:
         self.buffer.load_state_dict(state["buffer"])
         self.counts = dict(state["counts"])
+        if hasattr(self.corrector, "set_state"):
+            self.corrector.set_state(state["corrector"])
