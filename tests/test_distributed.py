@@ -234,3 +234,13 @@ def _children(pid: int) -> list[int]:
 
 if __name__ == "__main__":
     update_worker(Path(sys.argv[1]))
+
+
+@pytest.mark.slow
+def test_gtr_runs_over_two_ranks(tmp_path):
+    """GTR's collectives (the guide's counts, the cloning batch's token total) line up over ranks."""
+    result = _train(tmp_path, "gtr", 2, "ppo.updates=2", "sft.steps=0", "env.name=Points24", "gtr.enabled=true",
+                    "gtr.truncate_off_path=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    updates = [json.loads(line) for line in (tmp_path / "gtr" / "metrics.jsonl").read_text().splitlines()]
+    assert all("gtr/truncated_episodes" in r for r in updates if "update" in r)
