@@ -140,7 +140,8 @@ class GTRConfig:
     http_max_tokens: int = 400  # http: GTR's for the card games
     vlm_path: str = ""  # vlm: a local Hugging Face VLM directory, run through the engine (greedy)
     vlm_max_new_tokens: int = 400  # vlm: the answer's length limit in tokens
-    self_mode: str = "sft"  # self: clone the teacher's thoughts (sft; kl, a reverse-KL term to the teacher, not built yet)
+    self_mode: str = "sft"  # self: sft (clone the teacher's thoughts) | kl (a KL term to the teacher on the thought tokens)
+    self_kl_coef: float = 0.1  # self_mode=kl: weight of the mean per-token KL to the teacher over the thought tokens
     self_merge: int = 4  # self with LoRA: the teacher is a TIES merge of the adapters of the last K updates
     self_density: float = 0.8  # self with LoRA: TIES keeps this share of each adapter delta's largest entries
     self_every: int = 1  # self with LoRA: updates between the adapter snapshots that join the merge
@@ -313,10 +314,14 @@ def _check_gtr(cfg: Config) -> None:
         return
     if g.corrector not in ("oracle", "http", "vlm", "self"):
         raise ConfigError(f"gtr.corrector must be oracle, http, vlm or self, got {g.corrector!r}")
-    if g.self_mode == "kl":
-        raise ConfigError("gtr.self_mode=kl (a reverse-KL term to the teacher) is not available yet: use gtr.self_mode=sft")
-    if g.self_mode != "sft":
-        raise ConfigError(f"gtr.self_mode must be sft, got {g.self_mode!r}")
+    if g.self_mode not in ("sft", "kl"):
+        raise ConfigError(f"gtr.self_mode must be sft or kl, got {g.self_mode!r}")
+    if g.corrector == "self" and g.self_mode == "kl":
+        if cfg.ppo.kl_coef > 0:
+            raise ConfigError("gtr.self_mode=kl holds the policy near the teacher: leave ppo.kl_coef at 0 (one KL "
+                              "reference at a time)")
+        if g.self_kl_coef <= 0:
+            raise ConfigError(f"gtr.self_kl_coef must be positive with gtr.self_mode=kl, got {g.self_kl_coef}")
     if not 0 < g.self_density <= 1 or not 0 <= g.self_ema_decay < 1:
         raise ConfigError("gtr.self_density must be in (0, 1] and gtr.self_ema_decay in [0, 1)")
     if cfg.algo.name != "ppo":

@@ -190,6 +190,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
     # -- PPO: rollout -> advantages -> update -> log -> checkpoint ---------------------------
     # the critic-free algorithms train no value head
     update_cfg = cfg.ppo if cfg.algo.name == "ppo" else dataclasses.replace(cfg.ppo, value_coef=0.0)
+    teacher_kl = cfg.gtr.enabled and cfg.gtr.corrector == "self" and cfg.gtr.self_mode == "kl"
+    if teacher_kl:  # GTR-Turbo's KL mode: the self-teacher is the KL reference, over the thought tokens
+        update_cfg = dataclasses.replace(update_cfg, kl_coef=cfg.gtr.self_kl_coef)
+        reference = player.guide.corrector
     checkpoint_s = 0.0
     bar = progress(range(first, cfg.ppo.updates), desc="ppo", initial=first, total=cfg.ppo.updates)
     for update in bar:
@@ -205,7 +209,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
             metrics = ppo_update(policy, optimizer, storage, update_cfg, temperature=logprob_temperature(cfg),
                                  pad_id=encoder.pad_id, device=device, generator=generator, logit_bias=logit_bias,
                                  critic_only=update < cfg.ppo.critic_warmup_updates, reference=reference,
-                                 cloning=cloning)
+                                 cloning=cloning, kl_thoughts_only=teacher_kl)
             if player.guide is not None:
                 player.guide.after_update()  # (the self-teacher's EMA or adapter merge)
         update_s = time.perf_counter() - start
@@ -306,7 +310,8 @@ def build_guide(cfg: Config, world, *, policy, player):
         corrector = SelfTeacher(game, policy, player.engine, player.encoder, lora=cfg.model.lora,
                                 lora_scale=cfg.model.lora_alpha / cfg.model.lora_r, merge=cfg.gtr.self_merge,
                                 density=cfg.gtr.self_density, ema_decay=cfg.gtr.self_ema_decay,
-                                every=cfg.gtr.self_every, max_new_tokens=cfg.sampling.max_new_tokens)
+                                every=cfg.gtr.self_every, max_new_tokens=cfg.sampling.max_new_tokens,
+                                mode=cfg.gtr.self_mode)
     else:
         from fastvlmrl.gtr.oracle_corrector import OracleCorrector
 

@@ -78,7 +78,7 @@ def _forward(hidden, weight, bias, targets, token_weight, cu, old_logp, advantag
         n = t1 - t0
         seq_index = all_index[t0:t1] - s0
         tile_terms = dict(terms)
-        for key in ("old_token_logp", "ref_logp"):
+        for key in ("old_token_logp", "ref_logp", "kl_weight"):
             if tile_terms[key] is not None:
                 tile_terms[key] = tile_terms[key][t0:t1]
         if n == 0:  # sequences without tokens still have a loss (of their old log-prob alone)
@@ -178,6 +178,7 @@ def fused_linear_ppo_loss(
     ref_logp: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     token_denominator: float | torch.Tensor | None = None,
+    kl_weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> FusedPPOLossOutput:
@@ -195,7 +196,8 @@ def fused_linear_ppo_loss(
 
     ``surr`` is the clipped surrogate of :func:`ppo_clip_loss` (``clip_eps``, ``clip_eps_high``,
     RL4VLM's ``ratio_cap``). ``loss = policy - entropy_coef * sum H / token_denominator +
-    kl_coef * sum k3(logp, ref_logp) / token_denominator`` (default: the number of tokens). The
+    kl_coef * sum kl_weight * k3(logp, ref_logp) / token_denominator`` (default: the number of
+    tokens; kl_weight ``[T]`` default 1: e.g. 0 on the tokens the KL should not hold). The
     denominators let a micro-batch give its share of a larger mini-batch's loss.
 
     Args:
@@ -219,7 +221,8 @@ def fused_linear_ppo_loss(
     if kl_coef and ref_logp is None:
         raise ValueError("kl_coef needs ref_logp [T]")
     for name, t, n in (("token_weight", token_weight, T), ("old_logp", old_logp, N), ("advantages", advantages, N),
-                       ("old_token_logp", old_token_logp, T), ("ref_logp", ref_logp, T)):
+                       ("old_token_logp", old_token_logp, T), ("ref_logp", ref_logp, T),
+                       ("kl_weight", kl_weight, T)):
         if t is not None and (t.shape != (n,) or t.device != hidden.device):
             raise ValueError(f"{name} must be [{n}] on {hidden.device}, got {tuple(t.shape)} on {t.device}")
     _check_clip(clip_eps, ratio_cap, clip_eps if clip_eps_high is None else clip_eps_high)
@@ -230,7 +233,8 @@ def fused_linear_ppo_loss(
         token_denominator = max(T, 1)
     terms = dict(level=level, old_token_logp=old_token_logp, ref_logp=ref_logp, clip_eps=float(clip_eps),
                  clip_eps_high=clip_eps_high, ratio_cap=ratio_cap, entropy_coef=float(entropy_coef),
-                 kl_coef=float(kl_coef), policy_denominator=policy_denominator, token_denominator=token_denominator)
+                 kl_coef=float(kl_coef), policy_denominator=policy_denominator, token_denominator=token_denominator,
+                 kl_weight=kl_weight)
     if not use_triton(hidden, weight):
         return reference.fused_linear_ppo_loss(hidden, weight, targets, token_weight, torch.tensor(cu), old_logp,
                                                advantages, bias=bias, temperature=float(temperature),

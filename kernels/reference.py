@@ -165,7 +165,7 @@ def ppo_clip_loss_token_level(
 
 def ppo_terms(token_logp, entropy, token_weight, seq_index, num_seqs, old_logp, advantages, *,
               level, old_token_logp, ref_logp, clip_eps, clip_eps_high, ratio_cap, entropy_coef, kl_coef,
-              policy_denominator, token_denominator):
+              policy_denominator, token_denominator, kl_weight=None):
     """The loss of :func:`fused_linear_ppo_loss` over some whole sequences, from their tokens'
     log-probs and entropies: (loss, policy_loss, [clipped, kl, ratio, capped, weight] sums).
 
@@ -193,7 +193,10 @@ def ppo_terms(token_logp, entropy, token_weight, seq_index, num_seqs, old_logp, 
         loss = loss - entropy_coef * ent.sum() / token_denominator
     if kl_coef and ref_logp is not None:
         r = ref_logp.double() - logp
-        loss = loss + kl_coef * (torch.exp(r) - r - 1).sum() / token_denominator
+        k3 = torch.exp(r) - r - 1
+        if kl_weight is not None:  # per token (e.g. the thought tokens only)
+            k3 = k3 * kl_weight.double()
+        loss = loss + kl_coef * k3.sum() / token_denominator
     with torch.no_grad():
         ratio = log_ratio.exp()
         clipped = ((ratio < 1.0 - clip_eps) | (ratio > 1.0 + clip_high)).double()

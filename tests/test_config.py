@@ -147,7 +147,8 @@ def test_settings_that_would_be_silently_meaningless_are_refused():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["gtr.self_mode=kl"], "gtr.self_mode=kl .* is not available yet"),
+    (["gtr.self_mode=ema"], "gtr.self_mode must be sft or kl"),
+    (["gtr.corrector=self", "gtr.self_mode=kl", "ppo.kl_coef=0.1"], "one KL reference at a time"),
     (["gtr.self_density=0"], "gtr.self_density must be in"),
     (["gtr.self_merge=0"], "gtr.self_merge must be at least 1"),
     (["gtr.corrector=gpt"], "gtr.corrector must be oracle, http, vlm or self"),

@@ -131,8 +131,8 @@ GTR = ["env.name=Points24", "gtr.enabled=true", "gtr.truncate_off_path=true", "g
 
 
 @pytest.mark.parametrize("lora, extra", [(False, []), (True, []), (False, GTR),
-                                         (True, [*GTR, "gtr.corrector=self", "gtr.self_merge=2"])],
-                         ids=["full", "lora", "gtr", "gtr-self-lora"])
+                                         (True, [*GTR, "gtr.corrector=self", "gtr.self_merge=2", "gtr.self_mode=kl"])],
+                         ids=["full", "lora", "gtr", "gtr-self-kl-lora"])
 def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, lora, extra):
     """With LoRA, dropout draws from torch's RNG during the update: its state must be restored too.
     With GTR, its DAgger buffer and the episodes it cut short."""
@@ -170,6 +170,9 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, l
     if extra:
         assert all("gtr/truncated_episodes" in r and "thought/self_bleu" in r for r in whole if "update" in r)
         assert sum(r["gtr/truncated_episodes"] for r in whole if "update" in r) > 0
+        if "gtr.self_mode=kl" in extra:  # the KL to the self-teacher (a merge of the last adapters)
+            assert all(r["actor/kl_ref"] >= 0 for r in whole if "update" in r)
+            assert any(r["actor/kl_ref"] > 0 for r in whole if "update" in r)
 
 
 def test_a_run_killed_during_sft_resumes_from_its_sft_checkpoint_exactly(tmp_path, monkeypatch):

@@ -36,7 +36,7 @@ class ThoughtGuide:
         bonus = np.array([self.cfg.format_reward if r is not None else 0.0 for r in replies], np.float32)
         valid = [i for i, r in enumerate(replies) if r is not None]
         items = [CorrectionItem(np.asarray(frames[i]), prompts[i], texts[i], infos[i], replies[i]) for i in valid]
-        corrections = self.corrector.evaluate(items) if items else []
+        corrections = self.corrector.evaluate(items) if items else []  # ([] from a corrector that judges nothing)
         for i, correction in zip(valid, corrections):
             if correction.verdict == NO_VERDICT:
                 self.counts["no_verdict"] += 1

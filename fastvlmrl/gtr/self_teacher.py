@@ -7,9 +7,12 @@ trainer's) tensors and the teacher's swap contents in place, the teacher answers
 greedily, and they swap back, bit for bit. The base weights are shared; in-place writes keep every
 tensor's address, so captured CUDA graphs stay valid (the engine only drops its prefix cache).
 
-Its verdict: a reply whose thought (the JSON without the action) is the teacher's is correct;
-otherwise the teacher's thought is the correction (`gtr.self_mode=sft`, thought cloning as with the
-other correctors). A teacher reply that is not valid JSON is no correction, counted.
+`gtr.self_mode=sft`: a reply whose thought (the JSON without the action) is the teacher's is
+correct; otherwise the teacher's thought is the correction (thought cloning, as with the other
+correctors); a teacher reply that is not valid JSON is no correction, counted. `gtr.self_mode=kl`:
+no corrections; PPO's loss adds `gtr.self_kl_coef` x the mean per-token k3 KL from the agent to
+the teacher over the agent's thought tokens (the action's are free), the teacher's log-probs
+scored once per rollout.
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ _ADAPTER = ".default."  # peft's name of the trained adapter inside parameter na
 
 class SelfTeacher:
     def __init__(self, game, policy, engine, encoder, *, lora: bool, lora_scale: float = 1.0, merge: int = 4,
-                 density: float = 0.8, ema_decay: float = 0.9, every: int = 1, max_new_tokens: int = 256):
-        self.game, self.policy, self.engine, self.encoder = game, policy, engine, encoder
+                 density: float = 0.8, ema_decay: float = 0.9, every: int = 1, max_new_tokens: int = 256,
+                 mode: str = "sft"):
+        """mode "sft": the teacher's thoughts are the corrections (`evaluate`); "kl": it judges
+        nothing, and PPO holds the agent's thought tokens near it (`logprobs`, the KL reference)."""
+        self.game, self.policy, self.engine, self.encoder, self.mode = game, policy, engine, encoder, mode
         self.lora, self.lora_scale, self.density, self.ema_decay, self.every = lora, lora_scale, density, ema_decay, every
         self.max_new_tokens = max_new_tokens
         self.keys = reply_keys(game)
@@ -103,8 +109,20 @@ class SelfTeacher:
                     _swap(p, self.teacher[name])
 
     @torch.no_grad()
+    def logprobs(self, batch, temperature: float, logit_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """[T] per-token log-probs of a packed batch's outputs under the teacher (the KL reference
+        of gtr.self_mode=kl, scored once per rollout as ReferencePolicy is)."""
+        from fastvlmrl.rl.batch import forward_logp_and_values
+
+        with self.swapped():
+            return forward_logp_and_values(self.policy, batch, temperature, logit_bias)[0]
+
+    @torch.no_grad()
     def evaluate(self, items: list[CorrectionItem]) -> list[Correction]:
         from fastvlmrl.engine import Request, SamplingParams
+
+        if self.mode == "kl":  # the teacher teaches through the KL term, not corrections
+            return []
 
         out: list[Correction | None] = [Correction(UNPARSABLE) if item.reply is None else None for item in items]
         asked = [i for i, c in enumerate(out) if c is None]

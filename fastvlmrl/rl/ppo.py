@@ -128,12 +128,13 @@ def _minibatch_totals(samples, thought_coef: float, world) -> dict[str, float]:
     samples, its output tokens and the sum of their λ weights (the token-level policy loss is a
     weighted token mean)."""
     is_action = torch.cat([s[0].is_action for s in samples]) if samples else torch.zeros(0, dtype=torch.bool)
-    local = [float(len(samples)), float(len(is_action)), float(token_weights(is_action, thought_coef).sum())]
-    return dict(zip(("samples", "tokens", "weight"), world.sum(local)))
+    local = [float(len(samples)), float(len(is_action)), float(token_weights(is_action, thought_coef).sum()),
+             float((~is_action).sum())]
+    return dict(zip(("samples", "tokens", "weight", "thought_tokens"), world.sum(local)))
 
 
 def _micro_loss(policy, samples, totals: dict[str, float], cfg, *, value_clip, temperature: float, pad_id: int,
-                device, logit_bias):
+                device, logit_bias, kl_thoughts_only: bool = False):
     """One micro-batch's forward and its part of the mini-batch loss: each term is the micro-batch's
     mean weighted by its share of what the mini-batch's term averages over (samples for the
     sequence loss and the value loss, λ weight for the token-level policy loss, tokens for the
@@ -152,6 +153,9 @@ def _micro_loss(policy, samples, totals: dict[str, float], cfg, *, value_clip, t
     tokens = max(totals["tokens"], 1.0)
     token_level = cfg.loss_level == "token"
     ref_logp = torch.cat([t.ref_logprobs for t in transitions]).to(device) if cfg.kl_coef > 0 else None
+    kl_weight = None
+    if kl_thoughts_only and ref_logp is not None:  # the KL's mean over the mini-batch's thought tokens only
+        kl_weight = (~batch.is_action).float() * (tokens / max(totals["thought_tokens"], 1.0))
     # The LM head, the tokens' log-probs, the policy loss and the entropy and KL terms in one op
     # (3 GEMMs), each term over what the whole mini-batch averages it over (samples, λ weight or
     # tokens), so that summed over micro-batches it is the mini-batch's loss.
@@ -162,7 +166,8 @@ def _micro_loss(policy, samples, totals: dict[str, float], cfg, *, value_clip, t
         clip_eps=cfg.clip, clip_eps_high=cfg.clip_high if token_level else None,
         ratio_cap=None if token_level else cfg.ratio_cap,
         policy_denominator=max(totals["weight"], 1e-12) if token_level else totals["samples"],
-        entropy_coef=cfg.entropy_coef, ref_logp=ref_logp, kl_coef=cfg.kl_coef, token_denominator=tokens)
+        entropy_coef=cfg.entropy_coef, ref_logp=ref_logp, kl_coef=cfg.kl_coef, token_denominator=tokens,
+        kl_weight=kl_weight)
     clipped = values if value_clip is None else old_values + (values - old_values).clamp(-value_clip, value_clip)
     value_loss = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2).mean()
     loss = out.loss + sample_share * cfg.value_coef * value_loss
@@ -185,13 +190,16 @@ def _micro_loss(policy, samples, totals: dict[str, float], cfg, *, value_clip, t
 
 def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: float, pad_id: int,
                device, generator: torch.Generator, logit_bias: torch.Tensor | None = None,
-               critic_only: bool = False, reference=None, cloning=None) -> dict[str, float]:
+               critic_only: bool = False, reference=None, cloning=None,
+               kl_thoughts_only: bool = False) -> dict[str, float]:
     """cfg.epochs passes over the rollout in mini-batches; returns the update's metrics.
     `temperature`: the one the rollout's log-probs were taken at (SamplingParams.logprob_temperature).
     critic_only: only the value head steps (critic warm-up); the policy's weights do not move.
     reference: the frozen ReferencePolicy of the KL penalty (needed when cfg.kl_coef > 0).
     cloning: GTR's ThoughtCloning: each mini-batch's gradient also takes its weighted cloning loss
     on a batch drawn from the DAgger buffer, in the same step (its clip and optimizer step).
+    kl_thoughts_only: the KL term is the mean over thought tokens only (GTR-Turbo's KL to the
+    teacher, whose `logprobs` are the reference's).
 
     Beyond RL4VLM's loss: `- entropy_coef * mean token entropy` and `+ kl_coef * mean token k3
     KL to the reference`; with target_kl > 0 the epochs stop once an epoch's mean approx-KL
@@ -230,7 +238,7 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
                 tick = time.perf_counter()
                 loss, stats, log_ratio = _micro_loss(policy, part, totals, cfg, value_clip=value_clip,
                                                      temperature=temperature, pad_id=pad_id, device=device,
-                                                     logit_bias=logit_bias)
+                                                     logit_bias=logit_bias, kl_thoughts_only=kl_thoughts_only)
                 if steps + skipped == 0:
                     first_log_ratios.append(log_ratio)
                 if not torch.isfinite(loss):

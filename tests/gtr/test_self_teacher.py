@@ -105,3 +105,55 @@ def test_verdicts_and_state():
     other = SelfTeacher(GAME, policy, engine, encoder, lora=False)
     other.set_state(state)
     assert other.updates == 1 and all(torch.equal(other.teacher[n], teacher.teacher[n]) for n in teacher.teacher)
+
+
+def test_the_kl_to_the_teacher_is_the_mean_over_thought_tokens():
+    from fastvlmrl.config import PPOConfig
+    from fastvlmrl.rl.batch import forward_logp_and_values, pack
+    from fastvlmrl.rl.ppo import _micro_loss, _minibatch_totals
+    from fastvlmrl.rl.storage import Transition
+    from fastvlmrl.distributed import current as current_world
+
+    policy, encoder = build(lora=False)
+    g = torch.Generator().manual_seed(3)
+    samples = []
+    for k in range(3):
+        prompt, mm = encoder.encode(np.full((64, 64, 3), 40 * k, np.uint8), "NumberLine.")
+        out = encoder.reply_ids(reply())
+        is_action = torch.arange(len(out)) >= len(out) - 5
+        t = Transition(prompt, mm, out, logprobs=torch.full((len(out),), -2.0), is_action=is_action, value=0.0)
+        t.ref_logprobs = -torch.rand(len(out), generator=g) * 3
+        samples.append((t, 0.0, 0.0))
+    totals = _minibatch_totals(samples, 0.5, current_world())
+    kw = dict(value_clip=None, temperature=1.0, pad_id=encoder.pad_id, device="cpu", logit_bias=None)
+    with torch.no_grad():
+        plain, _, _ = _micro_loss(policy, samples, totals, PPOConfig(), **kw)
+        held, _, _ = _micro_loss(policy, samples, totals, PPOConfig(kl_coef=0.3), kl_thoughts_only=True, **kw)
+        logp, _ = forward_logp_and_values(policy, pack([s[0] for s in samples], encoder.pad_id, "cpu"), 1.0)
+    ref = torch.cat([s[0].ref_logprobs for s in samples])
+    thought = ~torch.cat([s[0].is_action for s in samples])
+    r = ref.double() - logp.double()
+    k3 = torch.exp(r) - r - 1
+    assert (held - plain).item() == pytest.approx(0.3 * float(k3[thought].mean()), rel=1e-5)
+
+
+def test_kl_mode_judges_nothing_and_scores_under_the_teacher():
+    from fastvlmrl.rl.batch import forward_logp_and_values, pack
+    from fastvlmrl.rl.storage import Transition
+
+    policy, encoder = build(lora=False)
+    teacher = SelfTeacher(GAME, policy, None, encoder, lora=False, mode="kl", ema_decay=0.5)
+    assert teacher.evaluate([item(reply())]) == []
+    with torch.no_grad():
+        for p in trained(policy).values():
+            p.mul_(1.5)
+    teacher.after_update()  # the teacher now lies between the start and the current weights
+    prompt, mm = encoder.encode(np.zeros((64, 64, 3), np.uint8), "NumberLine.")
+    out = encoder.reply_ids(reply())
+    batch = pack([Transition(prompt, mm, out, logprobs=torch.zeros(len(out)), is_action=torch.zeros(len(out), dtype=bool),
+                             value=0.0)], encoder.pad_id, "cpu")
+    with torch.no_grad():
+        own = forward_logp_and_values(policy, batch, 1.0)[0]
+        under_teacher = teacher.logprobs(batch, 1.0)
+        again = forward_logp_and_values(policy, batch, 1.0)[0]
+    assert torch.equal(own, again) and not torch.allclose(own, under_teacher)

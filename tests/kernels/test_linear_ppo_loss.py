@@ -101,6 +101,22 @@ def test_entropy_and_kl_terms(level, small_blocks, monkeypatch):
 
 
 @needs_triton
+def test_a_per_token_kl_weight(small_blocks, monkeypatch):
+    """kl_weight scales each token's KL term (GTR-Turbo's KL to the teacher on thought tokens only):
+    the fused path matches the reference across tiles, ones change nothing, zeros drop the term."""
+    inp = make([6, 2, 7], 16, 101)
+    T = inp["hidden"].shape[0]
+    mask = (torch.arange(T) % 3 != 0).float() * 2.0
+    compare(inp, monkeypatch, kl_coef=0.05, kl_weight=mask, chunk_elements=8 * 101)
+    ones, _ = run(inp, kl_coef=0.05, kl_weight=torch.ones(T))
+    plain_kl, _ = run(inp, kl_coef=0.05)
+    zeros, _ = run(inp, kl_coef=0.05, kl_weight=torch.zeros(T))
+    no_kl, _ = run(inp)
+    assert ones.loss.item() == pytest.approx(plain_kl.loss.item(), rel=1e-6)
+    assert zeros.loss.item() == pytest.approx(no_kl.loss.item(), rel=1e-6)
+
+
+@needs_triton
 def test_ratio_cap_and_custom_denominators(small_blocks, monkeypatch):
     inp = make([3, 4, 2], 16, 50)
     inp["old_logp"][0] -= 5.0  # ratio exp(5) > 10: capped, no gradient from that sequence
