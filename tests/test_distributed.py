@@ -236,11 +236,35 @@ if __name__ == "__main__":
     update_worker(Path(sys.argv[1]))
 
 
+LAUNCH_SCRIPTED = """
+import dataclasses, sys
+from fastvlmrl.engine import Engine
+from fastvlmrl.cli import main
+TEXT = '{"cards": [1, 2, 3, 4], "current formula": "", "thoughts": "so I append \\'1\\'.", "action": "1"}'
+real = Engine.generate_requests
+def scripted(self, requests, params=None):
+    if params is None or params.max_new_tokens <= 1:
+        return real(self, requests, params)
+    gens = real(self, requests, dataclasses.replace(params, max_new_tokens=1))
+    ids = self.tokenizer(TEXT, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+    for gen in gens:
+        gen.token_ids, gen.logprobs, gen.text = list(ids), [-1.0] * len(ids), TEXT
+    return gens
+Engine.generate_requests = scripted
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 def test_gtr_runs_over_two_ranks(tmp_path):
-    """GTR's collectives (the guide's counts, the cloning batch's token total) line up over ranks."""
-    result = _train(tmp_path, "gtr", 2, "ppo.updates=2", "sft.steps=0", "env.name=Points24", "gtr.enabled=true",
-                    "gtr.truncate_off_path=true")
+    """GTR's collectives (the guide's counts, the cloning batch's token total) line up over ranks:
+    the replies are scripted (valid JSON, wrong thoughts) so that corrections are cloned."""
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(LAUNCH_SCRIPTED)
+    result = _torchrun([str(launcher), "train", *TOY, f"run.out_dir={tmp_path}", "run.name=gtr", "ppo.updates=2",
+                        "sft.steps=0", "env.name=Points24", "gtr.enabled=true", "gtr.truncate_off_path=true"])
     assert result.returncode == 0, result.stderr[-3000:]
     updates = [json.loads(line) for line in (tmp_path / "gtr" / "metrics.jsonl").read_text().splitlines()]
-    assert all("gtr/truncated_episodes" in r for r in updates if "update" in r)
+    updates = [r for r in updates if "update" in r]
+    assert len(updates) == 2 and all(r["gtr/sft_steps"] > 0 for r in updates)
+    assert updates[-1]["gtr/buffer_added"] > 0 and updates[0]["thought/valid_json_rate"] == 1.0

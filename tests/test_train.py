@@ -128,6 +128,29 @@ def _comparable(records):
 
 
 GTR = ["env.name=Points24", "gtr.enabled=true", "gtr.truncate_off_path=true", "gtr.truncate_unsolvable=true"]
+# a valid Points24 reply with a wrong thought (the tiny random model never writes valid JSON)
+P24_REPLY = '{"cards": [1, 2, 3, 4], "current formula": "", "thoughts": "so I append \'1\'.", "action": "1"}'
+
+
+def script_replies(monkeypatch, text: str) -> None:
+    """Every reply the engine generates is `text` (its tokens, log-prob -1 each; the values and
+    hidden states stay the model's), so GTR's format reward, corrections, buffer and cloning run."""
+    import dataclasses
+
+    from fastvlmrl.engine import Engine
+
+    real = Engine.generate_requests
+
+    def scripted(self, requests, params=None):
+        if params is None or params.max_new_tokens <= 1:  # the value calls
+            return real(self, requests, params)
+        gens = real(self, requests, dataclasses.replace(params, max_new_tokens=1))
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        for gen in gens:
+            gen.token_ids, gen.logprobs, gen.text = list(ids), [-1.0] * len(ids), text
+        return gens
+
+    monkeypatch.setattr(Engine, "generate_requests", scripted)
 
 
 @pytest.mark.parametrize("lora, extra", [(False, []), (True, []), (False, GTR),
@@ -135,8 +158,12 @@ GTR = ["env.name=Points24", "gtr.enabled=true", "gtr.truncate_off_path=true", "g
                          ids=["full", "lora", "gtr", "gtr-self-kl-lora"])
 def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, lora, extra):
     """With LoRA, dropout draws from torch's RNG during the update: its state must be restored too.
-    With GTR, its DAgger buffer and the episodes it cut short."""
+    With GTR (the replies scripted: valid JSON, wrong thoughts), its DAgger buffer, the cloning
+    draws and the episodes it cut short."""
     import fastvlmrl.train as train_module
+
+    if extra:
+        script_replies(monkeypatch, P24_REPLY)
 
     args = [*TOY, "ppo.updates=4", "log.checkpoint_every=2", "sampling.temperature=1.0", f"model.lora={lora}",
             "model.lora_r=4", "model.lora_alpha=8", "model.lora_dropout=0.5", "log.samples_every=1", *extra]
@@ -168,8 +195,11 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, l
     assert (stopped / "samples.jsonl").read_text() == (tmp_path / "whole" / "samples.jsonl").read_text()
     assert (stopped / "curves.png").stat().st_size > 0
     if extra:
-        assert all("gtr/truncated_episodes" in r and "thought/self_bleu" in r for r in whole if "update" in r)
-        assert sum(r["gtr/truncated_episodes"] for r in whole if "update" in r) > 0
+        updates = [r for r in whole if "update" in r]
+        assert all(r["thought/valid_json_rate"] == 1.0 and r["gtr/format_reward_mean"] == 5.0 for r in updates)
+        assert sum(r["gtr/truncated_episodes"] for r in updates) > 0
+        if "gtr.corrector=self" not in extra:  # the oracle corrects the scripted thoughts; they are cloned
+            assert updates[-1]["gtr/buffer_added"] > 0 and all(r["gtr/sft_steps"] > 0 for r in updates)
         if "gtr.self_mode=kl" in extra:  # the KL to the self-teacher (a merge of the last adapters)
             assert all(r["actor/kl_ref"] >= 0 for r in whole if "update" in r)
             assert any(r["actor/kl_ref"] > 0 for r in whole if "update" in r)

@@ -23,6 +23,7 @@ class CorrectionItem:
     output: str  # its reply
     info: dict  # the env's state as its info dict (what an exact corrector reads; an HTTP one sees only the frame)
     reply: dict | None = None  # the reply's JSON object when it is valid (`parse.strict_reply`), else None
+    target: str | None = None  # the formula a corrector fixed earlier in this episode (GTR's [Target Formula])
 
 
 @dataclass

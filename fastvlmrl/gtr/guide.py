@@ -24,6 +24,7 @@ class ThoughtGuide:
         self.corrector, self.game, self.cfg = corrector, game, cfg
         self.keys = reply_keys(game, cot=True)
         self.buffer = DAggerBuffer(cfg.buffer_size, seed=seed)
+        self.targets: list[str | None] = []  # per env: the target formula the corrector fixed this episode
         self.reset_counts()
 
     def reset_counts(self) -> None:
@@ -33,11 +34,16 @@ class ThoughtGuide:
     def observe(self, frames, infos: list[dict], prompts: list[str], texts: list[str]) -> np.ndarray:
         """Judge one step's replies (one per env); returns each env's format reward [N]."""
         replies = [strict_reply(text, self.keys) for text in texts]
+        if len(self.targets) != len(texts):
+            self.targets = [None] * len(texts)
         bonus = np.array([self.cfg.format_reward if r is not None else 0.0 for r in replies], np.float32)
         valid = [i for i, r in enumerate(replies) if r is not None]
-        items = [CorrectionItem(np.asarray(frames[i]), prompts[i], texts[i], infos[i], replies[i]) for i in valid]
+        items = [CorrectionItem(np.asarray(frames[i]), prompts[i], texts[i], infos[i], replies[i], self.targets[i])
+                 for i in valid]
         corrections = self.corrector.evaluate(items) if items else []  # ([] from a corrector that judges nothing)
         for i, correction in zip(valid, corrections):
+            if correction.target:  # GTR: the target formula holds for the rest of the episode
+                self.targets[i] = correction.target
             if correction.verdict == NO_VERDICT:
                 self.counts["no_verdict"] += 1
                 continue
@@ -54,7 +60,8 @@ class ThoughtGuide:
     def truncations(self, infos_before: list[dict], infos_after: list[dict], ended: np.ndarray) -> np.ndarray:
         """Which envs still playing after this step should be cut short (bool [N]): the hand they
         played cannot make the target (`gtr.truncate_unsolvable`), or the formula now extends no
-        solution (`gtr.truncate_off_path`)."""
+        solution (`gtr.truncate_off_path`). The episodes that end (here or by the game) forget
+        their target formula."""
         cut = np.zeros(len(infos_before), bool)
         for i in np.flatnonzero(~np.asarray(ended)):
             if self.cfg.truncate_unsolvable and self.game.solvable(infos_before[i]) is False:
@@ -62,6 +69,9 @@ class ThoughtGuide:
             elif self.cfg.truncate_off_path and not self.game.on_path(infos_after[i]):
                 cut[i] = True
         self.counts["truncated"] += int(cut.sum())
+        for i in np.flatnonzero(np.asarray(ended) | cut):
+            if i < len(self.targets):
+                self.targets[i] = None
         return cut
 
     def metrics(self) -> dict[str, float]:
@@ -86,7 +96,8 @@ class ThoughtGuide:
             self.corrector.after_update()
 
     def get_state(self) -> dict:
-        state = {"buffer": self.buffer.state_dict(), "counts": dict(self.counts)}
+        state = {"buffer": self.buffer.state_dict(), "counts": dict(self.counts), "targets": list(self.targets),
+                 "failures": dict(getattr(self.corrector, "failures", {}))}
         if hasattr(self.corrector, "get_state"):
             state["corrector"] = self.corrector.get_state()
         return state
@@ -94,5 +105,9 @@ class ThoughtGuide:
     def set_state(self, state: dict) -> None:
         self.buffer.load_state_dict(state["buffer"])
         self.counts = dict(state["counts"])
+        self.targets = list(state["targets"])
+        if hasattr(self.corrector, "failures"):  # (cumulative, as logged)
+            self.corrector.failures.clear()
+            self.corrector.failures.update(state["failures"])
         if hasattr(self.corrector, "set_state"):
             self.corrector.set_state(state["corrector"])

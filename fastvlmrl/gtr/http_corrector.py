@@ -1,14 +1,15 @@
 """A corrector behind an OpenAI-compatible chat-completions endpoint (GPT-4o as in GTR, or any
 server that speaks the API: vLLM, SGLang, a gateway): GTR's evaluation prompt (`questions.py`)
 with the frame as a base64 PNG, JSON response format. Requests run `concurrency` at a time, each
-with a timeout and bounded retries with exponential backoff (on timeouts, connection errors, 429
-and 5xx); whatever still fails (or answers with something that is not the JSON asked for) is no
+with a timeout (per socket read and for the whole body) and bounded retries with exponential
+backoff (on timeouts, connection errors, 429 and 5xx); whatever still fails (or answers with something that is not the JSON asked for) is no
 correction for that step, counted in `failures`, never an exception and never a stall beyond
 timeout x (retries + 1) plus the backoffs."""
 
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
@@ -98,7 +99,7 @@ class HTTPCorrector:
             request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    reply = json.loads(response.read().decode("utf-8"))
+                    reply = json.loads(self._read(response, time.monotonic() + self.timeout_s).decode("utf-8"))
                 return str(reply["choices"][0]["message"]["content"])
             except urllib.error.HTTPError as e:
                 self._count(f"http_{e.code}")
@@ -111,9 +112,24 @@ class HTTPCorrector:
             except (ValueError, KeyError, IndexError, TypeError):  # not a chat-completions reply
                 self._count("unparsable")
                 return None
-            except (ConnectionError, OSError):
+            except (ConnectionError, OSError, http.client.HTTPException):  # (a cut body, a reply that is not HTTP)
                 self._count("connection")
+            except Exception:  # anything else a server can provoke: no correction, never a crash
+                self._count("error")
         return None
+
+    @staticmethod
+    def _read(response, deadline: float) -> bytes:
+        """The body, read in pieces against a deadline: the socket timeout bounds each read, not a
+        server that drips a byte at a time."""
+        parts = []
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the reply took longer than the timeout")
+            part = response.read(1 << 16)
+            if not part:
+                return b"".join(parts)
+            parts.append(part)
 
     def _count(self, kind: str) -> None:
         with self._lock:

@@ -59,9 +59,10 @@ def thought_of(reply: dict) -> dict:
     return {key: value for key, value in reply.items() if key != "action"}
 
 
-def user_prompt(game: Game, item: CorrectionItem, target: str | None = None) -> str:
+def user_prompt(game: Game, item: CorrectionItem) -> str:
     """The questions, the thought and (formula games) the current formula, the target formula
-    ('NOT DETERMINED' until a corrector fixed one) and the solver's solutions as the tool result."""
+    (the item's: 'NOT DETERMINED' until the corrector fixed one this episode) and the solver's
+    solutions as the tool result."""
     questions = QUESTIONS[game.name]
     lines = ["Answer these questions about the image and the agent's thought:"]
     lines += [f"{k}. {q}" for k, q in enumerate(questions, 1)]
@@ -72,7 +73,7 @@ def user_prompt(game: Game, item: CorrectionItem, target: str | None = None) -> 
                 else "No possible solution")
         lines += [f"[Tool result] find_all_correct_formulas: {tool}",
                   f"[Current Formula] '{formula_string(item.info)}'",
-                  f"[Target Formula] {target or 'NOT DETERMINED'}"]
+                  f"[Target Formula] {item.target or 'NOT DETERMINED'}"]
     thought = thought_of(item.reply or {})
     lines.append(f"[Thought] {json.dumps(thought)}")
     keys = [k for k in reply_keys(game) if k != "action"]
@@ -86,8 +87,11 @@ def user_prompt(game: Game, item: CorrectionItem, target: str | None = None) -> 
 
 def read_answer(game: Game, text) -> Correction:
     """The corrector's reply as a Correction; NO_VERDICT when it is not the JSON asked for."""
+    text = str(text).strip()
+    if text.startswith("```"):  # a markdown fence around the JSON, as local models often write
+        text = text.split("\n", 1)[-1].rsplit("```", 1)[0].strip()
     try:
-        answer = json.loads(str(text).strip())
+        answer = json.loads(text)
     except (ValueError, RecursionError):
         return Correction(NO_VERDICT)
     if not isinstance(answer, dict):

@@ -2,9 +2,9 @@
 so no second model and no endpoint. With LoRA the teacher is a TIES merge (`ties.py`) of the
 adapters of the last `gtr.self_merge` updates (density `gtr.self_density`); with full fine-tuning
 an exponential moving average of the trainable weights (`gtr.self_ema_decay`). Either way the
-teacher is a set of tensors shaped like the trainable weights: to run it, the engine's (the
-trainer's) tensors and the teacher's swap contents in place, the teacher answers the step's prompts
-greedily, and they swap back, bit for bit. The base weights are shared; in-place writes keep every
+teacher is a set of float32 tensors shaped like the trainable weights: to run it, they are copied
+into the engine's (the trainer's) tensors in place, the teacher answers the step's prompts
+greedily, and the trainer's own values are copied back, bit for bit. The base weights are shared; in-place writes keep every
 tensor's address, so captured CUDA graphs stay valid (the engine only drops its prefix cache).
 
 `gtr.self_mode=sft`: a reply whose thought (the JSON without the action) is the teacher's is
@@ -63,13 +63,15 @@ class SelfTeacher:
         """The teacher's tensors from the snapshots (LoRA) or the first EMA (full fine-tuning)."""
         params = self._params()
         if not self.lora:
-            if not self.teacher:
-                self.teacher = {n: p.detach().clone() for n, p in params.items()}
+            if not self.teacher:  # the EMA in float32 (a bf16 EMA would round most of each update away)
+                self.teacher = {n: p.detach().float().clone() for n, p in params.items()}
             return
         lora = {_peft_key(n): t for n, t in self.snapshots[-1].items() if "lora_" in n}
         rank = {_peft_key(n): t.shape[0] for n, t in lora.items() if ".lora_A." in _peft_key(n)}
+        device = next(iter(params.values())).device  # (the merge's SVDs on the GPU when there is one)
         merged = merge_lora_adapters([{_peft_key(n): t for n, t in s.items() if "lora_" in n} for s in self.snapshots],
-                                     scale=self.lora_scale, density=self.density, rank=max(rank.values()))
+                                     scale=self.lora_scale, density=self.density, rank=max(rank.values()),
+                                     device=device)
         teacher = {}
         for name, p in params.items():
             key = _peft_key(name)
@@ -78,7 +80,7 @@ class SelfTeacher:
                 padded = torch.zeros(p.shape, dtype=value.dtype)
                 padded[tuple(slice(0, s) for s in value.shape)] = value
                 value = padded
-            teacher[name] = value.to(p.device, p.dtype)
+            teacher[name] = value.to(p.device, torch.float32)
         self.teacher = teacher
 
     @torch.no_grad()
@@ -92,21 +94,24 @@ class SelfTeacher:
                 self._refresh()
             return
         for name, p in self._params().items():
-            self.teacher[name].mul_(self.ema_decay).add_(p.detach(), alpha=1 - self.ema_decay)
+            self.teacher[name].mul_(self.ema_decay).add_(p.detach().float(), alpha=1 - self.ema_decay)
 
     @contextmanager
     def swapped(self):
-        """The model runs as the teacher inside the block; its own weights are back, bit for bit, after."""
+        """The model runs as the teacher inside the block (its float32 tensors cast into the weights'
+        dtype, in place: addresses stay); its own weights are back, bit for bit, after. Holds one
+        copy of the trainable weights meanwhile."""
         params = self._params()
         with torch.no_grad():
+            own = {name: p.detach().clone() for name, p in params.items()}
             for name, p in params.items():
-                _swap(p, self.teacher[name])
+                p.copy_(self.teacher[name])
         try:
             yield
         finally:
             with torch.no_grad():
                 for name, p in params.items():
-                    _swap(p, self.teacher[name])
+                    p.copy_(own[name])
 
     @torch.no_grad()
     def logprobs(self, batch, temperature: float, logit_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -146,13 +151,14 @@ class SelfTeacher:
 
     def get_state(self) -> dict:
         return {"updates": self.updates, "snapshots": list(self.snapshots),
-                "teacher": {n: t.detach().cpu() for n, t in self.teacher.items()}}
+                "teacher": {n: t.detach().cpu() for n, t in self.teacher.items()}, "failures": dict(self.failures)}
 
     def set_state(self, state: dict) -> None:
         self.updates = int(state["updates"])
         self.snapshots = deque(state["snapshots"], maxlen=self.snapshots.maxlen)
         params = self._params()
-        self.teacher = {n: t.to(params[n].device, params[n].dtype) for n, t in state["teacher"].items()}
+        self.teacher = {n: t.to(params[n].device, torch.float32) for n, t in state["teacher"].items()}
+        self.failures = Counter(state.get("failures", {}))
 
     def close(self) -> None:
         pass
@@ -163,8 +169,3 @@ def _peft_key(name: str) -> str:
     return name.replace(_ADAPTER, ".")
 
 
-def _swap(a: torch.Tensor, b: torch.Tensor) -> None:
-    """Exchange the contents of two same-shaped tensors in place (their addresses stay)."""
-    tmp = a.detach().clone()
-    a.copy_(b)
-    b.copy_(tmp)

@@ -56,20 +56,33 @@ def lora_pairs(state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, 
     return pairs
 
 
+_OVERSAMPLE = 8  # randomized SVD: extra directions beyond the rank (Halko et al.)
+
+
 def low_rank(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(A [rank, in], B [out, rank]) with B @ A the best rank-`rank` approximation of delta [out, in]
-    (the singular values split evenly between the two factors)."""
-    u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)
+    (the singular values split evenly between the two factors). A matrix much larger than the rank
+    (a 7B model's 4096 x 14336 layers) takes a randomized SVD of rank + 8 directions (2 power
+    iterations), exact when the delta's rank is within that; a small one the full SVD."""
+    if rank + _OVERSAMPLE < min(delta.shape):
+        devices = [delta.device] if delta.is_cuda else []
+        with torch.random.fork_rng(devices=devices):  # its random projection: seeded, the caller's stream untouched
+            torch.manual_seed(0)
+            u, s, v = torch.svd_lowrank(delta.float(), q=rank + _OVERSAMPLE, niter=2)
+        vh = v.T
+    else:
+        u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)
     rank = min(rank, s.numel())
     root = s[:rank].sqrt()
     return (root[:, None] * vh[:rank]).to(delta.dtype), (u[:, :rank] * root[None, :]).to(delta.dtype)
 
 
 def merge_lora_adapters(adapters: list[dict[str, torch.Tensor]], *, scale: float, density: float = 0.8,
-                        rank: int) -> dict[str, torch.Tensor]:
+                        rank: int, device=None) -> dict[str, torch.Tensor]:
     """The TIES merge of LoRA adapters (same modules, LoRA scale `scale` = alpha / r) as one adapter
     state dict of rank `rank` at the same scale: per module, TIES over the exact deltas, then the
-    truncated SVD of the merge divided by the scale."""
+    truncated SVD of the merge divided by the scale; computed on `device` (default: where the
+    adapters are), returned on the adapters' device."""
     if not adapters:
         raise ValueError("no adapters to merge")
     pairs = [lora_pairs(a) for a in adapters]
@@ -78,8 +91,9 @@ def merge_lora_adapters(adapters: list[dict[str, torch.Tensor]], *, scale: float
         raise ValueError("the adapters to merge adapt different modules")
     merged = {}
     for module in sorted(modules):
-        deltas = [scale * (b.float() @ a.float()) for a, b in (p[module] for p in pairs)]
+        home = pairs[0][module][0]
+        deltas = [scale * (b.to(device).float() @ a.to(device).float()) for a, b in (p[module] for p in pairs)]
         a, b = low_rank(ties_merge(deltas, density) / scale, rank)
-        dtype = pairs[0][module][0].dtype
-        merged[module + ".lora_A.weight"], merged[module + ".lora_B.weight"] = a.to(dtype), b.to(dtype)
+        merged[module + ".lora_A.weight"] = a.to(home.device, home.dtype)
+        merged[module + ".lora_B.weight"] = b.to(home.device, home.dtype)
     return merged

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-# self-BLEU compares every thought with every other: above this many, the first ones are used
+# self-BLEU compares every thought with every other: above this many, an even subsample is used
 SELF_BLEU_MAX_THOUGHTS = 256
 _SMOOTHING_EPSILON = 0.1  # nltk SmoothingFunction().method1
 
@@ -27,8 +27,10 @@ def distinct_n(texts: list[str], n: int) -> float:
 def self_bleu(texts: list[str], max_order: int = 2) -> float:
     """The mean BLEU (up to `max_order`-grams, uniform weights, smoothing method 1, brevity penalty
     against the closest reference length) of each text against all the others as references;
-    NaN with fewer than two texts. Only the first SELF_BLEU_MAX_THOUGHTS texts are compared."""
-    words = [text.split() for text in texts[:SELF_BLEU_MAX_THOUGHTS]]
+    NaN with fewer than two texts. Of more than SELF_BLEU_MAX_THOUGHTS texts, every k-th is compared
+    (at most that many)."""
+    stride = max(1, -(-len(texts) // SELF_BLEU_MAX_THOUGHTS))  # evenly over the rollout (and over ranks), not its start
+    words = [text.split() for text in texts[::stride]]
     if len(words) < 2:
         return float("nan")
     counts = [[Counter(ngrams(w, n)) for n in range(1, max_order + 1)] for w in words]

@@ -51,6 +51,17 @@ class Stub(BaseHTTPRequestHandler):
         if mode == "slow":
             time.sleep(1.0)
             mode = "valid"
+        if mode == "not_http":  # a reply without a status line
+            self.wfile.write(b"hello there\r\n\r\n")
+            self.close_connection = True
+            return
+        if mode == "cut":  # the body stops short of its Content-Length
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b'{"choices": [')
+            self.close_connection = True
+            return
         if mode in ("500", "429", "400"):
             self.send_response(int(mode))
             self.end_headers()
@@ -111,7 +122,8 @@ def test_a_valid_answer_is_a_correction_and_the_request_is_gtrs(stub):
 
 @pytest.mark.parametrize("mode, kind, attempts", [("slow", "timeout", 2), ("500", "http_500", 2), ("429", "http_429", 2),
                                                  ("400", "http_400", 1), ("garbage", "unparsable", 1),
-                                                 ("truncated", "unparsable", 1), ("no_fix", "unparsable", 1)])
+                                                 ("truncated", "unparsable", 1), ("no_fix", "unparsable", 1),
+                                                 ("not_http", "connection", 2), ("cut", "unparsable", 1)])
 def test_each_failure_is_no_correction_counted_and_bounded(stub, mode, kind, attempts):
     stub.default = mode
     c = corrector(stub)
@@ -161,3 +173,20 @@ def test_read_answer_never_raises():
     yes = read_answer(GAME, json.dumps({"evaluation": "yes", "possible_solution": "NO"}))
     assert yes.verdict == CORRECT and yes.solvable is False and yes.target is None
 
+
+
+def test_the_target_formula_a_corrector_fixed_holds_for_the_episode(stub):
+    from fastvlmrl.gtr.guide import ThoughtGuide
+
+    guide = ThoughtGuide(corrector(stub), GAME, GTRConfig(enabled=True, corrector="http"))
+    one = item()
+    frames, infos, prompts, texts = [one.frame], [INFO], [one.prompt], [one.output]
+    guide.observe(frames, infos, prompts, texts)
+    guide.observe(frames, infos, prompts, texts)
+    guide.truncations(infos, infos, np.array([True]))  # the episode ended: its target goes
+    guide.observe(frames, infos, prompts, texts)
+    targets = [body["messages"][1]["content"][1]["text"].split("[Target Formula] ")[1].split("\n")[0]
+               for _, _, body in stub.requests]
+    assert targets == ["NOT DETERMINED", "3 * 7 + 4 - 1", "NOT DETERMINED"]
+    assert len(guide.buffer) == 3 and guide.get_state()["failures"] == {}
+    guide.close()

@@ -34,11 +34,15 @@ def nl(current="1", target="4", thoughts="The current number is 1 and the target
 def test_numberline():
     assert judge("NumberLine", NL, nl()).verdict == CORRECT
     misread = judge("NumberLine", NL, nl(current="2"))
-    assert misread.verdict == WRONG and misread.answers == {"numbers": False, "decision": True}
+    assert misread.verdict == WRONG and misread.answers == {"numbers": False, "decision": True, "action_follows": True}
     assert misread.corrected_thought == {k: v for k, v in json.loads(oracle_step("NumberLine", NL).text).items()
                                          if k != "action"}
     wrong_way = judge("NumberLine", NL, nl(thoughts="1 is greater than 4, so I should subtract one.", action="-"))
-    assert wrong_way.verdict == WRONG and wrong_way.answers == {"numbers": True, "decision": False}
+    assert wrong_way.verdict == WRONG and wrong_way.answers == {"numbers": True, "decision": False, "action_follows": True}
+    # a right thought followed by another action: the action does not follow from it
+    contradicts = judge("NumberLine", NL, nl(action="-"))
+    assert contradicts.verdict == WRONG and contradicts.answers == {"numbers": True, "decision": True,
+                                                                    "action_follows": False}
     # a thought that names no decision is judged by its action
     assert judge("NumberLine", NL, nl(thoughts="hmm", action="+")).verdict == CORRECT
     assert judge("NumberLine", NL, nl(thoughts="hmm", action="-")).verdict == WRONG
@@ -56,7 +60,8 @@ def p24(cards=(7, 1, 3, 4), formula="3 *", thoughts="The cards are [7, 1, 3, 4].
 def test_points24_checks_each_field_the_reply_states():
     right = judge("Points24", P24, p24())
     assert right.verdict == CORRECT and right.solvable is True and right.target.startswith("3 *")
-    assert right.answers == {"cards": True, "current_formula": True, "proposed_formula": True, "decision": True}
+    assert right.answers == {"cards": True, "current_formula": True, "proposed_formula": True, "decision": True,
+                             "action_follows": True}
     assert judge("Points24", P24, p24(cards=(7, 1, 3, 5))).answers["cards"] is False
     assert judge("Points24", P24, p24(cards=(1, 3, 4, 7))).answers["cards"] is True  # any order
     assert judge("Points24", P24, p24(formula="3 +")).answers["current_formula"] is False
@@ -103,7 +108,7 @@ def test_blackjack():
     thought = "My cards are 10, 6, a total of 16. The dealer shows K, worth 10. With 16 against 10, basic strategy is to hit."
     assert judge("Blackjack", info, {"thoughts": thought, "action": "hit"}).verdict == CORRECT
     stand = judge("Blackjack", info, {"thoughts": thought.replace("to hit", "to stand"), "action": "stand"})
-    assert stand.verdict == WRONG and stand.answers == {"totals": True, "decision": False}
+    assert stand.verdict == WRONG and stand.answers == {"totals": True, "decision": False, "action_follows": True}
     misread = judge("Blackjack", info, {"thoughts": thought.replace("total of 16", "total of 15"), "action": "hit"})
     assert misread.answers["totals"] is False
     assert "total of 16" in misread.corrected_thought["thoughts"]
@@ -132,3 +137,13 @@ def test_corrected_reply_puts_the_agents_action_back():
     assert json.loads(corrected_reply({"cards": [1], "thoughts": "t", "action": "x"}, "7")) == \
         {"cards": [1], "thoughts": "t", "action": "7"}
     assert list(json.loads(corrected_reply({"thoughts": "t"}, "hit"))) == ["thoughts", "action"]
+
+
+def test_odd_values_in_a_reply_are_wrong_not_a_crash():
+    assert judge("Points24", P24, p24(thoughts="so I append '\u00b2'.", action="3")).verdict == WRONG
+    infinite = json.dumps(p24()).replace("[7, 1, 3, 4]", "[Infinity, 1e400, 3, 4]", 1)
+    assert judge("Points24", P24, infinite).answers["cards"] is False
+    assert judge("NumberLine", NL, '{"current number": 1e400, "target number": "4", "thoughts": "x", '
+                                   '"action": "+"}').answers["numbers"] is False
+    assert judge("EZPoints", {"Cards": ["C10", "D2"], "Numbers": [10, 2], "Formula": []},
+                 '{"cards": [NaN, 2], "current formula": "", "thoughts": "x", "action": "+"}').verdict == WRONG

@@ -37,6 +37,20 @@ def test_low_rank_is_exact_within_the_rank():
     assert torch.allclose(b @ a, delta, atol=1e-5)
 
 
+def test_low_rank_of_a_large_matrix_takes_the_randomized_svd_and_keeps_the_callers_random_stream():
+    g = torch.Generator().manual_seed(2)
+    delta = torch.randn(64, 3, generator=g) @ torch.randn(3, 48, generator=g)  # rank 3, far above 3 + 8
+    torch.manual_seed(7)
+    expected_next = torch.rand(1)
+    torch.manual_seed(7)
+    a, b = low_rank(delta, 4)
+    assert torch.equal(torch.rand(1), expected_next)
+    assert a.shape == (4, 48) and b.shape == (64, 4)
+    assert torch.allclose(b @ a, delta, atol=1e-4)
+    a2, b2 = low_rank(delta, 2)  # the best rank-2 approximation: its error is the third singular value
+    assert torch.linalg.matrix_norm(b2 @ a2 - delta, ord=2) == pytest.approx(float(torch.linalg.svdvals(delta)[2]), rel=1e-3)
+
+
 def test_merge_lora_adapters_merges_the_exact_deltas():
     g = torch.Generator().manual_seed(1)
     adapters = [{"m.q.lora_A.weight": torch.randn(2, 4, generator=g), "m.q.lora_B.weight": torch.randn(3, 2, generator=g)}

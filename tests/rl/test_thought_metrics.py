@@ -46,3 +46,12 @@ def test_thought_summary():
     summary = thought_summary(["I add one", "I add two"])
     assert summary["thought/length_words"] == 3 and summary["thought/distinct_1"] == pytest.approx(4 / 6)
     assert all(math.isnan(v) for v in thought_summary([]).values())
+
+
+def test_self_bleu_of_many_thoughts_samples_them_evenly():
+    from fastvlmrl.rl import thought_metrics
+
+    texts = ["same thought"] * 300 + [f"w{k} v{k}" for k in range(300)]  # then thoughts sharing no word
+    # the first 256 alone would all be the same thought (1.0); an even subsample holds both halves
+    assert self_bleu(texts) == pytest.approx(0.5, abs=0.01)
+    assert len(texts[:: -(-len(texts) // thought_metrics.SELF_BLEU_MAX_THOUGHTS)]) <= thought_metrics.SELF_BLEU_MAX_THOUGHTS

@@ -101,8 +101,14 @@ class Game(abc.ABC):
         """GTR's evaluation questions answered exactly from the state, for a reply's JSON object:
         each named check True (right), False (wrong) or None (the reply does not say). Always
         "decision": the thought's decided action (the reply's action where the thought names none)
-        is one the expert would take. What each game adds: the fields it reads from the frame."""
-        return {"decision": self.right_decision(info, self._decided(reply))}
+        is one the expert would take; "action_follows": the reply's action is the one its thought
+        decides (None when the thought names none). What each game adds: the fields it reads from
+        the frame."""
+        named = self.thought_decision(str(reply.get("thoughts", "")))
+        action = reply.get("action")
+        action = str(action).strip().lower() if isinstance(action, (str, int)) and not isinstance(action, bool) else None
+        return {"decision": self.right_decision(info, self._decided(reply)),
+                "action_follows": None if named is None else action == named.lower()}
 
     def right_decision(self, info: dict, action: str | None) -> bool | None:
         """Whether `action` is an expert move in this state (None when there is no action)."""

@@ -85,7 +85,7 @@ class FormulaGame(Game):
         if action is None:
             return None
         numbers, prefix = [int(n) for n in info["Numbers"]], self._prefix(info)
-        token = int(action) if action.isdigit() else action
+        token = int(action) if action.isascii() and action.isdigit() else action
         extending = [s for s in solver.solutions(tuple(numbers), self.target, self.solver_ops) if s[: len(prefix)] == prefix]
         if action == "=":  # complete, or nothing left to win (ending at once costs least)
             return not extending or any(len(s) == len(prefix) for s in extending)
@@ -102,7 +102,7 @@ class FormulaGame(Game):
         numbers = sorted(int(n) for n in info["Numbers"])
         try:
             cards = sorted(int(c) for c in reply["cards"]) == numbers
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # (JSON's Infinity and 1e400 reach int() as floats)
             cards = False
         except KeyError:
             cards = None
@@ -129,7 +129,7 @@ class FormulaGame(Game):
         try:
             cards = [int(c) for c in reply["cards"]]
             formula = str(reply["current formula"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None, None
         seen = sorted(cards) == sorted(int(n) for n in info["Numbers"]) and formula.split() == formula_string(info).split()
         if len(cards) != self.num_cards:

@@ -54,14 +54,14 @@ class NumberLineGame(Game):
         try:
             numbers = (int(reply["current number"]) == int(info["Current"])
                        and int(reply["target number"]) == int(info["Target"]))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             numbers = None if "current number" not in reply or "target number" not in reply else False
         return {"numbers": numbers, **super().assess(info, reply)}
 
     def judge(self, info, reply):
         try:
             current, target = int(reply["current number"]), int(reply["target number"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None, None
         seen = current == int(info["Current"]) and target == int(info["Target"])
         if current == target:
