@@ -112,52 +112,6 @@ def next_token(numbers, target: int, prefix, ops: str = "+-*/"):
     return None, None
 
 
-def evaluate(tokens) -> Fraction | None:
-    """The exact value of a token sequence (numbers as ints, operators and parentheses as strings)
-    with the usual precedence, or None if it is not a well-formed expression or divides by zero."""
-    tokens = list(tokens)
-    at = 0
-
-    def atom():
-        nonlocal at
-        if at < len(tokens) and tokens[at] == "(":
-            at += 1
-            value = expression()
-            if at >= len(tokens) or tokens[at] != ")":
-                raise ValueError("unclosed parenthesis")
-            at += 1
-            return value
-        if at < len(tokens) and isinstance(tokens[at], int):
-            at += 1
-            return Fraction(tokens[at - 1])
-        raise ValueError("expected a number")
-
-    def term():
-        nonlocal at
-        value = atom()
-        while at < len(tokens) and tokens[at] in ("*", "/"):
-            op = tokens[at]
-            at += 1
-            right = atom()
-            value = value * right if op == "*" else value / right
-        return value
-
-    def expression():
-        nonlocal at
-        value = term()
-        while at < len(tokens) and tokens[at] in ("+", "-"):
-            op = tokens[at]
-            at += 1
-            value = value + term() if op == "+" else value - term()
-        return value
-
-    try:
-        value = expression()
-    except (ValueError, ZeroDivisionError):
-        return None
-    return value if at == len(tokens) else None
-
-
 def format_tokens(tokens) -> str:
     return " ".join(str(t) for t in tokens)
 

@@ -122,8 +122,11 @@ class FormulaGame(Game):
         numbers = sorted(int(n) for n in info["Numbers"])
         used = sorted(t for t in tokens if isinstance(t, int))
         prefix = self._prefix(info)
+        from fastvlmrl.envs.reference.formula import evaluate  # the games' own rules, exactly
+
+        codes = [t if isinstance(t, int) else TOKEN_OF_TEXT[t] for t in tokens]
         return (used == numbers and tokens[: len(prefix)] == prefix and int(found.group(2)) == self.target
-                and solver.evaluate(tokens) == self.target)
+                and evaluate(codes) == self.target)
 
     def judge(self, info, reply):
         try:
