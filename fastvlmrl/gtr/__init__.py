@@ -5,6 +5,9 @@ to PPO, from a DAgger buffer of every correction so far, so the reasoning does n
     correction.py        what a corrector is given and returns (CorrectionItem, Correction)
     oracle_corrector.py  the exact, rule-based corrector over the games' state and solvers
     http_corrector.py    an OpenAI-compatible chat-completions endpoint with GTR's questions
+    vlm_corrector.py     any local Hugging Face VLM through the engine, with the same questions
+    self_teacher.py      GTR-Turbo: the agent's own past (an EMA, or a TIES merge of its adapters)
+    ties.py              TIES merging of LoRA adapters
     questions.py         GTR's per-game evaluation prompt and the reading of its JSON answer
     buffer.py            the DAgger buffer of corrected samples (part of the checkpoint)
     cloning.py           corrected sample -> training sample; the cloning loss (action masked)
