@@ -12,6 +12,7 @@ says what to fix, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -330,6 +331,9 @@ def _check_gtr(cfg: Config) -> None:
         raise ConfigError("gtr.enabled corrects thoughts: it needs prompt.cot=true")
     if g.corrector == "http" and not g.http_base_url.startswith(("http://", "https://")):
         raise ConfigError(f"gtr.corrector=http needs gtr.http_base_url (http:// or https://), got {g.http_base_url!r}")
+    if g.corrector == "http" and g.http_api_key_env and not os.environ.get(g.http_api_key_env):
+        raise ConfigError(f"gtr.corrector=http reads its API key from the environment variable {g.http_api_key_env}, "
+                          "which is not set: export it, or set gtr.http_api_key_env='' for an endpoint without a key")
     for key in ("buffer_size", "http_retries", "http_concurrency", "http_max_tokens", "vlm_max_new_tokens", "self_merge",
                 "self_every"):
         if getattr(g, key) < (0 if key == "http_retries" else 1):

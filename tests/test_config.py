@@ -158,7 +158,10 @@ def test_settings_that_would_be_silently_meaningless_are_refused():
     (["gtr.corrector=http"], "needs gtr.http_base_url"),
     (["gtr.buffer_size=0"], "gtr.buffer_size must be at least 1"),
     (["gtr.sft_coef=-1"], "gtr.sft_batch_size and gtr.sft_coef must be 0 or more"),
-    (["gtr.corrector=http", "gtr.http_base_url=http://x/v1", "gtr.http_timeout_s=0"], "gtr.http_timeout_s must be positive"),
+    (["gtr.corrector=http", "gtr.http_base_url=http://x/v1", "gtr.http_api_key_env=''", "gtr.http_timeout_s=0"],
+     "gtr.http_timeout_s must be positive"),
+    (["gtr.corrector=http", "gtr.http_base_url=http://x/v1", "gtr.http_api_key_env=NO_SUCH_KEY_SET"],
+     "environment variable NO_SUCH_KEY_SET, which is not set"),
 ])
 def test_gtr_settings_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):

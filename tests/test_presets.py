@@ -46,7 +46,7 @@ def test_cli_picks_default_preset_files_and_overrides(tmp_path):
         _config_from(Args)
 
 
-def test_gtr_presets(tmp_path):
+def test_gtr_presets(tmp_path, monkeypatch):
     cfg = load_config(preset_path("tiny/points24_gtr"))
     assert cfg.gtr.enabled and cfg.gtr.corrector == "oracle" and cfg.gtr.truncate_off_path
     plain = load_config(preset_path("tiny/points24"))
@@ -55,6 +55,10 @@ def test_gtr_presets(tmp_path):
     assert turbo.gtr.corrector == "self" and (turbo.sft, turbo.ppo) == (plain.sft, plain.ppo)
     (tmp_path / "config.json").write_text('{"model_type": "llava_next"}')
     (tmp_path / "preprocessor_config.json").write_text("{}")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):  # before any work
+        load_config(preset_path("gtr/points24"), [f"model.path={tmp_path}"])
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     paper = load_config(preset_path("gtr/points24"), [f"model.path={tmp_path}"])
     rl4vlm = load_config(preset_path("rl4vlm/points24"), [f"model.path={tmp_path}"])
     assert paper.ppo == rl4vlm.ppo and paper.gtr.corrector == "http" and paper.gtr.format_reward == 5.0
