@@ -178,7 +178,7 @@ def plot_runs(run_dirs: list[Path], out: Path, x: str = "steps") -> Path:
             continue
         xs = np.mean([xs[:length] for _, xs in series], axis=0)
         for ax, (_, keys, _) in zip(axes, PANELS):
-            for style, key in zip(("-", "--"), keys):
+            for style, key in zip(("-", "--", ":", "-."), keys):  # (a panel holds up to four metrics)
                 ys = np.array([[np.nan if r.get(key) is None else r[key] for r in u[:length]] for u, _ in series],
                               dtype=float)
                 if np.isnan(ys).all():

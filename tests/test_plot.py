@@ -90,3 +90,19 @@ def test_sft_only_curves_draw_the_sft_loss(tmp_path, monkeypatch):
     out = plot_curves(tmp_path)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(lines) == 1 and list(lines[0][1][1]) == [3.0 / (s + 1) for s in range(0, 100, 10)]
+
+
+def test_a_panel_draws_every_one_of_its_metrics(tmp_path, monkeypatch):
+    """The thought panels hold three and four metrics: each is drawn (with its own line style)."""
+    lines = _record_calls(monkeypatch, "plot")
+    run = _fake_run(tmp_path, "gtr", 0, 1e-5, lambda u: 0.5)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in records[1:]:
+        r.update({"thought/perception_correct": 0.9, "thought/action_follows_thought": 0.8,
+                  "thought/valid_json_rate": 1.0, "gtr/corrected_rate": 0.2, "thought/distinct_1": 0.3,
+                  "thought/distinct_2": 0.4, "thought/self_bleu": 0.7})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    plot_runs([run], tmp_path / "one.png")
+    labels = {c[2].get("label") for c in lines}
+    for key in ("valid_json_rate", "corrected_rate", "distinct_1", "distinct_2", "self_bleu"):
+        assert f"gtr {key}" in labels, key
