@@ -237,20 +237,13 @@ if __name__ == "__main__":
 
 
 LAUNCH_SCRIPTED = """
-import dataclasses, sys
-from fastvlmrl.engine import Engine
+import sys
+sys.path.insert(0, {tests!r})
+from scripted import scripted_generate
 from fastvlmrl.cli import main
-TEXT = '{"cards": [1, 2, 3, 4], "current formula": "", "thoughts": "so I append \\'1\\'.", "action": "1"}'
-real = Engine.generate_requests
-def scripted(self, requests, params=None):
-    if params is None or params.max_new_tokens <= 1:
-        return real(self, requests, params)
-    gens = real(self, requests, dataclasses.replace(params, max_new_tokens=1))
-    ids = self.tokenizer(TEXT, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-    for gen in gens:
-        gen.token_ids, gen.logprobs, gen.text = list(ids), [-1.0] * len(ids), TEXT
-    return gens
-Engine.generate_requests = scripted
+from fastvlmrl.engine import Engine
+TEXT = '{{"cards": [1, 2, 3, 4], "current formula": "", "thoughts": "so I append 1.", "action": "1"}}'
+Engine.generate_requests = scripted_generate(Engine.generate_requests, TEXT)
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -260,7 +253,7 @@ def test_gtr_runs_over_two_ranks(tmp_path):
     """GTR's collectives (the guide's counts, the cloning batch's token total) line up over ranks:
     the replies are scripted (valid JSON, wrong thoughts) so that corrections are cloned."""
     launcher = tmp_path / "launch.py"
-    launcher.write_text(LAUNCH_SCRIPTED)
+    launcher.write_text(LAUNCH_SCRIPTED.format(tests=str(Path(__file__).parent)))
     result = _torchrun([str(launcher), "train", *TOY, f"run.out_dir={tmp_path}", "run.name=gtr", "ppo.updates=2",
                         "sft.steps=0", "env.name=Points24", "gtr.enabled=true", "gtr.truncate_off_path=true"])
     assert result.returncode == 0, result.stderr[-3000:]

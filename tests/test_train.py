@@ -133,29 +133,19 @@ P24_REPLY = '{"cards": [1, 2, 3, 4], "current formula": "", "thoughts": "so I ap
 
 
 def script_replies(monkeypatch, text: str) -> None:
-    """Every reply the engine generates is `text` (its tokens, log-prob -1 each; the values and
-    hidden states stay the model's), so GTR's format reward, corrections, buffer and cloning run."""
-    import dataclasses
-
+    """Every reply the engine generates is `text` (tests/scripted.py)."""
     from fastvlmrl.engine import Engine
 
-    real = Engine.generate_requests
+    from .scripted import scripted_generate
 
-    def scripted(self, requests, params=None):
-        if params is None or params.max_new_tokens <= 1:  # the value calls
-            return real(self, requests, params)
-        gens = real(self, requests, dataclasses.replace(params, max_new_tokens=1))
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-        for gen in gens:
-            gen.token_ids, gen.logprobs, gen.text = list(ids), [-1.0] * len(ids), text
-        return gens
-
-    monkeypatch.setattr(Engine, "generate_requests", scripted)
+    monkeypatch.setattr(Engine, "generate_requests", scripted_generate(Engine.generate_requests, text))
 
 
-@pytest.mark.parametrize("lora, extra", [(False, []), (True, []), (False, GTR),
-                                         (True, [*GTR, "gtr.corrector=self", "gtr.self_merge=2", "gtr.self_mode=kl"])],
-                         ids=["full", "lora", "gtr", "gtr-self-kl-lora"])
+@pytest.mark.parametrize("lora, extra", [
+    (False, []), (True, []), (False, GTR),
+    # (slow: CI's budget; the self-teacher's swap, state and KL have unit tests in tests/gtr)
+    pytest.param(True, [*GTR, "gtr.corrector=self", "gtr.self_merge=2", "gtr.self_mode=kl"], marks=pytest.mark.slow),
+], ids=["full", "lora", "gtr", "gtr-self-kl-lora"])
 def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, lora, extra):
     """With LoRA, dropout draws from torch's RNG during the update: its state must be restored too.
     With GTR (the replies scripted: valid JSON, wrong thoughts), its DAgger buffer, the cloning
