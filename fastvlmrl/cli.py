@@ -312,6 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--gpu-gb", type=float, nargs="+", default=[24, 40, 80], help="GPU sizes to check (GB)")
     plan.set_defaults(func=cmd_plan)
 
+    alf = sub.add_parser("alfworld-generate", help="write generated ALFWorld games (ALFWorld's layout) into a directory")
+    alf.add_argument("out_dir", help="where the splits go (OUT_DIR/train, OUT_DIR/valid_seen, ...)")
+    alf.add_argument("--games", type=_positive, default=120, help="games in the train split")
+    alf.add_argument("--eval-games", type=_positive, default=30, help="games in each evaluation split")
+    alf.add_argument("--tasks", default="pick,look,clean,heat,cool,pick2",
+                     help="task types, comma-separated (names, short names or 1..6), drawn in turn")
+    alf.add_argument("--splits", nargs="+", default=["train", "valid_seen", "valid_unseen"],
+                     choices=["train", "valid_seen", "valid_unseen"])
+    alf.add_argument("--seed", type=int, default=0)
+    alf.set_defaults(func=cmd_alfworld_generate)
+
     plot = sub.add_parser("plot", help="overlay the curves of runs (seeds of one setting as mean and band)")
     plot.add_argument("run_dirs", nargs="+", help="run directories (runs/<name>)")
     plot.add_argument("--out", required=True, help="output path ending in .png")
@@ -334,6 +345,25 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def cmd_alfworld_generate(args) -> int:
+    """Write generated ALFWorld games (ALFWorld's layout) for training and tests without the dataset."""
+    from fastvlmrl.envs.alfworld.engine import require_alfworld
+    from fastvlmrl.envs.alfworld.generate import generate
+
+    try:
+        require_alfworld()
+    except ModuleNotFoundError as e:
+        raise ValueError(str(e)) from None
+    tasks = [t for t in args.tasks.split(",") if t.strip()]
+    for split in args.splits:
+        count = args.games if split == "train" else args.eval_games
+        paths = generate(args.out_dir, count, task_types=tasks, seed=args.seed, split=split)
+        print(f"{split}: {len(paths)} games in {os.path.join(args.out_dir, split)}")
+    print(f"train on them with env.alfworld.data_path={args.out_dir} (generated games: not comparable with "
+          "published ALFWorld numbers)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

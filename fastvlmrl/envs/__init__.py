@@ -14,6 +14,7 @@ import importlib
 
 GAME_NAMES = ("NumberLine", "EZPoints", "Points24", "Blackjack")
 ENV_IDS = {name: f"fastvlmrl/{name}-v0" for name in GAME_NAMES}
+ALFWORLD_ENV_ID = "fastvlmrl/ALFWorld-v0"  # the text game: fastvlmrl/envs/alfworld
 
 # Loaded on first use (PEP 562): name -> the module that defines it.
 _LAZY = {
@@ -50,9 +51,12 @@ def register() -> bool:
                 entry_point=f"fastvlmrl.envs.single:{name}Env",
                 vector_entry_point=f"fastvlmrl.envs.vector:{name}VectorEnv",
             )
+    if ALFWORLD_ENV_ID not in gymnasium.registry:  # the text game (needs the alfworld extra to be made)
+        gymnasium.register(ALFWORLD_ENV_ID, entry_point="fastvlmrl.envs.alfworld.env:ALFWorldEnv",
+                           vector_entry_point="fastvlmrl.envs.alfworld.vector:ALFWorldVectorEnv")
     return True
 
 
 register()
 
-__all__ = ["ENV_IDS", "GAME_NAMES", "register", *_LAZY]
+__all__ = ["ALFWORLD_ENV_ID", "ENV_IDS", "GAME_NAMES", "register", *_LAZY]
