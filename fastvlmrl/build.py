@@ -48,14 +48,105 @@ def build_player(cfg: Config, policy, processor, encoder, *, ignore_eos: bool = 
     from fastvlmrl.rl.rollout import Player
 
     first, count = current_world().local_slice(cfg.env.num_envs, "env.num_envs")  # this rank's envs
-    envs = make_batch(cfg.env.name, count, height=cfg.env.image_size, width=cfg.env.image_size,
-                      num_threads=cfg.env.threads, autoreset_mode="SameStep", face_cards_as_10=cfg.env.face_cards_as_10)
+    eval_envs = None
+    if is_alfworld(cfg):
+        envs = alfworld_envs(cfg, cfg.alfworld.split, count, seed=cfg.run.seed + first)
+        try:
+            eval_envs = alfworld_envs(cfg, cfg.alfworld.eval_split, count, seed=cfg.eval.seed + first)
+        except BaseException:
+            envs.close()
+            raise
+    else:
+        envs = make_batch(cfg.env.name, count, height=cfg.env.image_size, width=cfg.env.image_size,
+                          num_threads=cfg.env.threads, autoreset_mode="SameStep",
+                          face_cards_as_10=cfg.env.face_cards_as_10)
     engine = Engine(policy.model, processor, expected_seqs=count,
                     expected_seq_len=longest_prompt_tokens(cfg, envs, encoder) + cfg.sampling.max_new_tokens)
     return Player(policy, engine, encoder, envs, cot=cfg.prompt.cot, style=cfg.prompt.style,
                   sampling=cfg.sampling, illegal_action=cfg.env.illegal_action,
                   illegal_penalty=cfg.env.illegal_penalty, seed=cfg.run.seed, ignore_eos=ignore_eos,
-                  env_offset=first, global_envs=cfg.env.num_envs, guide=guide)
+                  env_offset=first, global_envs=cfg.env.num_envs, guide=guide, eval_envs=eval_envs,
+                  game=game_of(cfg))
+
+
+def is_alfworld(cfg: Config) -> bool:
+    return cfg.env.name.lower() == "alfworld"
+
+
+def game_of(cfg: Config):
+    """The run's Game, with its prompt options (ALFWorld's history and observation)."""
+    from fastvlmrl.envs.games import get_game
+
+    game = get_game(cfg.env.name, cfg.env.face_cards_as_10)
+    if is_alfworld(cfg):
+        game = game.with_prompt(history=cfg.alfworld.history, observation=cfg.alfworld.observation)
+    return game
+
+
+def alfworld_games(cfg: Config, split: str) -> list[str]:
+    """The game files of an ALFWorld split: alfworld.data_path (or $ALFWORLD_DATA when it holds
+    games); with neither,
+    games generated once into run.out_dir/_alfworld/ (seeded by alfworld.generate_seed, shared
+    by every run with the same settings; rank 0 writes them under torchrun)."""
+    import os
+
+    from fastvlmrl.distributed import current as current_world
+    from fastvlmrl.envs.alfworld.data import env_data_path, find_games, split_name
+
+    a = cfg.alfworld
+    tasks = [t.strip() for t in a.task_types.split(",") if t.strip()]
+    path = a.data_path or env_data_path()
+    if path is None:
+        path = generated_games_dir(cfg)
+        world = current_world()
+        if world.is_main and not os.path.isdir(path):
+            _generate_games(cfg, path, tasks)
+        world.barrier()
+    return find_games(path, split_name(split), task_types=tasks, limit=a.num_games)
+
+
+def generated_games_dir(cfg: Config) -> str:
+    import os
+
+    a = cfg.alfworld
+    tasks = "-".join(t.strip() for t in a.task_types.split(",") if t.strip())
+    return os.path.join(cfg.run.out_dir, "_alfworld", f"generated-seed{a.generate_seed}-n{a.generate_games}-{tasks}")
+
+
+def _generate_games(cfg: Config, path: str, tasks: list[str]) -> None:
+    """Generate the splits into a temporary folder, then move it in place (two runs starting
+    together keep one copy; a killed generation leaves no half folder behind)."""
+    import os
+    import shutil
+    import tempfile
+
+    from fastvlmrl.console import say
+    from fastvlmrl.envs.alfworld.generate import generate
+
+    a = cfg.alfworld
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".generating-", dir=os.path.dirname(path))
+    try:
+        say(f"generating {a.generate_games} ALFWorld games into {path} (no alfworld.data_path or $ALFWORLD_DATA)")
+        eval_games = max(2, a.generate_games // 4)
+        for split in ("train", "valid_seen", "valid_unseen"):
+            generate(tmp, a.generate_games if split == "train" else eval_games, task_types=tasks,
+                     seed=a.generate_seed, split=split)
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another run made it first: the same games
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def alfworld_envs(cfg: Config, split: str, count: int, *, seed: int):
+    """`count` ALFWorld envs over a split's games, each in its own process."""
+    from fastvlmrl.envs.alfworld.vector import ALFWorldVectorEnv
+
+    a = cfg.alfworld
+    return ALFWorldVectorEnv(alfworld_games(cfg, split), count, max_steps=a.max_steps,
+                             gtr_truncation=a.gtr_truncation, memoize=a.memoize, seed=seed, timeout_s=a.timeout_s)
 
 
 def longest_prompt_tokens(cfg: Config, envs, encoder) -> int:
@@ -65,8 +156,10 @@ def longest_prompt_tokens(cfg: Config, envs, encoder) -> int:
     from fastvlmrl.envs.prompts import task_prompt
 
     obs, _ = envs.reset(seed=cfg.run.seed)
-    info = envs.game.longest_info(envs.describe(0))
-    prompt_ids, _ = encoder.encode(obs[0], task_prompt(envs.game, info, cot=cfg.prompt.cot, style=cfg.prompt.style))
+    game = game_of(cfg)
+    info = game.longest_info(envs.describe(0))
+    frame = obs[0] if game.has_frames else None
+    prompt_ids, _ = encoder.encode(frame, task_prompt(game, info, cot=cfg.prompt.cot, style=cfg.prompt.style))
     return len(prompt_ids)
 
 

@@ -34,13 +34,30 @@ class RunConfig:
 
 @dataclass
 class EnvConfig:
-    name: str = "NumberLine"  # NumberLine, EZPoints, Points24 or Blackjack
+    name: str = "NumberLine"  # NumberLine, EZPoints, Points24, Blackjack, or ALFWorld (the text game: alfworld.*)
     num_envs: int = 32  # envs stepped together (one reply each per step)
     image_size: int = 300  # frames are rendered at this size, then preprocessed for the model
     face_cards_as_10: bool = True  # Points24
-    illegal_action: str = "random"  # "random" (RL4VLM) or "penalty"
+    illegal_action: str = "random"  # "random" (RL4VLM's card games), "penalty" (random and the penalty), "noop" (ALFWorld, RL4VLM: the game gets no admissible command: nothing happens, -1)
     illegal_penalty: float = -1.0  # added to the reward when illegal_action = "penalty"
     threads: int = 1  # C threads stepping the batch
+
+
+@dataclass
+class ALFWorldConfig:
+    data_path: str | None = None  # ALFWorld games: alfworld-download's json_2.1.1 or alfworld-generate's folder; None = $ALFWORLD_DATA, else games generated in run.out_dir
+    split: str = "train"  # the split training plays
+    eval_split: str = "valid_seen"  # the split evaluations play: valid_seen (in distribution) or valid_unseen (out of distribution)
+    task_types: str = "1,2,3,4,5,6"  # task types played, comma-separated (1..6, names or pick, look, clean, heat, cool, pick2)
+    num_games: int = 0  # the first N games of each split (0 = all)
+    generate_games: int = 60  # with no data: games generated for the train split (each eval split: a quarter, at least 2)
+    generate_seed: int = 0  # the generated games' seed (the same games for every run.seed)
+    max_steps: int = 50  # actions per episode (a time limit: bootstrapped); RL4VLM: 50
+    gtr_truncation: bool = False  # GTR's early end: over 40 actions or the last 5 identical (terminated, reward -3)
+    history: int = 20  # previous actions shown in the prompt (GTR); 0 = none
+    observation: bool = True  # the engine's text feedback in the prompt (RL4VLM; GTR's visual version drops it)
+    memoize: bool = True  # cache TextWorld's parsing (byte-identical observations, about 3x faster steps)
+    timeout_s: float = 300.0  # an env worker that does not answer within this is an error
 
 
 @dataclass
@@ -178,6 +195,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    alfworld: ALFWorldConfig = field(default_factory=ALFWorldConfig)
     gtr: GTRConfig = field(default_factory=GTRConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -192,6 +210,34 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
+def _validate_alfworld(cfg: Config) -> None:
+    from fastvlmrl.envs.alfworld import available
+    from fastvlmrl.envs.alfworld.data import split_name
+    from fastvlmrl.envs.alfworld.tasks import task_type
+
+    if not available():
+        raise ConfigError("env.name=ALFWorld needs ALFWorld's text engine: pip install 'fastvlmrl[alfworld]'")
+    a = cfg.alfworld
+    try:
+        split_name(a.split), split_name(a.eval_split)
+        kinds = [task_type(t) for t in a.task_types.split(",") if t.strip()]
+    except ValueError as e:
+        raise ConfigError(f"alfworld: {e}") from None
+    if not kinds:
+        raise ConfigError("alfworld.task_types names no task type")
+    for key, value in {"alfworld.max_steps": a.max_steps, "alfworld.generate_games": a.generate_games}.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    for key, value in {"alfworld.num_games": a.num_games, "alfworld.history": a.history}.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be 0 or more, got {value}")
+    if a.timeout_s <= 0:
+        raise ConfigError(f"alfworld.timeout_s must be positive, got {a.timeout_s}")
+    if cfg.gtr.enabled:
+        raise ConfigError("gtr.enabled with env.name=ALFWorld is not supported yet (its DAgger buffer keeps frames; "
+                          "ALFWorld's prompts are text): train ALFWorld with PPO, GRPO or GiGPO")
+
+
 def validate(cfg: Config, *, check_model_files: bool = True) -> None:
     """Checks of values (types are checked on the way in)."""
     from fastvlmrl.envs.games import get_game
@@ -200,6 +246,8 @@ def validate(cfg: Config, *, check_model_files: bool = True) -> None:
         get_game(cfg.env.name)
     except ValueError as e:
         raise ConfigError(f"env.name: {e}") from None
+    if cfg.env.name.lower() == "alfworld":
+        _validate_alfworld(cfg)
     positive = {
         "env.num_envs": cfg.env.num_envs, "env.image_size": cfg.env.image_size, "env.threads": cfg.env.threads,
         "ppo.num_steps": cfg.ppo.num_steps, "ppo.epochs": cfg.ppo.epochs,
@@ -223,8 +271,11 @@ def validate(cfg: Config, *, check_model_files: bool = True) -> None:
         raise ConfigError(f"log.wandb_mode must be online, offline or disabled, got {cfg.log.wandb_mode!r}")
     if cfg.prompt.style not in ("full", "short"):
         raise ConfigError(f"prompt.style must be 'full' or 'short', got {cfg.prompt.style!r}")
-    if cfg.env.illegal_action not in ("random", "penalty"):
-        raise ConfigError(f"env.illegal_action must be 'random' or 'penalty', got {cfg.env.illegal_action!r}")
+    if cfg.env.illegal_action not in ("random", "penalty", "noop"):
+        raise ConfigError(f"env.illegal_action must be 'random', 'penalty' or 'noop', got {cfg.env.illegal_action!r}")
+    if cfg.env.illegal_action == "noop" and cfg.env.name.lower() != "alfworld":
+        raise ConfigError("env.illegal_action=noop (the reply goes to the game as it is) is ALFWorld's: the card "
+                          "games take only their actions; use random or penalty")
     if cfg.model.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype must be auto, float32, bfloat16 or float16, got {cfg.model.dtype!r}")
     if cfg.run.device != "auto" and not (cfg.run.device == "cpu" or cfg.run.device.startswith("cuda")):
@@ -268,6 +319,13 @@ def validate(cfg: Config, *, check_model_files: bool = True) -> None:
         raise ConfigError("nothing to train: set sft.steps or ppo.updates above 0")
     if cfg.ppo.gamma > 1 or cfg.ppo.gae_lambda > 1:
         raise ConfigError("ppo.gamma and ppo.gae_lambda must be at most 1")
+    if cfg.env.name.lower() == "alfworld" and cfg.alfworld.data_path and check_model_files:
+        from fastvlmrl.envs.alfworld.data import data_root
+
+        try:  # before any work: a path with no games is a one-line error
+            data_root(cfg.alfworld.data_path)
+        except ValueError as e:
+            raise ConfigError(f"alfworld.data_path: {e}") from None
     if cfg.model.path is not None and check_model_files:
         _check_model_dir("model.path", cfg.model.path, "or leave it out for the built-in tiny VLM")
     if cfg.gtr.enabled and cfg.gtr.corrector == "vlm" and check_model_files:

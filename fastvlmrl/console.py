@@ -72,7 +72,10 @@ def banner(cfg, run_dir, device, dtype, policy, *, resume_from: str | None = Non
         f"run {run_dir}" + (f" (resuming from {resume_from})" if resume_from else ""),
         f"model {model}{adapters}: {_count(trainable)} trainable of {_count(total)} parameters",
         f"device {device}, {str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} CPU threads, seed {cfg.run.seed}",
-        f"env {cfg.env.name}: {cfg.env.num_envs} envs, {cfg.env.image_size}px frames, prompt {cfg.prompt.style}"
+        f"env {cfg.env.name}: {cfg.env.num_envs} envs, "
+        + (f"text (tasks {cfg.alfworld.task_types}, {cfg.alfworld.split} -> eval {cfg.alfworld.eval_split})"
+           if cfg.env.name.lower() == "alfworld" else f"{cfg.env.image_size}px frames")
+        + f", prompt {cfg.prompt.style}"
         f"{'' if cfg.prompt.cot else ' (no CoT)'}",
     ]
     from fastvlmrl.distributed import current

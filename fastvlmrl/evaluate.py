@@ -39,7 +39,7 @@ def evaluate_run(run_dir, overrides: list[str], checkpoint: str | None = None) -
     policy.eval()
     player = build_player(cfg, policy, processor, build_encoder(policy, processor, dtype))
     result = final_evaluation(cfg, player)
-    player.envs.close()
+    player.close()
     out = run_dir / "eval" / f"{path.name}_{cfg.eval.episodes}ep.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({**result, "checkpoint": path.name, "temperature": cfg.eval.temperature,
@@ -54,6 +54,8 @@ def final_evaluation(cfg, player) -> dict:
     from fastvlmrl.rl.rollout import evaluate_start_states
 
     result = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed)
+    if not player.game.has_frames:  # a text game (ALFWorld): no C start states to enumerate
+        return result
     seeds = start_state_seeds(cfg.env.name, face_cards_as_10=cfg.env.face_cards_as_10)
     if seeds is not None:
         result.update(evaluate_start_states(player, seeds, cfg.eval.temperature))

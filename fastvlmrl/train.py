@@ -23,7 +23,8 @@ import torch
 
 from fastvlmrl import checkpoint as ckpt
 from fastvlmrl import distributed
-from fastvlmrl.build import build_encoder, build_player, logprob_temperature, resolve_device, resolve_dtype
+from fastvlmrl.build import (alfworld_envs, build_encoder, build_player, game_of, is_alfworld, logprob_temperature,
+                             resolve_device, resolve_dtype)
 from fastvlmrl.console import banner, progress, result_line, say, update_line
 from fastvlmrl.checkpoint import save_checkpoint  # by name: the resume test replaces it to kill a run
 from fastvlmrl.config import Config, save_config
@@ -75,7 +76,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
     from fastvlmrl.models.policy import enable_gradient_checkpointing
     from fastvlmrl.rl.ppo import cosine_lr, make_optimizer, ppo_update, set_lr
     from fastvlmrl.rl.reference_policy import ReferencePolicy
-    from fastvlmrl.rl.sft import demo_stream, encode_demos, sft_train
+    from fastvlmrl.rl.sft import demo_stream, encode_demos, sft_train, text_demo_stream
 
     device = resolve_device(cfg)
     dtype = resolve_dtype(cfg, device)
@@ -132,11 +133,15 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
 
     # -- SFT warm start on (noisy) oracle demonstrations ---------------------------------------
     if cfg.sft.steps and not resume_ppo:
-        demos = encode_demos(encoder, demo_stream(cfg.env.name, cfg.sft.demos, noise=cfg.sft.noise, seed=cfg.run.seed,
-                                                  cot=cfg.prompt.cot, style=cfg.prompt.style,
-                                                  image_size=cfg.env.image_size,
-                                                  face_cards_as_10=cfg.env.face_cards_as_10),
-                             total=cfg.sft.demos)
+        if is_alfworld(cfg):  # the oracle plays the training games in their worker processes
+            stream = text_demo_stream(alfworld_envs(cfg, cfg.alfworld.split, 8, seed=cfg.run.seed), game_of(cfg),
+                                      cfg.sft.demos, noise=cfg.sft.noise, seed=cfg.run.seed, cot=cfg.prompt.cot,
+                                      style=cfg.prompt.style)
+        else:
+            stream = demo_stream(cfg.env.name, cfg.sft.demos, noise=cfg.sft.noise, seed=cfg.run.seed,
+                                 cot=cfg.prompt.cot, style=cfg.prompt.style, image_size=cfg.env.image_size,
+                                 face_cards_as_10=cfg.env.face_cards_as_10)
+        demos = encode_demos(encoder, stream, total=cfg.sft.demos)
         start = time.perf_counter()
         losses, reached = sft_train(policy, encoder, demos, cfg.sft, device=device, seed=cfg.run.seed, logit_bias=logit_bias,
                            log=lambda step, loss: log.write({"sft/step": step, "sft/loss": loss}) if step % 10 == 0 else None,
@@ -290,10 +295,9 @@ def build_guide(cfg: Config, world, *, policy, player):
     runs on the player's engine (the policy's own weights, swapped with the teacher's)."""
     if not cfg.gtr.enabled:
         return None
-    from fastvlmrl.envs.games import get_game
     from fastvlmrl.gtr.guide import ThoughtGuide
 
-    game = get_game(cfg.env.name).with_options(face_cards_as_10=cfg.env.face_cards_as_10)
+    game = player.game
     if cfg.gtr.corrector == "http":
         from fastvlmrl.gtr.http_corrector import HTTPCorrector
 

@@ -23,7 +23,9 @@ def test_envs_random_policy_runs(capsys):
 def test_unknown_game_is_one_clear_line(capsys):
     assert main(["envs", "--game", "Chess"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["fastvlmrl envs: error: unknown game 'Chess': choose one of NumberLine, EZPoints, Points24, Blackjack"]
+    assert err == ["fastvlmrl envs: error: unknown game 'Chess': choose one of NumberLine, EZPoints, Points24, Blackjack, ALFWorld"]
+    assert main(["envs", "--game", "ALFWorld"]) == 2
+    assert "is a text game" in capsys.readouterr().err
 
 
 def test_render_writes_png_and_gif(tmp_path, capsys):

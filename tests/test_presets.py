@@ -63,3 +63,20 @@ def test_gtr_presets(tmp_path, monkeypatch):
     rl4vlm = load_config(preset_path("rl4vlm/points24"), [f"model.path={tmp_path}"])
     assert paper.ppo == rl4vlm.ppo and paper.gtr.corrector == "http" and paper.gtr.format_reward == 5.0
     assert paper.sampling.repetition_penalty == 1.2 and paper.gtr.http_model == "gpt-4o"
+
+
+def test_alfworld_presets(tmp_path):
+    pytest.importorskip("alfworld")
+    cfg = load_config(preset_path("tiny/alfworld"))
+    assert cfg.env.name == "ALFWorld" and cfg.alfworld.data_path is None and cfg.ppo.thought_coef == 0.2
+    with pytest.raises(ConfigError, match="alfworld.data_path: no ALFWorld data at /path/to"):
+        load_config(preset_path("rl4vlm/alfworld"))
+    (tmp_path / "json_2.1.1" / "train").mkdir(parents=True)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llava_next"}')
+    (model / "preprocessor_config.json").write_text("{}")
+    cfg = load_config(preset_path("rl4vlm/alfworld"), [f"alfworld.data_path={tmp_path}", f"model.path={model}"])
+    assert (cfg.ppo.thought_coef, cfg.ppo.lr, cfg.ppo.lr_end, cfg.ppo.minibatch_size, cfg.alfworld.max_steps) == (
+        0.2, 1e-5, 1e-9, 256, 50)
+    assert cfg.ppo.updates * cfg.ppo.num_steps * cfg.env.num_envs == 11264  # RL4VLM: 12,000 env steps, 11 updates

@@ -128,9 +128,12 @@ def choose_action(parsed: ParsedAction, num_actions: int, rng: np.random.Generat
     """(action to send, extra reward) for a parsed output under the illegal-output policy.
 
     "random" (RL4VLM's default): an illegal output becomes a uniformly random action, no extra
-    reward. "penalty": it also costs `penalty`."""
-    if policy not in ("random", "penalty"):
-        raise ValueError(f"illegal-action policy must be 'random' or 'penalty', got {policy!r}")
+    reward. "penalty": it also costs `penalty`. "noop" (ALFWorld, as RL4VLM): the env gets -1,
+    no command (the text game answers "Nothing happens." and its own penalty)."""
+    if policy not in ("random", "penalty", "noop"):
+        raise ValueError(f"illegal-action policy must be 'random', 'penalty' or 'noop', got {policy!r}")
     if parsed.legal:
         return int(parsed.action), 0.0
+    if policy == "noop":
+        return -1, 0.0
     return int(rng.integers(num_actions)), (float(penalty) if policy == "penalty" else 0.0)

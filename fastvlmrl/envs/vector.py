@@ -244,4 +244,8 @@ VECTOR_ENVS = {cls.game_name: cls for cls in (NumberLineVectorEnv, EZPointsVecto
 
 def make_batch(game: str, num_envs: int, **kwargs) -> CardsVectorEnv:
     """The C batch of `num_envs` envs of a game by name (keyword arguments as CardsVectorEnv)."""
-    return VECTOR_ENVS[get_game(game).name](num_envs, **kwargs)
+    name = get_game(game).name
+    if name not in VECTOR_ENVS:
+        raise ValueError(f"{name} is a text game, not one of the C batch's: its envs are "
+                         "fastvlmrl.envs.alfworld.ALFWorldVectorEnv (train with env.name=ALFWorld)")
+    return VECTOR_ENVS[name](num_envs, **kwargs)

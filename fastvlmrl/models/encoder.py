@@ -35,11 +35,15 @@ class PromptEncoder:
         bias[list(self.suppressed_ids)] = -1e4
         return bias
 
-    def prompt_text(self, task: str) -> str:
-        return self._chat_prompt(self.processor, task)
+    def prompt_text(self, task: str, *, image: bool = True) -> str:
+        return self._chat_prompt(self.processor, task, image=image)
 
-    def encode(self, frame: np.ndarray, task: str) -> tuple[torch.Tensor, dict]:
-        """(prompt token ids [P], image inputs with a batch dimension of one image)."""
+    def encode(self, frame: np.ndarray | None, task: str) -> tuple[torch.Tensor, dict]:
+        """(prompt token ids [P], image inputs with a batch dimension of one image); a frame of
+        None is a text-only prompt (no image inputs)."""
+        if frame is None:  # the processor's own text path (its special tokens, as with an image)
+            enc = self.processor(text=[self.prompt_text(task, image=False)], return_tensors="pt")
+            return enc["input_ids"][0].long(), {}
         enc = self.processor(images=[frame], text=[self.prompt_text(task)], return_tensors="pt")
         mm = {}
         for key in self.mm_keys:

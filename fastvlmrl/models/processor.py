@@ -47,12 +47,14 @@ def load_processor(path: str) -> Any:
     return processor
 
 
-def chat_prompt(processor: Any, task_text: str) -> str:
+def chat_prompt(processor: Any, task_text: str, *, image: bool = True) -> str:
     """The full prompt text for one frame and one task: the model's chat template applied to a user
-    turn of (image, ``task_text``), with the generation prompt (the assistant's turn is next)."""
+    turn of (image, ``task_text``), with the generation prompt (the assistant's turn is next);
+    ``image=False``: a text-only turn (ALFWorld's text game)."""
     if not getattr(processor, "chat_template", None):
         raise ValueError(f"{type(processor).__name__} has no chat template; cannot build the prompt")
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": task_text}]}]
+    content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": task_text}]
+    messages = [{"role": "user", "content": content}]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 

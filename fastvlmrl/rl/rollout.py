@@ -9,6 +9,7 @@ is > 0; illegal-output penalties and bootstrap terms are not part of the episode
 from __future__ import annotations
 
 import time
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,7 @@ from fastvlmrl.console import progress
 from fastvlmrl.distributed import current as current_world
 from fastvlmrl.engine import Request, SamplingParams
 from fastvlmrl.engine.nvtx import nvtx_range
-from fastvlmrl.envs.parse import choose_action, parse_action, reply_object, strict_reply
+from fastvlmrl.envs.parse import choose_action, reply_object, strict_reply
 from fastvlmrl.envs.prompts import reply_keys, task_prompt
 from fastvlmrl.rl.storage import RolloutStorage, Transition
 from fastvlmrl.rl.thought_metrics import thought_summary
@@ -87,11 +88,13 @@ class EpisodeStats:
         out.seconds = {k: max(p[-1][k] for p in parts) for k in self.seconds}
         return out
 
-    def keep_sample(self, env: int, game, info: dict, text: str, parsed, action: int) -> None:
+    def keep_sample(self, env: int, game, info: dict, text: str, parsed, action: int, legal: tuple[str, ...]) -> None:
+        """Keep a reply (the first `samples_wanted`); `legal`: the actions the indices name."""
         if len(self.samples) < self.samples_wanted:
             self.samples.append({"env": int(env), "game": game.name, "state": info, "output": text,
-                                 "parsed_action": None if parsed.action is None else game.actions[parsed.action],
-                                 "legal": bool(parsed.legal), "action": game.actions[action], "reward": None})
+                                 "parsed_action": None if parsed.action is None else legal[parsed.action],
+                                 "legal": bool(parsed.legal), "action": legal[action] if action >= 0 else None,
+                                 "reward": None})
 
     def settle_rewards(self, rewards) -> None:
         """The rewards of the step the kept samples acted in (known once the envs stepped)."""
@@ -116,12 +119,16 @@ class EpisodeStats:
 class Player:
     def __init__(self, policy, engine, encoder, envs, *, cot: bool, style: str, sampling, illegal_action: str,
                  illegal_penalty: float, seed: int, ignore_eos: bool = False, env_offset: int = 0,
-                 global_envs: int | None = None, guide=None):
+                 global_envs: int | None = None, guide=None, eval_envs=None, game=None):
         """env_offset / global_envs: under torchrun, this rank's envs are global envs env_offset ...
         of global_envs; each is seeded and sampled as that env of a single-process run.
-        guide: GTR's ThoughtGuide (format reward, corrections, truncation) for training steps."""
+        guide: GTR's ThoughtGuide (format reward, corrections, truncation) for training steps.
+        eval_envs: the envs evaluations play, as many as `envs` (ALFWorld's evaluation split);
+        None: evaluations play `envs` (reset from the evaluation seed). game: the Game whose text
+        protocol the replies follow (default the envs' own; ALFWorld's carries prompt options)."""
         self.policy, self.engine, self.encoder, self.envs = policy, engine, encoder, envs
-        self.game = envs.game
+        self.eval_envs = eval_envs
+        self.game = envs.game if game is None else game
         self.guide = guide
         self.cot, self.style, self.sampling = cot, style, sampling
         self.keys = reply_keys(self.game, cot=cot)
@@ -139,6 +146,10 @@ class Player:
 
     def _tasks(self, infos) -> list[str]:
         return [task_prompt(self.game, info, cot=self.cot, style=self.style) for info in infos]
+
+    def _frames(self, obs, count: int) -> list:
+        """The frames of `count` observations; a text game's (ALFWorld) prompts have none."""
+        return list(obs) if self.game.has_frames else [None] * count
 
     def _requests(self, frames, infos, tasks=None):
         reqs = []
@@ -163,7 +174,7 @@ class Player:
     @torch.no_grad()
     def values(self, frames, infos) -> torch.Tensor:
         """V of states: the value head on the last prompt token's hidden state (prefill only)."""
-        gens = self._generate(self._requests(frames, infos), 0.0, 1)
+        gens = self._generate(self._requests(self._frames(frames, len(infos)), infos), 0.0, 1)
         return self._values_of(gens)
 
     def _values_of(self, gens) -> torch.Tensor:
@@ -176,10 +187,10 @@ class Player:
         and perhaps kept as a sample) in stats; an illegal reply becomes an action by
         env.illegal_action (drawing from the player's RNG)."""
         stats.judge(self.game, info, gen.text, self.keys)
-        parsed = parse_action(self.game, gen.text)
-        action, extra = choose_action(parsed, self.game.num_actions, self.rng, self.illegal_action,
-                                      self.illegal_penalty)
-        stats.keep_sample(env, self.game, info, gen.text, parsed, action)
+        legal = self.game.legal_actions(info)
+        parsed = self.game.parse_reply(gen.text, info)
+        action, extra = choose_action(parsed, len(legal), self.rng, self.illegal_action, self.illegal_penalty)
+        stats.keep_sample(env, self.game, info, gen.text, parsed, action, legal)
         stats.legal += int(parsed.legal)
         stats.outputs += 1
         stats.tokens += len(gen.token_ids)
@@ -199,7 +210,8 @@ class Player:
         tick = time.perf_counter()
         infos = [self.envs.describe(i) for i in range(self.envs.num_envs)]
         tasks = self._tasks(infos)
-        requests = self._requests(obs, infos, tasks)
+        frames = self._frames(obs, len(infos))
+        requests = self._requests(frames, infos, tasks)
         tock = time.perf_counter()
         stats.seconds["prompt"] += tock - tick
         with nvtx_range("rollout/generate"):
@@ -212,7 +224,7 @@ class Player:
         guided = record and self.guide is not None
         transitions = []
         with nvtx_range("rollout/parse"):
-            bonus = self.guide.observe(obs, infos, tasks, [g.text for g in gens]) if guided else np.zeros(len(gens))
+            bonus = self.guide.observe(frames, infos, tasks, [g.text for g in gens]) if guided else np.zeros(len(gens))
             for i, (req, gen) in enumerate(zip(requests, gens)):
                 actions[i], extra[i], transition = self._act(i, infos[i], req, gen, float(values[i]), stats, record,
                                                              float(bonus[i]))
@@ -291,15 +303,15 @@ class Player:
         self.episode_length[:] = 0
         episodes = [Episode(group=i // group_size) for i in range(n)]
         alive = np.ones(n, bool)
-        clock = anchor_clock(self.game)
         stats = EpisodeStats(samples_wanted=samples)
         for _ in progress(range(max_steps), desc="rollout", leave=False):
             live = np.flatnonzero(alive)
             if not len(live):
                 break
-            states = self.envs.state
+            rows = self.envs.state if self.game.has_frames else None
             infos = [self.envs.describe(i) for i in live]
-            requests = self._requests([obs[i] for i in live], infos)
+            frames = [obs[i] for i in live] if self.game.has_frames else [None] * len(live)
+            requests = self._requests(frames, infos)
             gens = self._generate(requests, self.sampling.temperature, self.sampling.max_new_tokens)
             values = self._values_of(gens)
             actions = np.zeros(n, np.int64)  # an env that sat out steps with 0; that episode is never used
@@ -307,9 +319,8 @@ class Player:
             for j, (i, req, gen) in enumerate(zip(live, requests, gens)):
                 actions[i], extra[i], transition = self._act(i, infos[j], req, gen, float(values[j]), stats, record=True)
                 episodes[i].transitions.append(transition)
-                anchor = states[i].copy()
-                anchor[clock] = 0  # the same state reached at another step is the same anchor (GiGPO)
-                episodes[i].states.append(anchor.tobytes())
+                # the same state reached at another step is the same anchor (GiGPO)
+                episodes[i].states.append(self.game.anchor(infos[j], None if rows is None else rows[i]))
             obs, rewards, terminated, truncated, _ = self.envs.step(actions)
             stats.settle_rewards(rewards + extra)
             for i in live:
@@ -326,9 +337,25 @@ class Player:
             stats.lengths.append(int(self.episode_length[i]))
         return episodes, stats, time.perf_counter() - start
 
+    @contextlib.contextmanager
+    def evaluating(self):
+        """Play on the evaluation envs inside the block (when there are some); the training envs'
+        episodes and counters are as they were after it."""
+        if self.eval_envs is None:
+            yield
+            return
+        saved = (self.envs, self.episode_return.copy(), self.episode_length.copy())
+        self.envs = self.eval_envs
+        try:
+            yield
+        finally:
+            self.envs, self.episode_return[:], self.episode_length[:] = saved[0], saved[1], saved[2]
+
     def close(self) -> None:
         """Close the envs (and GTR's corrector)."""
         self.envs.close()
+        if self.eval_envs is not None:
+            self.eval_envs.close()
         if self.guide is not None:
             self.guide.close()
 
@@ -367,7 +394,8 @@ class Player:
         the episodes on its own envs (their seeds offset as in training) and the results are pooled."""
         world = current_world()
         share = episodes // world.size + (1 if world.rank < episodes % world.size else 0)
-        returns, stats = self._play_episodes(share, temperature, seed, desc)
+        with self.evaluating():
+            returns, stats = self._play_episodes(share, temperature, seed, desc)
         pooled = world.gather((returns.tolist(), stats.legal, stats.outputs))
         returns = np.array([r for part, _, _ in pooled for r in part])
         legal, outputs = sum(p[1] for p in pooled), sum(p[2] for p in pooled)
@@ -437,10 +465,3 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
-
-
-def anchor_clock(game) -> int | slice:
-    """The step counter in the game's state row: left out of GiGPO's anchor-state keys."""
-    from fastvlmrl.envs.games.base import state_fields
-
-    return state_fields(game.name)["steps"]

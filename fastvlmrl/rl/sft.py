@@ -25,7 +25,7 @@ from fastvlmrl.rl.storage import Transition
 
 @dataclass
 class Demo:
-    frame: np.ndarray  # uint8 [H, W, 3]: what the model sees
+    frame: np.ndarray | None  # uint8 [H, W, 3]: what the model sees (None: a text game's prompt)
     task: str  # the task prompt for that frame
     reply: str  # the demonstrated reply (JSON)
     info: dict  # the env's state as its info dict (what the oracle read)
@@ -58,6 +58,36 @@ def demo_stream(game: str, count: int, *, noise: float = 0.0, seed: int = 0, cot
         envs.close()
 
 
+def text_demo_stream(envs, game, count: int, *, noise: float = 0.0, seed: int = 0, cot: bool = True,
+                     style: str = "full") -> Iterator[Demo]:
+    """`count` demonstrations of a text game (ALFWorld) from the oracle its envs describe, played
+    on `envs` (closed at the end); with probability `noise` a demonstration takes a random legal
+    action, its thought reasoning to it (`Game.reasoned`). Frames are None: the prompts are text."""
+    import json
+
+    try:
+        rng = np.random.default_rng(seed)
+        envs.reset(seed=seed)
+        made = 0
+        while made < count:
+            actions = np.zeros(envs.num_envs, np.int64)
+            for i in range(envs.num_envs):
+                info = envs.describe(i)
+                legal = game.legal_actions(info)
+                if rng.random() < noise:
+                    fields, action, thoughts = game.reasoned(info, legal[int(rng.integers(len(legal)))])
+                else:
+                    fields, action, thoughts = game.oracle(info)
+                actions[i] = legal.index(action)
+                if made < count:
+                    reply = {**fields, "thoughts": thoughts, "action": action} if cot else {"action": action}
+                    made += 1
+                    yield Demo(None, task_prompt(game, info, cot=cot, style=style), json.dumps(reply), info)
+            envs.step(actions)
+    finally:
+        envs.close()
+
+
 def make_demos(game: str, count: int, **kwargs) -> list[Demo]:
     """`demo_stream` as a list (tests, inspection)."""
     return list(demo_stream(game, count, **kwargs))
@@ -71,7 +101,8 @@ def encode_demos(encoder, demos: Iterable[Demo], total: int | None = None) -> li
     encoded: dict[tuple[bytes, str], tuple[torch.Tensor, dict]] = {}
     samples = []
     for demo in progress(demos, total=total, desc="encode demos", leave=False):
-        key = (hashlib.blake2b(np.ascontiguousarray(demo.frame).data, digest_size=16).digest(), demo.task)
+        frame = b"" if demo.frame is None else np.ascontiguousarray(demo.frame).data  # (text games: no frame)
+        key = (hashlib.blake2b(frame, digest_size=16).digest(), demo.task)
         if key not in encoded:
             encoded[key] = encoder.encode(demo.frame, demo.task)
         prompt_ids, mm = encoded[key]

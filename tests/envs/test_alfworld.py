@@ -300,3 +300,47 @@ def test_task_type_names():
     assert task_type(1) == task_type("pick") == task_type("PICK_AND_PLACE_SIMPLE") == "pick_and_place_simple"
     with pytest.raises(ValueError, match="unknown ALFWorld task type"):
         task_type("juggle")
+
+
+TRAIN = ["tiny/alfworld", "sft.steps=2", "sft.demos=8", "sft.batch_size=4", "ppo.updates=1",
+         "ppo.num_steps=2", "env.num_envs=2", "ppo.minibatch_size=2", "ppo.epochs=1", "sampling.max_new_tokens=12",
+         "eval.episodes=2", "alfworld.max_steps=3", "alfworld.eval_split=valid_unseen", "alfworld.task_types=pick"]
+
+
+def test_training_on_alfworld_runs_evaluates_and_resumes(games_dir, tmp_path):
+    from fastvlmrl.cli import main
+
+    args = [*TRAIN, f"alfworld.data_path={games_dir}", f"run.out_dir={tmp_path}", "run.name=alf"]
+    assert main(["train", *args]) == 0
+    run = tmp_path / "alf"
+    result = json.loads((run / "eval.json").read_text())
+    assert result["episodes"] == 2 and 0.0 <= result["success_rate"] <= 1.0
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"update"' in x]
+    assert records[0]["env_steps"] == 4
+    samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert samples and samples[0]["game"] == "ALFWorld" and "admissible_commands" in samples[0]["state"]
+    assert main(["train", f"resume={run}", "ppo.updates=2"]) == 0  # the envs' episodes come back from the checkpoint
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"update"' in x]
+    assert [r["update"] for r in records] == [0, 1]
+
+
+def test_gigpo_on_alfworld_anchors_text_states(games_dir, tmp_path):
+    from fastvlmrl.cli import main
+
+    args = [*TRAIN, "sft.steps=0", "algo.name=gigpo", "algo.group_size=2", "algo.max_episode_steps=3",
+            f"alfworld.data_path={games_dir}", f"run.out_dir={tmp_path}", "run.name=g"]
+    assert main(["train", *args]) == 0
+    assert (tmp_path / "g" / "eval.json").is_file()
+
+
+def test_alfworld_config_errors(games_dir, capsys):
+    from fastvlmrl.cli import main
+
+    assert main(["train", *TRAIN, "alfworld.task_types=juggle"]) == 2
+    assert "unknown ALFWorld task type" in capsys.readouterr().err
+    assert main(["train", *TRAIN, "gtr.enabled=true"]) == 2
+    assert "not supported yet" in capsys.readouterr().err
+    assert main(["train", "tiny/numberline", "env.illegal_action=noop"]) == 2
+    assert "ALFWorld's" in capsys.readouterr().err
+    assert main(["train", *TRAIN, f"alfworld.data_path={games_dir}/nothing"]) == 2
+    assert "alfworld-download" in capsys.readouterr().err

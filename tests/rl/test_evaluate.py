@@ -17,6 +17,7 @@ class ScriptedPlayer(Player):
 
         self.envs = Envs()
         self.envs.num_envs = num_envs
+        self.eval_envs = None
         self.episode_return = np.zeros(num_envs)
         self.episode_length = np.zeros(num_envs, int)
         self.length = np.array([6] + [1] * (num_envs - 1))

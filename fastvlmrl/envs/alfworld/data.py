@@ -26,6 +26,18 @@ class NoGamesError(ValueError):
     """No ALFWorld games where the settings point (the CLI prints it as one line)."""
 
 
+def env_data_path() -> str | None:
+    """$ALFWORLD_DATA when it holds games (json_2.1.1 or a split folder), else None. (Importing
+    alfworld sets the variable to ~/.cache/alfworld and creates it, so that it is set says nothing.)"""
+    root = os.environ.get("ALFWORLD_DATA", "")
+    if not root:
+        return None
+    root = os.path.expanduser(os.path.expandvars(root))
+    if any(os.path.isdir(os.path.join(root, sub)) for sub in ("json_2.1.1", *SPLITS)):
+        return root
+    return None
+
+
 def data_root(path: str | None) -> str:
     """The folder holding the splits: `path` (or $ALFWORLD_DATA), or its `json_2.1.1` subfolder."""
     root = path or os.environ.get("ALFWORLD_DATA", "")

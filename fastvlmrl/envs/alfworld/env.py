@@ -36,13 +36,19 @@ MAX_TEXT = 16_384
 _CHARSET = frozenset(chr(c) for c in range(32, 127)) | {"\n", "\t"}
 
 
+NO_COMMAND = -1  # an action index that names no admissible command (a reply that named none)
+
+
 def command_of(action, admissible) -> str:
-    """An action as a command: a string as given, an integer as an index into `admissible`."""
+    """An action as a command: a string as given, an integer as an index into `admissible`;
+    NO_COMMAND is the empty command (not admissible: nothing happens, reward -1)."""
     if isinstance(action, (str, np.str_)):
         return str(action)
     arr = np.asarray(action)
     if arr.shape == () and np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
         index = int(arr)
+        if index == NO_COMMAND:
+            return ""
         if not 0 <= index < len(admissible):
             raise ValueError(f"action index {index} is out of range: {len(admissible)} admissible commands")
         return admissible[index]

@@ -20,29 +20,19 @@ import re
 
 from fastvlmrl.envs.parse import ParsedAction, _as_text, reply_object
 
-_HEAD = "You are an expert in the ALFRED Embodied Environment."
-_THOUGHTS = ('"{first describe what you see using the text description, then carefully think about which '
-             'action completes the task}"')
 _ACTION_MARKER = '"action":'
 _SPACES = re.compile(r"\s+")
 
 
-def alfworld_prompt(info: dict, *, cot: bool = True, history: bool = True, observation: bool = True,
-                    max_history: int = 20) -> str:
-    """The task prompt for one env's info dict (ALFWorldVectorEnv.describe)."""
-    parts = [_HEAD]
-    if observation:
-        parts.append(f"You are also given the following text description of the current scene: {info['observation']}")
-    parts.append(f"Your task is to {info['task'].rstrip('.')}.")
-    if history:
-        previous = list(info.get("previous_actions", ()))[-max_history:] if max_history > 0 else []
-        parts.append("The previous actions you have taken: [" + ", ".join(f"'{a}'" for a in previous) + "].")
-    commands = "\n ".join(f"'{c}'" for c in info["admissible_commands"])
-    parts.append(f"Your admissible actions of the current situation are: [{commands}].")
-    thoughts = _THOUGHTS if observation else _THOUGHTS.replace(" using the text description", "")
-    fields = ([f'  "thoughts": {thoughts}'] if cot else []) + ['  "action": "{an admissible action}"']
-    parts.append("Your response should be a valid json file in the following format:\n{\n" + ",\n".join(fields) + "\n}")
-    return " ".join(parts[:-1]) + " " + parts[-1]
+def alfworld_prompt(info: dict, *, cot: bool = True, history: int = 20, observation: bool = True,
+                    style: str = "full") -> str:
+    """The task prompt for one env's info dict (ALFWorldVectorEnv.describe): the ALFWorld game's
+    (fastvlmrl/envs/games/alfworld.py) through the shared prompt structure (prompts.task_prompt)."""
+    from fastvlmrl.envs.games.alfworld import ALFWORLD
+    from fastvlmrl.envs.prompts import task_prompt
+
+    game = ALFWORLD.with_prompt(history=history, observation=observation)
+    return task_prompt(game, info, cot=cot, style=style)
 
 
 def normalise(text: str) -> str:

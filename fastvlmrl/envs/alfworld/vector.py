@@ -75,6 +75,9 @@ class ALFWorldVectorEnv(VectorEnv):
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if not games:
             raise ValueError("ALFWorld needs at least one game file")
+        from fastvlmrl.envs.games.alfworld import ALFWORLD
+
+        self.game = ALFWORLD  # its text protocol (prompts, parsing, the oracle's reply)
         self.num_envs = int(num_envs)
         self.games = list(games)
         self.timeout_s = float(timeout_s)

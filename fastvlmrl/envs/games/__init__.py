@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastvlmrl.envs.games.alfworld import ALFWORLD
 from fastvlmrl.envs.games.base import (
     RANK_NAMES,
     STATE_DIM,
@@ -27,15 +28,16 @@ from fastvlmrl.envs.games.formula import BLANK, TOKEN_OF_TEXT, TOKEN_TEXT, formu
 from fastvlmrl.envs.games.numberline import NUMBERLINE
 from fastvlmrl.envs.games.points24 import POINTS24, POINTS24_FULL_RANKS
 
-GAMES = {game.name: game for game in (NUMBERLINE, EZPOINTS, POINTS24, BLACKJACK)}
+GAMES = {game.name: game for game in (NUMBERLINE, EZPOINTS, POINTS24, BLACKJACK)}  # the C batch's games
+TEXT_GAMES = {ALFWORLD.name: ALFWORLD}  # played through their own envs (fastvlmrl/envs/alfworld)
 
 
 def get_game(name: str, face_cards_as_10: bool = True) -> Game:
     """The game called `name` (case-insensitive); a clear error lists the known ones."""
-    for key, game in GAMES.items():
+    for key, game in {**GAMES, **TEXT_GAMES}.items():
         if key.lower() == str(name).lower():
             return game.with_options(face_cards_as_10=face_cards_as_10)
-    raise ValueError(f"unknown game {name!r}: choose one of {', '.join(GAMES)}")
+    raise ValueError(f"unknown game {name!r}: choose one of {', '.join([*GAMES, *TEXT_GAMES])}")
 
 
 def named_state(game: Game, state: np.ndarray) -> dict[str, np.ndarray]:
@@ -49,6 +51,7 @@ def describe(game: Game, row: np.ndarray) -> dict:
 
 
 __all__ = [
+    "ALFWORLD",
     "BLANK",
     "GAMES",
     "Game",
@@ -56,6 +59,7 @@ __all__ = [
     "RANK_NAMES",
     "STATE_DIM",
     "SUIT_LETTERS",
+    "TEXT_GAMES",
     "TOKEN_OF_TEXT",
     "TOKEN_TEXT",
     "blackjack_basic_strategy",

@@ -47,10 +47,30 @@ class Game(abc.ABC):
     whole_actions: ClassVar[tuple[str, ...]] = ()
     # The JSON keys before "thoughts" in the short prompt (prompts.short_prompt).
     short_keys: ClassVar[tuple[str, ...]] = ()
+    # False for a text game (ALFWorld): prompts carry no image.
+    has_frames: ClassVar[bool] = True
 
     @property
     def num_actions(self) -> int:
         return len(self.actions)
+
+    def legal_actions(self, info: dict) -> tuple[str, ...]:
+        """The actions legal in this state, whose indices the env takes (the card games: all of
+        them, always; ALFWorld: the admissible commands)."""
+        return self.actions
+
+    def parse_reply(self, text, info: dict):
+        """A reply as (index into legal_actions(info) or None, legal): parse.parse_action's rules."""
+        from fastvlmrl.envs.parse import parse_action
+
+        return parse_action(self, text)
+
+    def anchor(self, info: dict, row) -> bytes:
+        """GiGPO's anchor-state key: equal for the same state reached at any step. The card games'
+        state row with its step counter zeroed."""
+        anchor = row.copy()
+        anchor[state_fields(self.name)["steps"]] = 0
+        return anchor.tobytes()
 
     def actions_text(self) -> str:
         """The legal actions as the prompts list them: ['-', '+']."""
