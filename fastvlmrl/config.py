@@ -171,6 +171,7 @@ class EvalConfig:
     episodes: int = 500  # episodes of the final evaluation (the first started from eval.seed)
     temperature: float = 0.0  # greedy
     seed: int = 10_000  # fresh seeds, far from training's
+    start_states: bool = True  # also play every start state once when a game has few (NumberLine's 30): an exact success rate
 
 
 @dataclass

@@ -11,7 +11,8 @@ from fastvlmrl.build import build_encoder, build_player, resolve_device, resolve
 from fastvlmrl.checkpoint import latest_checkpoint, load_checkpoint, named_checkpoint
 
 
-EVAL_KEYS = ("eval.", "run.threads", "run.device", "env.threads")  # the overrides an evaluation uses
+# the overrides an evaluation uses (ALFWorld: the split it plays, e.g. valid_unseen)
+EVAL_KEYS = ("eval.", "run.threads", "run.device", "env.threads", "alfworld.eval_split")
 
 
 def evaluate_run(run_dir, overrides: list[str], checkpoint: str | None = None) -> tuple[dict, Path]:
@@ -40,7 +41,8 @@ def evaluate_run(run_dir, overrides: list[str], checkpoint: str | None = None) -
     player = build_player(cfg, policy, processor, build_encoder(policy, processor, dtype))
     result = final_evaluation(cfg, player)
     player.close()
-    out = run_dir / "eval" / f"{path.name}_{cfg.eval.episodes}ep.json"
+    split = f"_{cfg.alfworld.eval_split}" if cfg.env.name.lower() == "alfworld" else ""  # (ALFWorld: per split)
+    out = run_dir / "eval" / f"{path.name}_{cfg.eval.episodes}ep{split}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({**result, "checkpoint": path.name, "temperature": cfg.eval.temperature,
                                "seed": cfg.eval.seed}, indent=2) + "\n")
@@ -49,12 +51,13 @@ def evaluate_run(run_dir, overrides: list[str], checkpoint: str | None = None) -
 
 def final_evaluation(cfg, player) -> dict:
     """eval.json's numbers: the first eval.episodes episodes started from eval.seed, and, for a
-    game with few start states (NumberLine's 30), the success rate over each of them exactly."""
+    game with few start states (NumberLine's 30), the success rate over each of them exactly
+    (eval.start_states)."""
     from fastvlmrl.envs.play import start_state_seeds
     from fastvlmrl.rl.rollout import evaluate_start_states
 
     result = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed)
-    if not player.game.has_frames:  # a text game (ALFWorld): no C start states to enumerate
+    if not cfg.eval.start_states or not player.game.has_frames:  # (a text game, ALFWorld: no C start states)
         return result
     seeds = start_state_seeds(cfg.env.name, face_cards_as_10=cfg.env.face_cards_as_10)
     if seeds is not None:

@@ -11,7 +11,7 @@ from fastvlmrl import checkpoint as ckpt
 from fastvlmrl.cli import main
 
 TOY = ["sft.steps=0", "ppo.updates=3", "ppo.num_steps=2", "env.num_envs=2", "ppo.minibatch_size=2", "ppo.epochs=1",
-       "sampling.max_new_tokens=12", "eval.episodes=2", "env.image_size=64", "log.checkpoint_every=1"]
+       "sampling.max_new_tokens=12", "eval.episodes=2", "eval.start_states=false", "env.image_size=64", "log.checkpoint_every=1"]
 
 
 @pytest.fixture(scope="module")

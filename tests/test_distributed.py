@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 TOY = ["sft.steps=2", "sft.demos=16", "sft.batch_size=4", "ppo.num_steps=2", "env.num_envs=4", "log.samples=4",
-       "ppo.minibatch_size=8", "ppo.epochs=1", "sampling.max_new_tokens=12", "eval.episodes=4", "env.image_size=64",
+       "ppo.minibatch_size=8", "ppo.epochs=1", "sampling.max_new_tokens=12", "eval.episodes=4", "eval.start_states=false", "env.image_size=64",
        "run.threads=1"]
 
 

@@ -16,7 +16,7 @@ from fastvlmrl.config import load_config
 from fastvlmrl.rl.sft import make_demos
 
 TOY = ["sft.steps=2", "sft.demos=16", "sft.batch_size=4", "ppo.updates=1", "ppo.num_steps=2", "env.num_envs=2",
-       "ppo.minibatch_size=2", "ppo.epochs=1", "sampling.max_new_tokens=12", "eval.episodes=2", "env.image_size=64",
+       "ppo.minibatch_size=2", "ppo.epochs=1", "sampling.max_new_tokens=12", "eval.episodes=2", "eval.start_states=false", "env.image_size=64",
        "ppo.lr=1e-2"]
 
 

@@ -12,7 +12,7 @@ from fastvlmrl.cli import main
 from fastvlmrl.run_dir import RunLock, free_run_name
 
 TOY = ["sft.steps=2", "sft.demos=16", "sft.batch_size=4", "ppo.updates=3", "ppo.num_steps=2", "env.num_envs=2",
-       "ppo.minibatch_size=2", "ppo.epochs=1", "sampling.max_new_tokens=12", "eval.episodes=2", "env.image_size=64",
+       "ppo.minibatch_size=2", "ppo.epochs=1", "sampling.max_new_tokens=12", "eval.episodes=2", "eval.start_states=false", "env.image_size=64",
        "log.checkpoint_every=0"]
 
 

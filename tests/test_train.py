@@ -8,7 +8,7 @@ import pytest
 from fastvlmrl.cli import main
 
 TOY = ["sft.steps=2", "sft.demos=16", "sft.batch_size=4", "ppo.updates=2", "ppo.num_steps=2", "env.num_envs=2",
-       "ppo.minibatch_size=2", "ppo.epochs=1", "sampling.max_new_tokens=12", "eval.episodes=2", "env.image_size=64"]
+       "ppo.minibatch_size=2", "ppo.epochs=1", "sampling.max_new_tokens=12", "eval.episodes=2", "eval.start_states=false", "env.image_size=64"]
 METRICS = ["update", "env_steps", "rollout/success_rate", "rollout/episode_return", "rollout/legal_action_rate",
            "actor/pg_loss", "actor/clip_frac", "actor/approx_kl", "critic/value_loss", "timing/rollout_s",
            "timing/update_s", "throughput/tokens_per_s", "thought/perception_correct", "thought/action_follows_thought",
@@ -16,7 +16,7 @@ METRICS = ["update", "env_steps", "rollout/success_rate", "rollout/episode_retur
 
 
 def test_train_writes_the_run_directory_then_eval_reloads_it(tmp_path, capsys):
-    assert main(["train", *TOY, "log.tensorboard=true", f"run.out_dir={tmp_path}", "run.name=toy"]) == 0
+    assert main(["train", *TOY, "log.tensorboard=true", "eval.start_states=true", f"run.out_dir={tmp_path}", "run.name=toy"]) == 0
     run = tmp_path / "toy"
     assert (run / "config.yaml").is_file()
     assert (run / "curves.png").stat().st_size > 0
@@ -58,14 +58,14 @@ def test_train_writes_the_run_directory_then_eval_reloads_it(tmp_path, capsys):
     assert "final model: success" in out
     assert "\r" not in out and "it/s" not in capsys.readouterr().err  # off a terminal: no bars
     final = (run / "eval.json").read_text()
-    assert main(["eval", str(run), "eval.episodes=3", "run.threads=1"]) == 0
+    assert main(["eval", str(run), "eval.episodes=3", "run.threads=1", "eval.start_states=false"]) == 0
     assert json.loads((run / "eval" / "step_2_3ep.json").read_text())["episodes"] == 3
-    assert main(["eval", str(run), "--checkpoint", "step_2", "eval.episodes=4"]) == 0
+    assert main(["eval", str(run), "--checkpoint", "step_2", "eval.episodes=4", "eval.start_states=false"]) == 0
     assert json.loads((run / "eval" / "step_2_4ep.json").read_text())["checkpoint"] == "step_2"
     assert (run / "eval.json").read_text() == final  # the training's own result stays
     capsys.readouterr()
     assert main(["eval", str(run), "ppo.clip=0.2"]) == 2
-    assert "eval uses only eval.*, run.threads, run.device, env.threads: ppo.clip would change nothing" \
+    assert "eval uses only eval.*, run.threads, run.device, env.threads, alfworld.eval_split: ppo.clip would change nothing" \
         in capsys.readouterr().err
     assert main(["eval", str(run), "--checkpoint", "step_7"]) == 2
     assert "has no checkpoint 'step_7' (it has: step_2)" in capsys.readouterr().err

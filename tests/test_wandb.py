@@ -11,7 +11,7 @@ import pytest
 from fastvlmrl.cli import main
 
 TOY = ["sft.steps=2", "sft.demos=16", "sft.batch_size=4", "ppo.updates=2", "ppo.num_steps=2", "env.num_envs=2",
-       "ppo.minibatch_size=2", "ppo.epochs=1", "sampling.max_new_tokens=12", "eval.episodes=2", "env.image_size=64",
+       "ppo.minibatch_size=2", "ppo.epochs=1", "sampling.max_new_tokens=12", "eval.episodes=2", "eval.start_states=false", "env.image_size=64",
        "log.samples_every=1", "log.checkpoint_every=1"]
 
 

@@ -322,6 +322,8 @@ def test_training_on_alfworld_runs_evaluates_and_resumes(games_dir, tmp_path):
     assert main(["train", f"resume={run}", "ppo.updates=2"]) == 0  # the envs' episodes come back from the checkpoint
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"update"' in x]
     assert [r["update"] for r in records] == [0, 1]
+    assert main(["eval", str(run), "alfworld.eval_split=train", "eval.episodes=2"]) == 0  # another split
+    assert json.loads((run / "eval" / "step_2_2ep_train.json").read_text())["episodes"] == 2
 
 
 def test_gigpo_on_alfworld_anchors_text_states(games_dir, tmp_path):
