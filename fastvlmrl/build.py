@@ -60,8 +60,14 @@ def build_player(cfg: Config, policy, processor, encoder, *, ignore_eos: bool = 
         envs = make_batch(cfg.env.name, count, height=cfg.env.image_size, width=cfg.env.image_size,
                           num_threads=cfg.env.threads, autoreset_mode="SameStep",
                           face_cards_as_10=cfg.env.face_cards_as_10)
-    engine = Engine(policy.model, processor, expected_seqs=count,
-                    expected_seq_len=longest_prompt_tokens(cfg, envs, encoder) + cfg.sampling.max_new_tokens)
+    try:
+        engine = Engine(policy.model, processor, expected_seqs=count,
+                        expected_seq_len=longest_prompt_tokens(cfg, envs, encoder) + cfg.sampling.max_new_tokens)
+    except BaseException:
+        envs.close()
+        if eval_envs is not None:
+            eval_envs.close()
+        raise
     return Player(policy, engine, encoder, envs, cot=cfg.prompt.cot, style=cfg.prompt.style,
                   sampling=cfg.sampling, illegal_action=cfg.env.illegal_action,
                   illegal_penalty=cfg.env.illegal_penalty, seed=cfg.run.seed, ignore_eos=ignore_eos,
@@ -108,9 +114,13 @@ def alfworld_games(cfg: Config, split: str) -> list[str]:
 def generated_games_dir(cfg: Config) -> str:
     import os
 
+    from fastvlmrl.envs.alfworld.generate import GENERATOR_VERSION
+    from fastvlmrl.envs.alfworld.tasks import TASK_SHORT, task_type
+
     a = cfg.alfworld
-    tasks = "-".join(t.strip() for t in a.task_types.split(",") if t.strip())
-    return os.path.join(cfg.run.out_dir, "_alfworld", f"generated-seed{a.generate_seed}-n{a.generate_games}-{tasks}")
+    tasks = "-".join(sorted({TASK_SHORT[task_type(t)] for t in a.task_types.split(",") if t.strip()}))
+    name = f"generated-v{GENERATOR_VERSION}-seed{a.generate_seed}-n{a.generate_games}-{tasks}"
+    return os.path.join(cfg.run.out_dir, "_alfworld", name)
 
 
 def _generate_games(cfg: Config, path: str, tasks: list[str]) -> None:

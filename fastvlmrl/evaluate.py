@@ -39,8 +39,10 @@ def evaluate_run(run_dir, overrides: list[str], checkpoint: str | None = None) -
     policy, processor = load_checkpoint(cfg, path, device, dtype)
     policy.eval()
     player = build_player(cfg, policy, processor, build_encoder(policy, processor, dtype))
-    result = final_evaluation(cfg, player)
-    player.close()
+    try:
+        result = final_evaluation(cfg, player)
+    finally:
+        player.close()
     split = f"_{cfg.alfworld.eval_split}" if cfg.env.name.lower() == "alfworld" else ""  # (ALFWorld: per split)
     out = run_dir / "eval" / f"{path.name}_{cfg.eval.episodes}ep{split}.json"
     out.parent.mkdir(exist_ok=True)

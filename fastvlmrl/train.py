@@ -164,104 +164,108 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
             f"{sum(tail) / max(len(tail), 1):.4f} (mean of the last {len(tail)} steps)")
 
     player = build_player(cfg, policy, processor, encoder)
-    player.guide = build_guide(cfg, world, policy=policy, player=player)
-    cloning = build_cloning(cfg, player.guide, encoder)
-    if cfg.sft.steps and cfg.ppo.updates and not resume_ppo:  # the warm-started model's success, to compare with PPO's
-        policy.eval()
-        sft_eval = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed, desc="eval sft")
-        log.write({f"sft/eval_{k}": v for k, v in sft_eval.items()})
-        say(result_line("SFT model", sft_eval))
-    optimizer = make_optimizer(policy, cfg.ppo)
-    reference = (ReferencePolicy.build(policy, run_dir, lora=cfg.model.lora, resume=resume_ppo, save=world.is_main)
-                 if cfg.ppo.kl_coef > 0 else None)  # the policy PPO starts from, for the KL penalty
-    generator = torch.Generator().manual_seed(cfg.run.seed)  # mini-batch order
+    try:  # a crash closes the envs too (ALFWorld's worker processes)
+        player.guide = build_guide(cfg, world, policy=policy, player=player)
+        cloning = build_cloning(cfg, player.guide, encoder)
+        if cfg.sft.steps and cfg.ppo.updates and not resume_ppo:  # the warm-started model's success, to compare with PPO's
+            policy.eval()
+            sft_eval = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed, desc="eval sft")
+            log.write({f"sft/eval_{k}": v for k, v in sft_eval.items()})
+            say(result_line("SFT model", sft_eval))
+        optimizer = make_optimizer(policy, cfg.ppo)
+        reference = (ReferencePolicy.build(policy, run_dir, lora=cfg.model.lora, resume=resume_ppo, save=world.is_main)
+                     if cfg.ppo.kl_coef > 0 else None)  # the policy PPO starts from, for the KL penalty
+        generator = torch.Generator().manual_seed(cfg.run.seed)  # mini-batch order
 
-    # -- where the updates start: 0, or the checkpoint's --------------------------------------
-    if resume_ppo:
-        optimizer.load_state_dict(state["optimizer"])
-        obs = ckpt.restore(ckpt.rank_state(state, world, say), generator, player, seed=cfg.run.seed + state["env_steps"])
-        first, env_steps, planned = state["update"], state["env_steps"], state["planned_updates"]
-        del state  # the optimizer's CPU copy: as large as the optimizer state itself
-        if world.is_main:
-            ckpt.truncate_metrics(run_dir / "metrics.jsonl", first)
-            ckpt.truncate_metrics(run_dir / "samples.jsonl", first)
-            save_config(cfg, run_dir / "config.yaml")
-        log = _open_log(cfg, run_dir, tensorboard_dir, world, resume=True, purge_step=env_steps + 1)
-        say(f"resuming {run_dir} from {checkpoint.name} (update {first} of {cfg.ppo.updates})")
-    else:
-        obs = player.reset(cfg.run.seed)
-        first, env_steps, planned = 0, 0, cfg.ppo.updates
-
-    # -- PPO: rollout -> advantages -> update -> log -> checkpoint ---------------------------
-    # the critic-free algorithms train no value head
-    update_cfg = cfg.ppo if cfg.algo.name == "ppo" else dataclasses.replace(cfg.ppo, value_coef=0.0)
-    teacher_kl = cfg.gtr.enabled and cfg.gtr.corrector == "self" and cfg.gtr.self_mode == "kl"
-    if teacher_kl:  # GTR-Turbo's KL mode: the self-teacher is the KL reference, over the thought tokens
-        update_cfg = dataclasses.replace(update_cfg, kl_coef=cfg.gtr.self_kl_coef)
-        reference = player.guide.corrector
-    checkpoint_s = 0.0
-    bar = progress(range(first, cfg.ppo.updates), desc="ppo", initial=first, total=cfg.ppo.updates)
-    for update in bar:
-        # over the updates the run first planned: a run extended by resume holds lr_end after them
-        iteration_start = time.perf_counter()
-        lr = cosine_lr(update, planned, cfg.ppo.lr, cfg.ppo.lr_end, cfg.ppo.warmup_updates)
-        set_lr(optimizer, lr)
-        policy.eval()
-        with nvtx_range("rollout"):
-            obs, storage, stats, rollout_s, steps, critic = collect_rollout(cfg, player, obs, update)
-        start = time.perf_counter()
-        with nvtx_range("update"):
-            metrics = ppo_update(policy, optimizer, storage, update_cfg, temperature=logprob_temperature(cfg),
-                                 pad_id=encoder.pad_id, device=device, generator=generator, logit_bias=logit_bias,
-                                 critic_only=update < cfg.ppo.critic_warmup_updates, reference=reference,
-                                 cloning=cloning, kl_thoughts_only=teacher_kl)
-            if player.guide is not None:
-                player.guide.after_update()  # (the self-teacher's EMA or adapter merge)
-        update_s = time.perf_counter() - start
-        env_steps += steps
-        guided = player.guide.metrics() if player.guide is not None else {}
-        record = {"update": update, "env_steps": env_steps, "lr": lr, **stats.summary(), **guided, **metrics, **critic,
-                  "timing/rollout_s": rollout_s, "timing/update_s": update_s,
-                  **{f"timing/{k}_s": v for k, v in stats.seconds.items()},
-                  "timing/checkpoint_s": checkpoint_s,  # the previous update's checkpoint and curves
-                  "timing/iteration_s": time.perf_counter() - iteration_start,
-                  "throughput/tokens_per_s": stats.tokens / max(rollout_s, 1e-9)}
-        log.write(record)
-        log.write_samples(update, env_steps, stats.samples)
-        bar.set_postfix(success=f"{record['rollout/success_rate']:.3f}")
-        say(update_line(record, cfg.ppo.updates))
-        done = update + 1
-        checkpoint_start = time.perf_counter()
-        stopping = world.max(float(stop.requested)) > 0  # every rank stops at the same update
-        if done == cfg.ppo.updates or stopping or (cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0):
-            _save(world, run_dir, done, policy, optimizer, processor, ckpt.capture(planned, env_steps, generator, player),
-                  keep=cfg.log.keep_checkpoints)
+        # -- where the updates start: 0, or the checkpoint's --------------------------------------
+        if resume_ppo:
+            optimizer.load_state_dict(state["optimizer"])
+            obs = ckpt.restore(ckpt.rank_state(state, world, say), generator, player, seed=cfg.run.seed + state["env_steps"])
+            first, env_steps, planned = state["update"], state["env_steps"], state["planned_updates"]
+            del state  # the optimizer's CPU copy: as large as the optimizer state itself
             if world.is_main:
-                redraw_curves(run_dir)
-        checkpoint_s = time.perf_counter() - checkpoint_start
-        if stopping and done < cfg.ppo.updates:
-            log.close()
-            player.close()
-            raise RunStopped(f"stopped after update {done} of {cfg.ppo.updates}, checkpoint saved: continue with "
-                             f"`fastvlmrl train resume={run_dir}`")
+                ckpt.truncate_metrics(run_dir / "metrics.jsonl", first)
+                ckpt.truncate_metrics(run_dir / "samples.jsonl", first)
+                save_config(cfg, run_dir / "config.yaml")
+            log = _open_log(cfg, run_dir, tensorboard_dir, world, resume=True, purge_step=env_steps + 1)
+            say(f"resuming {run_dir} from {checkpoint.name} (update {first} of {cfg.ppo.updates})")
+        else:
+            obs = player.reset(cfg.run.seed)
+            first, env_steps, planned = 0, 0, cfg.ppo.updates
 
-    if cfg.ppo.updates == 0 or first >= cfg.ppo.updates:  # SFT only, or a finished run resumed
-        if not world.broadcast((run_dir / "checkpoints" / f"step_{cfg.ppo.updates}").is_dir()):
-            _save(world, run_dir, cfg.ppo.updates, policy, optimizer, processor,
-                  ckpt.capture(planned, env_steps, generator, player), keep=cfg.log.keep_checkpoints)
+        # -- PPO: rollout -> advantages -> update -> log -> checkpoint ---------------------------
+        # the critic-free algorithms train no value head
+        update_cfg = cfg.ppo if cfg.algo.name == "ppo" else dataclasses.replace(cfg.ppo, value_coef=0.0)
+        teacher_kl = cfg.gtr.enabled and cfg.gtr.corrector == "self" and cfg.gtr.self_mode == "kl"
+        if teacher_kl:  # GTR-Turbo's KL mode: the self-teacher is the KL reference, over the thought tokens
+            update_cfg = dataclasses.replace(update_cfg, kl_coef=cfg.gtr.self_kl_coef)
+            reference = player.guide.corrector
+        checkpoint_s = 0.0
+        bar = progress(range(first, cfg.ppo.updates), desc="ppo", initial=first, total=cfg.ppo.updates)
+        for update in bar:
+            # over the updates the run first planned: a run extended by resume holds lr_end after them
+            iteration_start = time.perf_counter()
+            lr = cosine_lr(update, planned, cfg.ppo.lr, cfg.ppo.lr_end, cfg.ppo.warmup_updates)
+            set_lr(optimizer, lr)
+            policy.eval()
+            with nvtx_range("rollout"):
+                obs, storage, stats, rollout_s, steps, critic = collect_rollout(cfg, player, obs, update)
+            start = time.perf_counter()
+            with nvtx_range("update"):
+                metrics = ppo_update(policy, optimizer, storage, update_cfg, temperature=logprob_temperature(cfg),
+                                     pad_id=encoder.pad_id, device=device, generator=generator, logit_bias=logit_bias,
+                                     critic_only=update < cfg.ppo.critic_warmup_updates, reference=reference,
+                                     cloning=cloning, kl_thoughts_only=teacher_kl)
+                if player.guide is not None:
+                    player.guide.after_update()  # (the self-teacher's EMA or adapter merge)
+            update_s = time.perf_counter() - start
+            env_steps += steps
+            guided = player.guide.metrics() if player.guide is not None else {}
+            record = {"update": update, "env_steps": env_steps, "lr": lr, **stats.summary(), **guided, **metrics, **critic,
+                      "timing/rollout_s": rollout_s, "timing/update_s": update_s,
+                      **{f"timing/{k}_s": v for k, v in stats.seconds.items()},
+                      "timing/checkpoint_s": checkpoint_s,  # the previous update's checkpoint and curves
+                      "timing/iteration_s": time.perf_counter() - iteration_start,
+                      "throughput/tokens_per_s": stats.tokens / max(rollout_s, 1e-9)}
+            log.write(record)
+            log.write_samples(update, env_steps, stats.samples)
+            bar.set_postfix(success=f"{record['rollout/success_rate']:.3f}")
+            say(update_line(record, cfg.ppo.updates))
+            done = update + 1
+            checkpoint_start = time.perf_counter()
+            stopping = world.max(float(stop.requested)) > 0  # every rank stops at the same update
+            if done == cfg.ppo.updates or stopping or (cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0):
+                _save(world, run_dir, done, policy, optimizer, processor, ckpt.capture(planned, env_steps, generator, player),
+                      keep=cfg.log.keep_checkpoints)
+                if world.is_main:
+                    redraw_curves(run_dir)
+            checkpoint_s = time.perf_counter() - checkpoint_start
+            if stopping and done < cfg.ppo.updates:
+                log.close()
+                player.close()
+                raise RunStopped(f"stopped after update {done} of {cfg.ppo.updates}, checkpoint saved: continue with "
+                                 f"`fastvlmrl train resume={run_dir}`")
 
-    # -- evaluation on fresh seeds -------------------------------------------------------------
-    policy.eval()
-    result = final_evaluation(cfg, player)  # under torchrun: the ranks' episodes pooled
-    if world.is_main:
-        (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    say(result_line("final model", result))
-    log.close()
-    player.close()
-    if world.is_main:
-        redraw_curves(run_dir)
-    world.barrier()  # eval.json is written before any rank returns
-    return run_dir
+        if cfg.ppo.updates == 0 or first >= cfg.ppo.updates:  # SFT only, or a finished run resumed
+            if not world.broadcast((run_dir / "checkpoints" / f"step_{cfg.ppo.updates}").is_dir()):
+                _save(world, run_dir, cfg.ppo.updates, policy, optimizer, processor,
+                      ckpt.capture(planned, env_steps, generator, player), keep=cfg.log.keep_checkpoints)
+
+        # -- evaluation on fresh seeds -------------------------------------------------------------
+        policy.eval()
+        result = final_evaluation(cfg, player)  # under torchrun: the ranks' episodes pooled
+        if world.is_main:
+            (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        say(result_line("final model", result))
+        log.close()
+        player.close()
+        if world.is_main:
+            redraw_curves(run_dir)
+        world.barrier()  # eval.json is written before any rank returns
+        return run_dir
+    except BaseException:
+        player.close()
+        raise
 
 
 def _open_log(cfg: Config, run_dir: Path, tensorboard_dir, world, *, resume: bool, purge_step: int | None = None):

@@ -3,7 +3,8 @@ generation through the engine (which reads the trainer's weights), parsing, env 
 
 `Player.collect` fills a RolloutStorage for PPO; `Player.evaluate` plays whole episodes greedily
 on fresh seeds. Episode statistics follow RL4VLM: an episode succeeds when its summed env reward
-is > 0; illegal-output penalties and bootstrap terms are not part of the episode return.
+is > 0 (ALFWorld: when it is won: its reward adds partial progress every step); illegal-output
+penalties and bootstrap terms are not part of the episode return.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from fastvlmrl.rl.token_weights import action_token_mask
 class EpisodeStats:
     returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    wins: list[bool] = field(default_factory=list)  # per ended episode: Game.episode_success
     legal: int = 0
     outputs: int = 0
     tokens: int = 0
@@ -50,7 +52,7 @@ class EpisodeStats:
     def summary(self) -> dict[str, float]:
         r = np.array(self.returns, dtype=np.float64)
         return {
-            "rollout/success_rate": float((r > 0).mean()) if len(r) else float("nan"),
+            "rollout/success_rate": float(np.mean(self.wins)) if self.wins else float("nan"),
             "rollout/episode_return": float(r.mean()) if len(r) else float("nan"),
             "rollout/episode_length": float(np.mean(self.lengths)) if self.lengths else float("nan"),
             "rollout/episodes": len(r),
@@ -72,11 +74,13 @@ class EpisodeStats:
             return self
         samples = [({**sample, "env": sample["env"] + env_offset}, k // num_envs) for k, sample in enumerate(self.samples)]
         parts = world.gather((self.returns, self.lengths, self.legal, self.outputs, self.tokens, self.cut,
-                              self.perception, self.follows, samples, self.valid, self.thoughts, self.seconds))
+                              self.perception, self.follows, samples, self.valid, self.thoughts, self.wins,
+                              self.seconds))
         out = EpisodeStats(samples_wanted=self.samples_wanted)
         ordered = sorted((pair for p in parts for pair in p[8]), key=lambda pair: (pair[1], pair[0]["env"]))
         out.samples = [sample for sample, _ in ordered[: self.samples_wanted]]
-        for returns, lengths, legal, outputs, tokens, cut, perception, follows, _, valid, thoughts, _ in parts:
+        for returns, lengths, legal, outputs, tokens, cut, perception, follows, _, valid, thoughts, wins, _ in parts:
+            out.wins += wins
             out.valid += valid
             out.thoughts += thoughts
             out.returns += returns
@@ -87,6 +91,12 @@ class EpisodeStats:
             out.follows = [a + b for a, b in zip(out.follows, follows)]
         out.seconds = {k: max(p[-1][k] for p in parts) for k in self.seconds}
         return out
+
+    def end(self, ret: float, length: int, won: bool) -> None:
+        """Count an ended episode."""
+        self.returns.append(float(ret))
+        self.lengths.append(int(length))
+        self.wins.append(bool(won))
 
     def keep_sample(self, env: int, game, info: dict, text: str, parsed, action: int, legal: tuple[str, ...]) -> None:
         """Keep a reply (the first `samples_wanted`); `legal`: the actions the indices name."""
@@ -242,10 +252,17 @@ class Player:
         self.episode_length += 1
         ended = terminated | truncated
         for i in np.flatnonzero(ended):
-            stats.returns.append(float(self.episode_return[i]))
-            stats.lengths.append(int(self.episode_length[i]))
+            ret = self.episode_return[i]
+            stats.end(ret, self.episode_length[i], self.game.episode_success(ret, self._final_info(step_infos, i)))
             self.episode_return[i], self.episode_length[i] = 0.0, 0
         return transitions, rewards + extra, terminated, truncated, obs, step_infos
+
+    def _final_info(self, step_infos, i: int) -> dict | None:
+        """Env i's info dict of the state its episode ended in (a text game's; the card games'
+        success is read from the return alone)."""
+        if self.game.has_frames or "final_info" not in step_infos:
+            return None
+        return step_infos["final_info"][i]
 
     def _truncate(self, infos, obs, rewards, terminated, truncated):
         """GTR's early truncation: the envs the guide cuts short end here (terminated, reward -1)
@@ -321,7 +338,7 @@ class Player:
                 episodes[i].transitions.append(transition)
                 # the same state reached at another step is the same anchor (GiGPO)
                 episodes[i].states.append(self.game.anchor(infos[j], None if rows is None else rows[i]))
-            obs, rewards, terminated, truncated, _ = self.envs.step(actions)
+            obs, rewards, terminated, truncated, step_infos = self.envs.step(actions)
             stats.settle_rewards(rewards + extra)
             for i in live:
                 episodes[i].rewards.append(float((rewards[i] + extra[i]) * reward_scale))
@@ -329,12 +346,12 @@ class Player:
                 self.episode_length[i] += 1
                 if terminated[i] or truncated[i]:
                     alive[i] = False
-                    stats.returns.append(float(self.episode_return[i]))
-                    stats.lengths.append(int(self.episode_length[i]))
+                    ret = self.episode_return[i]
+                    stats.end(ret, self.episode_length[i],
+                              self.game.episode_success(ret, self._final_info(step_infos, i)))
         stats.cut = int(alive.sum())  # still running at max_steps: counted with their return so far, not left out
         for i in np.flatnonzero(alive):
-            stats.returns.append(float(self.episode_return[i]))
-            stats.lengths.append(int(self.episode_length[i]))
+            stats.end(self.episode_return[i], self.episode_length[i], self.game.episode_success(self.episode_return[i], None))
         return episodes, stats, time.perf_counter() - start
 
     @contextlib.contextmanager
@@ -352,7 +369,10 @@ class Player:
             self.envs, self.episode_return[:], self.episode_length[:] = saved[0], saved[1], saved[2]
 
     def close(self) -> None:
-        """Close the envs (and GTR's corrector)."""
+        """Close the envs (and GTR's corrector); a second call does nothing."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self.envs.close()
         if self.eval_envs is not None:
             self.eval_envs.close()
@@ -395,13 +415,14 @@ class Player:
         world = current_world()
         share = episodes // world.size + (1 if world.rank < episodes % world.size else 0)
         with self.evaluating():
-            returns, stats = self._play_episodes(share, temperature, seed, desc)
-        pooled = world.gather((returns.tolist(), stats.legal, stats.outputs))
-        returns = np.array([r for part, _, _ in pooled for r in part])
-        legal, outputs = sum(p[1] for p in pooled), sum(p[2] for p in pooled)
-        low, high = wilson_interval(int((returns > 0).sum()), episodes)
+            returns, wins, stats = self._play_episodes(share, temperature, seed, desc)
+        pooled = world.gather((returns.tolist(), wins.tolist(), stats.legal, stats.outputs))
+        returns = np.array([r for part, _, _, _ in pooled for r in part])
+        wins = np.array([w for _, part, _, _ in pooled for w in part], dtype=bool)
+        legal, outputs = sum(p[2] for p in pooled), sum(p[3] for p in pooled)
+        low, high = wilson_interval(int(wins.sum()), episodes)
         return {
-            "success_rate": float((returns > 0).mean()),
+            "success_rate": float(wins.mean()),
             "success_ci95_low": low,
             "success_ci95_high": high,
             "episode_return": float(returns.mean()),
@@ -410,25 +431,27 @@ class Player:
         }
 
     def _play_episodes(self, episodes: int, temperature: float, seed: int, desc: str):
-        """(returns of the first `episodes` episodes started from `seed`, their EpisodeStats)."""
+        """(returns and wins of the first `episodes` episodes started from `seed`, their EpisodeStats)."""
         obs = self.reset(seed)
         n = self.envs.num_envs
         index = np.arange(n)  # the start order of each env's current episode
         started = n
         returns = np.full(episodes, np.nan)
+        wins = np.zeros(episodes, bool)
         stats = EpisodeStats()
         with progress(total=episodes, desc=desc, leave=False) as bar:
             while np.isnan(returns).any():
                 before = len(stats.returns)
                 _, _, terminated, truncated, obs, _ = self.step(obs, temperature, stats, record=False)
-                for i, ret in zip(np.flatnonzero(terminated | truncated), stats.returns[before:]):
+                ended = zip(np.flatnonzero(terminated | truncated), stats.returns[before:], stats.wins[before:])
+                for i, ret, won in ended:
                     if index[i] < episodes:
-                        returns[index[i]] = ret
+                        returns[index[i]], wins[index[i]] = ret, won
                         bar.update(1)
                     index[i], started = started, started + 1  # the episode SameStep autoreset began
-                done = returns[~np.isnan(returns)]
-                bar.set_postfix(success=f"{(done > 0).mean():.3f}" if len(done) else "-")
-        return returns, stats
+                done = ~np.isnan(returns)
+                bar.set_postfix(success=f"{wins[done].mean():.3f}" if done.any() else "-")
+        return returns, wins, stats
 
 
 def evaluate_start_states(player: Player, seeds: list[int], temperature: float) -> dict[str, float]:
@@ -438,7 +461,7 @@ def evaluate_start_states(player: Player, seeds: list[int], temperature: float) 
     world = current_world()
     mine = list(seeds)[world.rank::world.size]
     n = player.envs.num_envs
-    returns = []
+    wins = []
     for begin in range(0, len(mine), n):
         chunk = mine[begin:begin + n]
         obs, _ = player.envs.reset(seed=chunk + [chunk[-1]] * (n - len(chunk)))
@@ -449,12 +472,12 @@ def evaluate_start_states(player: Player, seeds: list[int], temperature: float) 
         while np.isnan(done[: len(chunk)]).any():
             before = len(stats.returns)
             _, _, terminated, truncated, obs, _ = player.step(obs, temperature, stats, record=False)
-            for i, ret in zip(np.flatnonzero(terminated | truncated), stats.returns[before:]):
+            for i, won in zip(np.flatnonzero(terminated | truncated), stats.wins[before:]):
                 if np.isnan(done[i]):
-                    done[i] = ret
-        returns += done[: len(chunk)].tolist()
-    returns = [r for part in world.gather(returns) for r in part]
-    return {"start_states": len(seeds), "start_state_success_rate": float((np.array(returns) > 0).mean())}
+                    done[i] = float(won)
+        wins += done[: len(chunk)].tolist()
+    wins = [w for part in world.gather(wins) for w in part]
+    return {"start_states": len(seeds), "start_state_success_rate": float(np.mean(wins))}
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:

@@ -252,15 +252,76 @@ def test_vector_env_steps_ends_and_resumes(games):
                 assert infos["final_info"][i]["won"]
                 ended += 1
         assert ended >= 6
-        snapshot = envs.get_state()
-        after = [envs.step([envs.describe(i)["admissible_commands"][0] for i in range(3)])[0] for _ in range(3)]
-        envs.set_state(snapshot)
-        again = [envs.step([envs.describe(i)["admissible_commands"][0] for i in range(3)])[0] for _ in range(3)]
-        assert after == again
     finally:
         envs.close()
     with pytest.raises(RuntimeError, match="closed"):
         envs.step(["look"] * 3)
+
+
+def _oracle_play(envs, steps):
+    out = []
+    for _ in range(steps):
+        actions = [envs.describe(i)["expert_action"] or "look" for i in range(envs.num_envs)]
+        obs, rewards, terminated, truncated, _ = envs.step(actions)
+        out.append((obs, rewards.tolist(), terminated.tolist(), [envs.describe(i)["game"] for i in range(envs.num_envs)]))
+    return out
+
+
+def test_vector_env_state_restores_into_fresh_workers_across_episode_ends(games):
+    envs = ALFWorldVectorEnv(games, num_envs=2, seed=0)
+    try:
+        envs.reset(seed=3)
+        _oracle_play(envs, 3)  # mid-episode
+        snapshot = envs.get_state()
+        after = _oracle_play(envs, 25)  # episodes end and new games are drawn (the RNG's part of the state)
+    finally:
+        envs.close()
+    assert sum(sum(t) for _, _, t, _ in after) >= 2
+    fresh = ALFWorldVectorEnv(games, num_envs=2, seed=99)
+    try:
+        fresh.set_state(snapshot)
+        assert _oracle_play(fresh, 25) == after
+    finally:
+        fresh.close()
+    with pytest.raises(ValueError, match="another list of games"):
+        other = ALFWorldVectorEnv(games[:3], num_envs=2, seed=0)
+        try:
+            other.set_state(snapshot)
+        finally:
+            other.close()
+
+
+def test_gigpo_anchors_are_equal_for_equal_starts_only(games):
+    from fastvlmrl.envs.games.alfworld import ALFWORLD
+
+    envs = ALFWorldVectorEnv(games, num_envs=3, seed=0)
+    try:
+        other = next(s for s in range(6, 100) if random.Random(s).randrange(len(games)) != random.Random(5).randrange(len(games)))
+        envs.reset(seed=[5, 5, other])  # a group of two from one start, and a start in another game
+        anchors = [ALFWORLD.anchor(envs.describe(i)) for i in range(3)]
+        assert anchors[0] == anchors[1] != anchors[2]
+        envs.step([envs.describe(0)["expert_action"], "look", "look"])
+        assert ALFWORLD.anchor(envs.describe(0)) != ALFWORLD.anchor(envs.describe(1))
+    finally:
+        envs.close()
+
+
+def test_success_is_winning_not_a_positive_return(games):
+    from fastvlmrl.envs.games.alfworld import ALFWORLD
+
+    look = next(g for g in games if _traj(g)["task_type"] == "look_at_obj_in_light")
+    episodes = Episodes([look], max_steps=40, seed=0)
+    info = episodes.reset()
+    total = 0.0
+    while info["expert_action"] and not info["expert_action"].startswith("use"):
+        info, reward, _, _ = episodes.step(info["expert_action"])  # take the object, walk to the lamp
+        total += reward
+    info, reward, _, _ = episodes.step("look")
+    total += reward
+    assert total > 0 and not info["won"]  # holding the object: half the goal conditions, every step
+    assert not ALFWORLD.episode_success(total, info)
+    info, reward, terminated, _ = episodes.step(info["expert_action"])
+    assert terminated and ALFWORLD.episode_success(total + reward, info)
 
 
 def test_vector_env_names_a_broken_game(games, tmp_path):

@@ -32,7 +32,7 @@ class ScriptedPlayer(Player):
         stats.outputs += len(ended)
         stats.legal += len(ended)
         for i in np.flatnonzero(ended):
-            stats.returns.append(-1.0 if i == 0 else 1.0)
+            stats.end(-1.0 if i == 0 else 1.0, self.length[i], i != 0)
         self.left[ended] = self.length[ended]
         return [], None, ended, np.zeros_like(ended), None, None
 

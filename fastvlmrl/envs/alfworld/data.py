@@ -59,8 +59,9 @@ def split_name(split: str) -> str:
 
 
 def find_games(path: str | None, split: str = "train", task_types=None, limit: int = 0) -> list[str]:
-    """The playable game files of a split, sorted; `task_types` (names, short names or 1..6)
-    filters; `limit` > 0 keeps the first ones. A clear error when there are none."""
+    """The playable game files of a split, the task types in turn (each type's sorted by path);
+    `task_types` (names, short names or 1..6) filters; `limit` > 0 keeps the first ones. A clear
+    error when there are none."""
     root = data_root(path)
     split = split_name(split)
     where = os.path.join(root, split)
@@ -68,11 +69,12 @@ def find_games(path: str | None, split: str = "train", task_types=None, limit: i
         raise NoGamesError(f"no {split} split in {root} (expected {where}): {DOWNLOAD_HINT}")
     wanted = None if not task_types else {task_type(t) for t in task_types}
     games, skipped = [], 0
+    by_type: dict[str, list[str]] = {}
     for folder, _, files in sorted(os.walk(where)):
         if "traj_data.json" not in files or "game.tw-pddl" not in files:
             continue
-        if "movable" in folder or "Sliced" in folder:
-            continue
+        if "movable" in os.path.relpath(folder, where) or "Sliced" in os.path.relpath(folder, where):
+            continue  # (the task folder's name, not the path the user keeps the data in)
         with open(os.path.join(folder, "traj_data.json"), encoding="utf-8") as f:
             traj = json.load(f)
         if wanted is not None and traj.get("task_type") not in wanted:
@@ -80,8 +82,10 @@ def find_games(path: str | None, split: str = "train", task_types=None, limit: i
         if not _solvable(os.path.join(folder, "game.tw-pddl")):
             skipped += 1
             continue
-        games.append(os.path.join(folder, "game.tw-pddl"))
-    games.sort()
+        by_type.setdefault(str(traj.get("task_type")), []).append(os.path.join(folder, "game.tw-pddl"))
+    # the task types in turn, each sorted: the first `limit` games hold every type, not the first type's
+    queues = [sorted(by_type[kind]) for kind in sorted(by_type)]
+    games = [q[k] for k in range(max((len(q) for q in queues), default=0)) for q in queues if k < len(q)]
     if limit > 0:
         games = games[:limit]
     if not games:

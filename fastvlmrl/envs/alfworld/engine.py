@@ -105,6 +105,7 @@ class TextGame:
         """(observation, reward, legal): a command that is not admissible changes nothing."""
         if self._state is None:
             raise RuntimeError("call reset() before step()")
+        command = command.strip()  # (as the engine reads it)
         legal = command in self._state["admissible_commands"]
         if legal:
             self._state, _, _ = self._env.step(command)

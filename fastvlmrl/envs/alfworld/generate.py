@@ -8,7 +8,7 @@ can contain, which objects are cleanable, heatable, coolable; the rooms each tas
 in), places the target objects and some distractors in receptacles that can hold them, writes the
 PDDL problem for ALFWorld's domain with the goal from `alfworld.gen.goal_library`, and the grammar
 with the templated task line. Each game is kept only when the project's oracle walkthrough wins it
-in the real text engine (`verify=True`); the walkthrough is stored in the game file.
+in the real text engine; the walkthrough is stored in the game file.
 
 Games generated here are easier and more regular than ALFRED's (full-knowledge placements, no
 movable-receptacle nesting, no slicing): results on them are not comparable with published
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from fastvlmrl.envs.alfworld.tasks import TASK_NAMES, TRANSFORMS, task_type
 
+GENERATOR_VERSION = 1  # bumped when the same seed would give other games (runs' cached games are then not reused)
 _LAMPS = ("DeskLamp", "FloorLamp")
 # Receptacles a lamp stands on in generated rooms (ALFRED's rules list none for lamps).
 _LAMP_STANDS = ("Desk", "SideTable", "Dresser", "DiningTable", "CoffeeTable", "Shelf", "TVStand")
@@ -299,12 +300,12 @@ def build_game(spec: GameSpec, rng: random.Random) -> tuple[dict, dict]:
 
 
 def generate(out_dir: str, num_games: int, *, task_types=TASK_NAMES, seed: int = 0, split: str = "train",
-             verify: bool = True, distractors: tuple[int, int] = (4, 10)) -> list[str]:
+             distractors: tuple[int, int] = (4, 10)) -> list[str]:
     """Write `num_games` games (task types in turn) under `out_dir/<split>/<task>-.../trial_<n>/`;
     returns the game file paths. Seeded: the same arguments give the same games. Rooms as
     ALFWorld splits them: train and valid_seen in the training rooms, valid_unseen in the test
-    rooms. With `verify`, a game is kept only when the oracle walkthrough wins it in the text
-    engine (else it is drawn again)."""
+    rooms. A game is kept only when the oracle walkthrough wins it in the text engine (else it is
+    drawn again)."""
     from fastvlmrl.console import progress
     from fastvlmrl.envs.alfworld.engine import TextGame
 
@@ -321,15 +322,13 @@ def generate(out_dir: str, num_games: int, *, task_types=TASK_NAMES, seed: int =
     rooms = constants.TEST_SCENE_NUMBERS if split == "valid_unseen" else constants.TRAIN_SCENE_NUMBERS
     rng = random.Random(f"fastvlmrl-alfworld-{seed}-{split}")
     paths = []
-    engine = TextGame(memoize=True) if verify else None
+    engine = TextGame(memoize=True)
     for n in progress(range(num_games), desc=f"generating {split}"):
         task = tasks[n % len(tasks)]
         for attempt in range(20):
             spec = draw_game(task, rng, distractors=distractors,
                              scenes=[r for r in rooms_for(task, constants) if r in set(rooms)])
             traj, game = build_game(spec, rng)
-            if engine is None:
-                break
             walkthrough = engine.verify(game, traj)
             if walkthrough is not None:
                 game["solvable"], game["walkthrough"] = True, walkthrough

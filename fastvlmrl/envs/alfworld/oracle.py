@@ -56,8 +56,9 @@ def plan_step(goal: Goal, facts: Facts) -> tuple[str, str] | None:
         step = _reach(facts, where, f"I hold {held}; the {lamp} is on {where}") if where else None
         return step or (f"use {lamp}", f"I hold {held} and stand by {lamp}: I turn it on to look at {held}.")
     # Placing tasks: the parent with the most targets already there (pick_two needs two in one).
-    def placed(p):
-        return [o for o, r in facts.all("inreceptacle") if r == p and o in targets]
+    def placed(p):  # (for clean/heat/cool: only a target already cleaned/heated/cooled counts)
+        return [o for o, r in facts.all("inreceptacle")
+                if r == p and o in targets and (transform is None or facts.holds(transform[2], o))]
 
     need = 2 if task == "pick_two_obj_and_place" else 1
     parents = sorted(parents, key=lambda p: (-len(placed(p)), p))
@@ -66,8 +67,9 @@ def plan_step(goal: Goal, facts: Facts) -> tuple[str, str] | None:
     parent = parents[0]
     if held is None:
         loose = [o for o in targets if o not in placed(parent)]
+        kind = {"clean": "clean ", "heat": "hot ", "cool": "cool "}[transform[1]] if transform else ""
         return _take(facts, loose, f"The task needs {need - len(placed(parent))} more "
-                                   f"{goal.object_target.lower()} in {parent}")
+                                   f"{kind}{goal.object_target.lower()} in {parent}")
     if transform:
         appliance_type, verb, state = transform
         if not facts.holds(state, held):

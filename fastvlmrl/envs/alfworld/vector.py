@@ -18,6 +18,7 @@ the env and its game; `close()` stops every worker.
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 import traceback
 
 import numpy as np
@@ -28,8 +29,16 @@ from gymnasium.vector.utils import batch_space
 from fastvlmrl.envs.alfworld.env import _CHARSET, Episodes, observation, observation_space
 
 
-def _worker(conn, games, options, seed):
+def _worker(conn, parent_ends, games, options, seed):
     """One env's process: an Episodes object driven by (command, argument) messages."""
+    import signal
+
+    # The trainer's stop handlers were inherited with the fork: a worker stops when told (or
+    # terminated), and leaves Ctrl-C to the trainer, which closes the envs at a safe point.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for end in parent_ends:  # the trainer's ends of the pipes: once it is gone, recv() sees EOF
+        end.close()
     try:
         episodes = Episodes(games, seed=seed, **options)
     except BaseException:
@@ -98,11 +107,11 @@ class ALFWorldVectorEnv(VectorEnv):
         try:
             for i in range(self.num_envs):
                 parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_worker, args=(child, self.games, options, None if seed is None else seed + i),
-                                   daemon=True, name=f"alfworld-env-{i}")
+                self._conns.append(parent)
+                proc = ctx.Process(target=_worker, daemon=True, name=f"alfworld-env-{i}",
+                                   args=(child, self._conns, self.games, options, None if seed is None else seed + i))
                 proc.start()
                 child.close()
-                self._conns.append(parent)
                 self._procs.append(proc)
             self._gather("start")
         except BaseException:
@@ -116,7 +125,7 @@ class ALFWorldVectorEnv(VectorEnv):
         seeds = _seeds(seed, self.num_envs)
         for i in range(self.num_envs):
             if mask is None or mask[i]:
-                self._conns[i].send(("reset", seeds[i]))
+                self._send(i, ("reset", seeds[i]))
         for i, info in self._gather("reset", only=mask).items():
             self._infos[i], self._finals[i] = info, None
         return self._observations(), self._batched_infos()
@@ -128,8 +137,8 @@ class ALFWorldVectorEnv(VectorEnv):
             raise ValueError(f"expected {self.num_envs} actions, got {len(actions)}")
         if any(info is None for info in self._infos):
             raise RuntimeError("call reset() before step()")
-        for conn, action in zip(self._conns, actions):
-            conn.send(("step", action if isinstance(action, str) else int(action)))
+        for i, action in enumerate(actions):
+            self._send(i, ("step", action if isinstance(action, str) else int(action)))
         rewards = np.zeros(self.num_envs, np.float32)
         terminated = np.zeros(self.num_envs, np.bool_)
         truncated = np.zeros(self.num_envs, np.bool_)
@@ -161,6 +170,9 @@ class ALFWorldVectorEnv(VectorEnv):
             if proc.is_alive():
                 proc.terminate()
                 proc.join(timeout=5)
+            if proc.is_alive():  # (a worker stuck in the engine)
+                proc.kill()
+                proc.join(timeout=5)
         for conn in self._conns:
             conn.close()
         self._conns, self._procs = [], []
@@ -186,8 +198,8 @@ class ALFWorldVectorEnv(VectorEnv):
     def get_state(self) -> dict:
         """Every env's episode (its RNG, game and commands so far), for `set_state`."""
         self._check_open()
-        for conn in self._conns:
-            conn.send(("get_state", None))
+        for i in range(self.num_envs):
+            self._send(i, ("get_state", None))
         states = self._gather("get_state")
         return {"game": "ALFWorld", "games": list(self.games), "envs": [states[i] for i in range(self.num_envs)]}
 
@@ -199,19 +211,27 @@ class ALFWorldVectorEnv(VectorEnv):
                              f"{snapshot.get('game')} envs, this batch is {self.num_envs} ALFWorld envs")
         if list(snapshot.get("games", ())) != self.games:
             raise ValueError("cannot restore the envs: the snapshot was taken over another list of games")
-        for conn, state in zip(self._conns, snapshot["envs"]):
-            conn.send(("set_state", state))
+        for i, state in enumerate(snapshot["envs"]):
+            self._send(i, ("set_state", state))
         for i, info in self._gather("set_state").items():
             self._infos[i], self._finals[i] = info, None
         return self._observations(), self._batched_infos()
 
     # -- internals --
+    def _send(self, i: int, message) -> None:
+        try:
+            self._conns[i].send(message)
+        except (OSError, BrokenPipeError):
+            self.close()
+            raise RuntimeError(f"ALFWorld workers failed:\nenv {i}'s worker is gone{self._game_of(i)}") from None
+
     def _gather(self, what: str, only=None) -> dict:
         results, errors = {}, []
+        deadline = time.monotonic() + self.timeout_s  # for all the envs together (they work in parallel)
         for i, conn in enumerate(self._conns):
             if only is not None and not only[i]:
                 continue
-            if not conn.poll(self.timeout_s):
+            if not conn.poll(max(0.0, deadline - time.monotonic())):
                 errors.append(f"env {i} did not answer {what} within {self.timeout_s:.0f} s{self._game_of(i)}")
                 continue
             try:

@@ -77,7 +77,10 @@ class ALFWorldGame(Game):
         commands = list(info["admissible_commands"])
         longest = max(commands, key=len) if commands else "go to cabinet 10"
         pad = max(_MAX_COMMANDS - len(commands), 0)
-        return {**info, "observation": info["observation"].ljust(_MAX_OBSERVATION, "x"),
+        # padded with room-description text (a tokenizer packs a run of one letter far tighter)
+        filler = (", a cabinet 10" * (_MAX_OBSERVATION // 14 + 1))
+        observation = (info["observation"] + filler)[: max(_MAX_OBSERVATION, len(info["observation"]))]
+        return {**info, "observation": observation,
                 "admissible_commands": commands + [longest] * pad,
                 "previous_actions": [longest] * self.history}
 
@@ -92,8 +95,7 @@ class ALFWorldGame(Game):
     def reasoned(self, info, action):
         if action == info.get("expert_action"):
             return self.oracle(info)
-        first = info["observation"].split(". ")[0].strip().rstrip(".")
-        return {}, action, f"{first}. My task is to {info['task'].rstrip('.')}: I {action}."
+        return {}, action, f"{_scene(info['observation'])} My task is to {info['task'].rstrip('.')}: I {action}."
 
     def right_decision(self, info, action):
         if action is None:
@@ -101,9 +103,22 @@ class ALFWorldGame(Game):
         expert = info.get("expert_action")
         return expert is not None and action.strip().lower() == expert.lower()
 
+    def episode_success(self, episode_return, final_info):
+        # won, not a positive return: the reward adds partial progress (goal conditions) every step
+        return bool(final_info is not None and final_info.get("won"))
+
     def anchor(self, info, row=None):
         key = json.dumps([info.get("game"), info["observation"], info["admissible_commands"]])
         return hashlib.blake2b(key.encode(), digest_size=16).digest()
+
+
+def _scene(observation: str) -> str:
+    """The observation's first sentence about the scene (a reset's text starts with TextWorld's
+    banner and ends with the task line)."""
+    lines = [line.strip() for line in observation.splitlines()
+             if line.strip() and not line.startswith("-=") and not line.startswith("Your task is to")]
+    first = (lines[0] if lines else observation).split(". ")[0].strip().rstrip(".")
+    return first + "."
 
 
 ALFWORLD = ALFWorldGame("ALFWorld", -1, ())

@@ -65,6 +65,10 @@ class Game(abc.ABC):
 
         return parse_action(self, text)
 
+    def episode_success(self, episode_return: float, final_info: dict | None) -> bool:
+        """Whether an ended episode succeeded: RL4VLM's rule, its summed env reward is > 0."""
+        return episode_return > 0
+
     def anchor(self, info: dict, row) -> bytes:
         """GiGPO's anchor-state key: equal for the same state reached at any step. The card games'
         state row with its step counter zeroed."""
