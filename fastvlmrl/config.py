@@ -234,9 +234,9 @@ def _validate_alfworld(cfg: Config) -> None:
             raise ConfigError(f"{key} must be 0 or more, got {value}")
     if a.timeout_s <= 0:
         raise ConfigError(f"alfworld.timeout_s must be positive, got {a.timeout_s}")
-    if cfg.gtr.enabled:
-        raise ConfigError("gtr.enabled with env.name=ALFWorld is not supported yet (its DAgger buffer keeps frames; "
-                          "ALFWorld's prompts are text): train ALFWorld with PPO, GRPO or GiGPO")
+    if cfg.gtr.enabled and cfg.gtr.corrector != "oracle":
+        raise ConfigError(f"gtr.corrector={cfg.gtr.corrector} with env.name=ALFWorld is not supported yet (GTR's "
+                          "questions and the self-teacher are written for the card games): use gtr.corrector=oracle")
 
 
 def validate(cfg: Config, *, check_model_files: bool = True) -> None:

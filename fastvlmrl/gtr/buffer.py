@@ -16,7 +16,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class CorrectedSample:
-    frame: np.ndarray  # uint8 [H, W, 3]
+    frame: np.ndarray | None  # uint8 [H, W, 3]; None: a text game's prompt
     task: str  # the task prompt the agent answered
     reply: str  # the corrected thought with the agent's own action (`correction.corrected_reply`)
 
@@ -34,13 +34,17 @@ class DAggerBuffer:
         return len(self._items)
 
     def add(self, sample: CorrectedSample) -> None:
-        frame = np.ascontiguousarray(sample.frame, dtype=np.uint8)
-        self._items.append((zlib.compress(frame.tobytes(), 1), frame.shape, sample.task, sample.reply))
+        if sample.frame is None:  # a text game's prompt (ALFWorld): no frame to keep
+            self._items.append((None, None, sample.task, sample.reply))
+        else:
+            frame = np.ascontiguousarray(sample.frame, dtype=np.uint8)
+            self._items.append((zlib.compress(frame.tobytes(), 1), frame.shape, sample.task, sample.reply))
         self.added += 1
 
     def _sample(self, index: int) -> CorrectedSample:
         data, shape, task, reply = self._items[index]
-        return CorrectedSample(np.frombuffer(zlib.decompress(data), np.uint8).reshape(shape), task, reply)
+        frame = None if data is None else np.frombuffer(zlib.decompress(data), np.uint8).reshape(shape)
+        return CorrectedSample(frame, task, reply)
 
     def draw(self, count: int) -> list[CorrectedSample]:
         """`count` samples drawn uniformly (without replacement while the buffer holds enough)."""

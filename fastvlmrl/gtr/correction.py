@@ -18,7 +18,7 @@ CORRECT, WRONG, UNPARSABLE, NO_VERDICT = "correct", "wrong", "unparsable", "no_v
 
 @dataclass(frozen=True)
 class CorrectionItem:
-    frame: np.ndarray  # uint8 [H, W, 3]: what the agent saw
+    frame: np.ndarray | None  # uint8 [H, W, 3]: what the agent saw (None: a text game, ALFWorld)
     prompt: str  # the task prompt it answered
     output: str  # its reply
     info: dict  # the env's state as its info dict (what an exact corrector reads; an HTTP one sees only the frame)

@@ -38,7 +38,8 @@ class ThoughtGuide:
             self.targets = [None] * len(texts)
         bonus = np.array([self.cfg.format_reward if r is not None else 0.0 for r in replies], np.float32)
         valid = [i for i, r in enumerate(replies) if r is not None]
-        items = [CorrectionItem(np.asarray(frames[i]), prompts[i], texts[i], infos[i], replies[i], self.targets[i])
+        frames = [None if f is None else np.asarray(f) for f in frames]  # (None: a text game's prompt)
+        items = [CorrectionItem(frames[i], prompts[i], texts[i], infos[i], replies[i], self.targets[i])
                  for i in valid]
         corrections = self.corrector.evaluate(items) if items else []  # ([] from a corrector that judges nothing)
         for i, correction in zip(valid, corrections):
@@ -50,7 +51,7 @@ class ThoughtGuide:
             self.counts["judged"] += 1
             if correction.verdict == WRONG and correction.corrected_thought is not None:
                 self.counts["corrected"] += 1
-                self.buffer.add(CorrectedSample(np.asarray(frames[i]).copy(), prompts[i],
+                self.buffer.add(CorrectedSample(None if frames[i] is None else frames[i].copy(), prompts[i],
                                                 corrected_reply(correction.corrected_thought, replies[i]["action"])))
         self.counts["replies"] += len(texts)
         self.counts["valid"] += len(valid)

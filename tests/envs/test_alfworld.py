@@ -396,12 +396,51 @@ def test_gigpo_on_alfworld_anchors_text_states(games_dir, tmp_path):
     assert (tmp_path / "g" / "eval.json").is_file()
 
 
+def test_gtr_oracle_on_alfworld_clones_text_corrections(games_dir, tmp_path):
+    from fastvlmrl.cli import main
+    from fastvlmrl.gtr.buffer import CorrectedSample, DAggerBuffer
+
+    from fastvlmrl.config import GTRConfig
+    from fastvlmrl.envs.games.alfworld import ALFWORLD
+    from fastvlmrl.gtr.cloning import clone_sample
+    from fastvlmrl.gtr.guide import ThoughtGuide
+    from fastvlmrl.gtr.oracle_corrector import OracleCorrector
+    from fastvlmrl.models.encoder import PromptEncoder
+    from fastvlmrl.models.tiny import build_tiny_processor
+
+    buffer = DAggerBuffer(4)
+    buffer.add(CorrectedSample(None, "task", '{"thoughts": "t", "action": "look"}'))
+    assert buffer.draw(1)[0].frame is None  # a text prompt's sample keeps no frame
+    # the oracle corrector judges a wrong decision and the buffer keeps the text prompt with the expert's thought
+    env = ALFWorldEnv(find_games(games_dir, "train", task_types=["pick"]))
+    _, info = env.reset(seed=0)
+    wrong = next(c for c in info["admissible_commands"] if c != info["expert_action"])
+    guide = ThoughtGuide(OracleCorrector(ALFWORLD), ALFWORLD, GTRConfig(enabled=True))
+    prompt = alfworld_prompt(info)
+    right = json.dumps({"thoughts": info["expert_thoughts"], "action": info["expert_action"]})
+    guide.observe([None, None], [info, info], [prompt, prompt],
+                  [json.dumps({"thoughts": "I wander.", "action": wrong}), right])
+    assert guide.counts["judged"] == 2 and guide.counts["corrected"] == 1 and len(guide.buffer) == 1
+    sample = guide.buffer.draw(1)[0]
+    assert sample.frame is None and info["expert_thoughts"] in sample.reply and wrong in sample.reply
+    encoder = PromptEncoder(build_tiny_processor(), ("pixel_values",))
+    transition = clone_sample(encoder, sample)
+    assert transition.mm == {} and len(transition.output_ids) > 0
+    # and a whole run with GTR's oracle and its ALFWorld truncation
+    args = [*TRAIN, "sft.steps=0", "gtr.enabled=true", "gtr.corrector=oracle", "alfworld.gtr_truncation=true",
+            f"alfworld.data_path={games_dir}", f"run.out_dir={tmp_path}", "run.name=gtr"]
+    assert main(["train", *args]) == 0
+    record = next(json.loads(x) for x in (tmp_path / "gtr" / "metrics.jsonl").read_text().splitlines()
+                  if '"update"' in x)
+    assert "gtr/buffer_size" in record
+
+
 def test_alfworld_config_errors(games_dir, capsys):
     from fastvlmrl.cli import main
 
     assert main(["train", *TRAIN, "alfworld.task_types=juggle"]) == 2
     assert "unknown ALFWorld task type" in capsys.readouterr().err
-    assert main(["train", *TRAIN, "gtr.enabled=true"]) == 2
+    assert main(["train", *TRAIN, "gtr.enabled=true", "gtr.corrector=self"]) == 2
     assert "not supported yet" in capsys.readouterr().err
     assert main(["train", "tiny/numberline", "env.illegal_action=noop"]) == 2
     assert "ALFWorld's" in capsys.readouterr().err
