@@ -446,3 +446,13 @@ def test_alfworld_config_errors(games_dir, capsys):
     assert "ALFWorld's" in capsys.readouterr().err
     assert main(["train", *TRAIN, f"alfworld.data_path={games_dir}/nothing"]) == 2
     assert "alfworld-download" in capsys.readouterr().err
+
+
+def test_oracle_speaks_the_older_put_verb():
+    from fastvlmrl.envs.alfworld.oracle import admissible_form
+
+    new = ["go to cabinet 1", "move apple 1 to countertop 1"]
+    old = ["go to cabinet 1", "put apple 1 in/on countertop 1"]
+    assert admissible_form("move apple 1 to countertop 1", new) == "move apple 1 to countertop 1"
+    assert admissible_form("move apple 1 to countertop 1", old) == "put apple 1 in/on countertop 1"
+    assert admissible_form("move apple 1 to countertop 2", old) is None

@@ -26,7 +26,7 @@ import numpy as np
 from gymnasium import spaces
 
 from fastvlmrl.envs.alfworld.engine import TextGame
-from fastvlmrl.envs.alfworld.oracle import plan_step
+from fastvlmrl.envs.alfworld.oracle import admissible_form, plan_step
 from fastvlmrl.envs.alfworld.tasks import TASK_SHORT
 
 GTR_MAX_ACTIONS = 40
@@ -108,13 +108,13 @@ class Episodes:
         """The info dict the prompts, the parser and the oracle read."""
         obs = self.obs
         step = plan_step(self.engine.goal, self.engine.facts()) if not obs.won else None
+        command = None if step is None else admissible_form(step[0], obs.admissible)
         traj_type = self.engine.goal.task_type
         return {"observation": obs.text, "task": obs.task, "admissible_commands": list(obs.admissible),
                 "previous_actions": list(self.actions), "task_type": traj_type, "task_short": TASK_SHORT[traj_type],
                 "game": self.games[self.game_index], "won": obs.won, "goal_progress": obs.progress,
                 "steps": len(self.actions),
-                "expert_action": step[0] if step and step[0] in obs.admissible else None,
-                "expert_thoughts": step[1] if step and step[0] in obs.admissible else None}
+                "expert_action": command, "expert_thoughts": step[1] if command is not None else None}
 
     def get_state(self) -> dict:
         """Where the episodes stand: the RNG, the game, the commands so far (replayed on restore)."""

@@ -113,9 +113,20 @@ def _put_down(facts: Facts, held: str, why: str) -> tuple[str, str] | None:
     return step or (f"move {held} to {where}", f"{why}: I put it on {where}.")
 
 
+def admissible_form(command: str, admissible) -> str | None:
+    """`command` as this game's admissible list spells it, or None. ALFWorld's older game files
+    say "put X in/on Y" where the wheel's grammar says "move X to Y"."""
+    if command in admissible:
+        return command
+    if command.startswith("move ") and " to " in command:
+        obj, place = command[len("move "):].split(" to ", 1)
+        for form in (f"put {obj} in/on {place}", f"put {obj} in {place}", f"put {obj} on {place}"):
+            if form in admissible:
+                return form
+    return None
+
+
 def next_command(goal: Goal, facts: Facts, admissible) -> str | None:
     """The oracle's next command when the game accepts it now, else None."""
     step = plan_step(goal, facts)
-    if step is None or step[0] not in admissible:
-        return None
-    return step[0]
+    return None if step is None else admissible_form(step[0], admissible)
