@@ -11,6 +11,8 @@ over its own replica of the weights. What the ranks share, and nothing else:
 - each mini-batch's totals (samples, tokens, λ weight), so that every loss term is the global
   mini-batch's mean, and the gradients: summed over ranks once per optimizer step (the reduction
   torch's DDP does, without overlapping it with the backward);
+- with grpo/gigpo, each rank's number of samples (it plays whole groups on its envs, episodes of
+  any length), so that the mini-batches are drawn over the global rollout;
 - whether every rank's loss is finite (all skip together), the epochs' approx-KL (for target_kl);
 - the metrics (counts summed, means weighted) and the evaluation's episodes (split over ranks).
 

@@ -65,10 +65,10 @@ def check_world(cfg: Config, world) -> None:
     """What a run over several processes needs, checked before anything is written."""
     if not world.active:
         return
-    if cfg.algo.name != "ppo":
-        raise ValueError(f"algo.name={cfg.algo.name} does not run under torchrun yet (its groups of whole episodes "
-                         "give each rank a different number of samples): use algo.name=ppo, or one process")
-    world.local_slice(cfg.env.num_envs, "env.num_envs")
+    _, local = world.local_slice(cfg.env.num_envs, "env.num_envs")
+    if cfg.algo.name != "ppo" and local % cfg.algo.group_size:  # a group's episodes are on one rank
+        raise ValueError(f"algo.name={cfg.algo.name}: each process's env.num_envs / {world.size} = {local} envs must "
+                         f"be a multiple of algo.group_size={cfg.algo.group_size} (a group plays on one process)")
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: RunLock, world) -> Path:
@@ -352,11 +352,14 @@ def collect_rollout(cfg: Config, player, obs, update: int):
                                                           samples=samples)
         storage.finish(last_values, cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.ppo.normalize_advantages,
                        bonus_scale=cfg.ppo.reward_scale)
-        return obs, storage, stats.pooled(player.env_offset, player.envs.num_envs), seconds, cfg.ppo.num_steps * cfg.env.num_envs, storage.critic_stats()
+        return obs, storage, stats.pooled(player.env_offset), seconds, cfg.ppo.num_steps * cfg.env.num_envs, storage.critic_stats()
     groups = cfg.env.num_envs // cfg.algo.group_size
     episodes, stats, seconds = player.collect_groups(cfg.run.seed * 1_000_003 + update * groups, cfg.algo.group_size,
                                                      cfg.algo.max_episode_steps, reward_scale=cfg.ppo.reward_scale,
                                                      samples=samples)
+    # each group is whole on its rank: its advantages are the single process's
     advantages = group_advantages(episodes, cfg.algo.name, gamma=cfg.ppo.gamma, step_weight=cfg.algo.step_weight)
-    storage = SampleStorage([(t, a, 0.0) for e, row in zip(episodes, advantages) for t, a in zip(e.transitions, row)])
-    return obs, storage, stats, seconds, sum(len(e.rewards) for e in episodes), {}
+    storage = SampleStorage.for_world([(t, a, 0.0) for e, row in zip(episodes, advantages)
+                                       for t, a in zip(e.transitions, row)])
+    steps = int(distributed.current().sum([sum(len(e.rewards) for e in episodes)])[0])
+    return obs, storage, stats.pooled(player.env_offset), seconds, steps, {}

@@ -3,6 +3,7 @@ the parameters of 1 process with the global batch; a 2-rank tiny run writes one 
 resumes, and learns as the 1-rank run does; a rank that dies stops the job, the last checkpoint
 intact. This file is also the worker torchrun starts (`python tests/test_distributed.py OUT`)."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -67,7 +68,8 @@ def _fixed_rollout(envs: range, num_envs: int):
 def update_worker(out: Path) -> None:
     """One PPO update of the fixed rollout on this rank's envs (global: 4 envs x 2 steps, mini-batches
     of 3, so each rank's part of a mini-batch varies, possibly empty), then two SFT steps on
-    batches of 5 (rank parts of 3 and 2)."""
+    batches of 5 (rank parts of 3 and 2), then the group algorithms' update of samples split
+    unevenly over the ranks (5 and 3)."""
     from fastvlmrl import distributed
     from fastvlmrl.config import PPOConfig, SFTConfig
     from fastvlmrl.rl.ppo import ppo_update
@@ -89,8 +91,20 @@ def update_worker(out: Path) -> None:
     demos = [t for row in _fixed_rollout(range(4), 4)[2].transitions for t in row]  # the same 8 on every rank
     sft_train(policy, encoder, demos, SFTConfig(steps=2, batch_size=5, lr=1e-4, warmup_steps=1, checkpoint_every=0),
               device="cpu", seed=3)
+    sft_params = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    # the group algorithms' update: samples with given advantages, 8 in all, 5 on rank 0 and 3 on rank 1
+    from fastvlmrl.rl.storage import SampleStorage
+
+    policy, encoder, whole = _fixed_rollout(range(4), 4)
+    flat = [t for row in whole.transitions for t in row]
+    advantages = np.random.default_rng(1).normal(size=len(flat))
+    samples = [(t, float(a), 0.0) for t, a in zip(flat, advantages)]
+    groups = SampleStorage.for_world(samples if not world.active else samples[:5] if world.rank == 0 else samples[5:])
+    optimizer = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    ppo_update(policy, optimizer, groups, dataclasses.replace(cfg, value_coef=0.0), temperature=1.0,
+               pad_id=encoder.pad_id, device="cpu", generator=torch.Generator().manual_seed(0))
     torch.save({"params": after_ppo, "metrics": metrics, "advantages": storage.advantages,
-                "sft_params": {n: p.detach().clone() for n, p in policy.named_parameters()}},
+                "sft_params": sft_params, "group_params": {n: p.detach().clone() for n, p in policy.named_parameters()}},
                out / f"rank{world.rank}.pt")
     distributed.shutdown()
 
@@ -109,7 +123,7 @@ def test_an_update_over_two_ranks_is_the_single_process_update(tmp_path, loss_le
     torch.testing.assert_close(torch.cat([r["advantages"] for r in ranks], dim=1), single["advantages"],
                                atol=1e-6, rtol=1e-5)  # normalised over the global rollout
     start = dict(_fixed_rollout(range(0), 4)[0].named_parameters())
-    for key in ("params", "sft_params"):
+    for key in ("params", "sft_params", "group_params"):
         for name, value in single[key].items():
             for r in ranks:
                 torch.testing.assert_close(r[key][name], value, atol=1e-5, rtol=1e-4, msg=f"{key} {name}")
@@ -128,8 +142,9 @@ def test_what_several_processes_cannot_run_is_refused_before_work():
     two = World(rank=0, size=2)
     with pytest.raises(ValueError, match="env.num_envs=3 must be a multiple of the number of processes"):
         check_world(load_config(None, ["env.num_envs=3"]), two)
-    with pytest.raises(ValueError, match="algo.name=grpo does not run under torchrun"):
-        check_world(load_config(None, ["algo.name=grpo", "algo.group_size=4"]), two)
+    with pytest.raises(ValueError, match="4 envs must be a multiple of algo.group_size=8"):
+        check_world(load_config(None, ["algo.name=grpo", "env.num_envs=8", "algo.group_size=8"]), two)
+    check_world(load_config(None, ["algo.name=gigpo", "env.num_envs=8", "algo.group_size=4"]), two)  # whole groups
     check_world(load_config(None, ["env.num_envs=4", "ppo.minibatch_size=3"]), two)  # mini-batches stay global
     assert World().sum([1.0, 2]) == [1.0, 2.0] and World().gather("x") == ["x"]  # a world of one: identities
 
@@ -169,7 +184,6 @@ def test_a_two_rank_run_writes_one_run_and_resumes(tmp_path):
     assert [r["update"] for r in after if "update" in r] == [0, 1, 2, 3]
     single = _train(tmp_path, "one", 1, "ppo.updates=2", "sft.steps=0")
     assert single.returncode == 0, single.stderr[-3000:]
-    one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     # each rank's envs start as those envs of the single process and sample with their seeds: the
     # first replies of all 4 envs are the single process's (later steps differ: the random actions
     # that stand in for illegal replies come from each rank's own stream)
@@ -179,6 +193,27 @@ def test_a_two_rank_run_writes_one_run_and_resumes(tmp_path):
     assert [(s["env"], s["output"]) for s in first[0]] == [(s["env"], s["output"]) for s in first[1]]
     evals = [json.loads((tmp_path / name / "eval.json").read_text()) for name in ("two", "one")]
     assert evals[0]["episodes"] == evals[1]["episodes"] == 4  # pooled over the ranks
+
+
+def test_a_group_run_over_two_ranks_plays_the_single_process_groups(tmp_path):
+    # 8 envs in groups of 2: ranks of 4 envs, two whole groups each
+    group = ["algo.name=gigpo", "algo.group_size=2", "env.num_envs=8", "algo.max_episode_steps=3", "ppo.updates=2",
+             "sft.steps=0", "log.samples=8"]
+    runs = {"two": _train(tmp_path, "two", 2, *group), "one": _train(tmp_path, "one", 1, *group)}
+    for name, result in runs.items():
+        assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
+    records = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                      if "update" in json.loads(line)] for name in runs}
+    assert [r["update"] for r in records["two"]] == [0, 1]  # rank 0 writes alone
+    first = {name: records[name][0] for name in runs}
+    # the first update's episodes are the single process's: the same starts per group, the same
+    # first replies; the env steps and episodes are counted over both ranks
+    assert first["two"]["rollout/episodes"] == first["one"]["rollout/episodes"] == 8
+    samples = {name: [json.loads(line) for line in (tmp_path / name / "samples.jsonl").read_text().splitlines()
+                      if json.loads(line).get("update") == 0][:8] for name in runs}
+    assert [(s["env"], s["state"], s["output"]) for s in samples["two"]] == \
+        [(s["env"], s["state"], s["output"]) for s in samples["one"]]
+    assert 8 <= first["two"]["env_steps"] <= 8 * 3
 
 
 def test_a_rank_that_dies_stops_the_job_and_leaves_the_checkpoint_intact(tmp_path):

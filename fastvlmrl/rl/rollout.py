@@ -64,15 +64,18 @@ class EpisodeStats:
             **thought_summary(self.thoughts),
         }
 
-    def pooled(self, env_offset: int = 0, num_envs: int = 1) -> EpisodeStats:
+    def pooled(self, env_offset: int = 0) -> EpisodeStats:
         """Every rank's statistics together (under torchrun; this one as it is otherwise): the
         episodes and counts of all ranks, the rollout's first samples over the global envs (as a
-        single process keeps them: step by step, env by env; this rank's `num_envs` envs start at
-        global env `env_offset`), the slowest rank's seconds."""
+        single process keeps them: step by step, env by env; this rank's envs start at global env
+        `env_offset`), the slowest rank's seconds."""
         world = current_world()
         if not world.active:
             return self
-        samples = [({**sample, "env": sample["env"] + env_offset}, k // num_envs) for k, sample in enumerate(self.samples)]
+        samples, step = [], 0
+        for k, sample in enumerate(self.samples):  # kept step by step, env by env (fewer envs once some ended)
+            step += k > 0 and sample["env"] <= self.samples[k - 1]["env"]
+            samples.append(({**sample, "env": sample["env"] + env_offset}, step))
         parts = world.gather((self.returns, self.lengths, self.legal, self.outputs, self.tokens, self.cut,
                               self.perception, self.follows, samples, self.valid, self.thoughts, self.wins,
                               self.seconds))
@@ -305,20 +308,24 @@ class Player:
 
     @torch.no_grad()
     def collect_groups(self, seed: int, group_size: int, max_steps: int, reward_scale: float = 1.0, samples: int = 0):
-        """Episodes in groups of `group_size` from identical starts (env i plays group i // K,
+        """Episodes in groups of `group_size` from identical starts (global env i plays group i // K,
         seeded `seed + group`), each played to its end (at most `max_steps`), for the critic-free
         algorithms. Returns (episodes, stats, seconds). An env whose episode ended sits out the
-        rest of the rollout: no generation is spent on it."""
+        rest of the rollout: no generation is spent on it. Under torchrun each rank plays the
+        groups of its own envs (whole groups: `train.check_world`)."""
         from fastvlmrl.rl.groups import Episode
 
         n = self.envs.num_envs
         if n % group_size:
             raise ValueError(f"env.num_envs={n} is not a multiple of algo.group_size={group_size}")
         start = time.perf_counter()
-        obs, _ = self.envs.reset(seed=[seed + i // group_size for i in range(n)])
+        if self.env_offset % group_size:
+            raise ValueError(f"this rank's envs start at global env {self.env_offset}, inside a group of {group_size}")
+        groups = [(self.env_offset + i) // group_size for i in range(n)]
+        obs, _ = self.envs.reset(seed=[seed + g for g in groups])
         self.episode_return[:] = 0
         self.episode_length[:] = 0
-        episodes = [Episode(group=i // group_size) for i in range(n)]
+        episodes = [Episode(group=g) for g in groups]
         alive = np.ones(n, bool)
         stats = EpisodeStats(samples_wanted=samples)
         for _ in progress(range(max_steps), desc="rollout", leave=False):

@@ -100,16 +100,33 @@ class RolloutStorage:
 
 class SampleStorage:
     """Samples with their advantages given (the group algorithms compute them per episode and step):
-    the part of RolloutStorage's interface the PPO update reads."""
+    the part of RolloutStorage's interface the PPO update reads.
 
-    def __init__(self, samples: list[tuple[Transition, float, float]]):
+    offset / total: under torchrun this rank's samples are samples offset ... of the global
+    rollout's `total` (every rank's, in rank order: `for_world`); mini-batches are drawn over the
+    global rollout as in RolloutStorage."""
+
+    def __init__(self, samples: list[tuple[Transition, float, float]], offset: int = 0, total: int | None = None):
         self._samples = list(samples)
+        self.offset, self.total = offset, len(self._samples) if total is None else total
+        if not 0 <= self.offset <= self.total - len(self._samples):
+            raise ValueError(f"samples {offset}..{offset + len(self._samples)} do not fit a rollout of {self.total}")
         self.transitions = [[t for t, _, _ in self._samples]]
+
+    @classmethod
+    def for_world(cls, samples: list[tuple[Transition, float, float]]) -> SampleStorage:
+        """This rank's samples placed in the global rollout (every rank's counts gathered)."""
+        counts = current_world().gather(len(samples))
+        rank = current_world().rank
+        return cls(samples, offset=sum(counts[:rank]), total=sum(counts))
 
     def samples(self) -> list[tuple[Transition, float, float]]:
         return list(self._samples)
 
     def minibatches(self, size: int, generator: torch.Generator):
-        order = torch.randperm(len(self._samples), generator=generator).tolist()
+        """Shuffled mini-batches of `size` samples of the global rollout, each as this rank's part
+        of it (possibly none): every rank draws the same order over every rank's samples."""
+        order = torch.randperm(self.total, generator=generator).tolist()
+        end = self.offset + len(self._samples)
         for i in range(0, len(order), size):
-            yield [self._samples[j] for j in order[i : i + size]]
+            yield [self._samples[j - self.offset] for j in order[i : i + size] if self.offset <= j < end]
