@@ -237,6 +237,10 @@ def _validate_alfworld(cfg: Config) -> None:
     if cfg.gtr.enabled and cfg.gtr.corrector != "oracle":
         raise ConfigError(f"gtr.corrector={cfg.gtr.corrector} with env.name=ALFWorld is not supported yet (GTR's "
                           "questions and the self-teacher are written for the card games): use gtr.corrector=oracle")
+    for key in ("truncate_off_path", "truncate_unsolvable"):
+        if getattr(cfg.gtr, key):
+            raise ConfigError(f"gtr.{key} is for the formula and card games (it would do nothing on ALFWorld): "
+                              "ALFWorld's early truncation is alfworld.gtr_truncation=true")
 
 
 def validate(cfg: Config, *, check_model_files: bool = True) -> None:

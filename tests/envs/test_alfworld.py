@@ -442,6 +442,8 @@ def test_alfworld_config_errors(games_dir, capsys):
     assert "unknown ALFWorld task type" in capsys.readouterr().err
     assert main(["train", *TRAIN, "gtr.enabled=true", "gtr.corrector=self"]) == 2
     assert "not supported yet" in capsys.readouterr().err
+    assert main(["train", *TRAIN, "gtr.enabled=true", "gtr.truncate_off_path=true"]) == 2
+    assert "alfworld.gtr_truncation" in capsys.readouterr().err
     assert main(["train", "tiny/numberline", "env.illegal_action=noop"]) == 2
     assert "ALFWorld's" in capsys.readouterr().err
     assert main(["train", *TRAIN, f"alfworld.data_path={games_dir}/nothing"]) == 2
@@ -456,3 +458,45 @@ def test_oracle_speaks_the_older_put_verb():
     assert admissible_form("move apple 1 to countertop 1", new) == "move apple 1 to countertop 1"
     assert admissible_form("move apple 1 to countertop 1", old) == "put apple 1 in/on countertop 1"
     assert admissible_form("move apple 1 to countertop 2", old) is None
+
+
+def _facts(*props):
+    """Facts from ("name", "arg", ...) tuples, as the text engine's propositions carry them."""
+    from types import SimpleNamespace
+
+    from fastvlmrl.envs.alfworld.tasks import Facts
+
+    return Facts([SimpleNamespace(name=p[0], arguments=[SimpleNamespace(name=a) for a in p[1:]]) for p in props])
+
+
+def test_oracle_takes_the_goal_receptacle_the_agent_stands_at():
+    from fastvlmrl.envs.alfworld.oracle import plan_step
+    from fastvlmrl.envs.alfworld.tasks import Goal
+
+    room = [("objecttype", "apple 1", "appletype"), ("receptacletype", "countertop 1", "countertoptype"),
+            ("receptacletype", "countertop 2", "countertoptype"), ("receptacletype", "microwave 1", "microwavetype"),
+            ("receptacletype", "microwave 2", "microwavetype"),
+            ("receptacleatlocation", "countertop 1", "loc1"), ("receptacleatlocation", "countertop 2", "loc2"),
+            ("receptacleatlocation", "microwave 1", "loc3"), ("receptacleatlocation", "microwave 2", "loc2"),
+            ("holds", "agent1", "apple 1")]
+    pick = Goal("pick_and_place_simple", "Apple", "CounterTop")
+    # any countertop will do: at countertop 2, the apple goes there (not "go to countertop 1")
+    assert plan_step(pick, _facts(*room, ("atlocation", "agent1", "loc2")))[0] == "move apple 1 to countertop 2"
+    assert plan_step(pick, _facts(*room, ("atlocation", "agent1", "loc9")))[0] == "go to countertop 1"
+    # the same for the appliance: the microwave where the agent stands heats as well as the first
+    heat = Goal("pick_heat_then_place_in_recep", "Apple", "CounterTop")
+    assert plan_step(heat, _facts(*room, ("atlocation", "agent1", "loc2")))[0] == "heat apple 1 with microwave 2"
+    assert plan_step(heat, _facts(*room, ("atlocation", "agent1", "loc9")))[0] == "go to microwave 1"
+
+
+def test_right_decision_reads_the_action_as_the_env_does():
+    from fastvlmrl.envs.games.alfworld import ALFWORLD
+
+    info = {"admissible_commands": ["go to cabinet 1", "go to cabinet 10", "look"], "expert_action": "go to cabinet 1"}
+    for said in ("go to cabinet 1", "'go to cabinet 1'", "go to cabinet 1.", "Go To  Cabinet 1"):
+        assert ALFWORLD.right_decision(info, said) is True, said
+    assert ALFWORLD.right_decision(info, "go to cabinet 10") is False
+    assert ALFWORLD.right_decision(info, "dance") is False
+    assert ALFWORLD.right_decision(info, None) is None
+    # no expert move here (won, or the oracle has no plan): no verdict, so nothing is "corrected"
+    assert ALFWORLD.right_decision({**info, "expert_action": None}, "look") is None

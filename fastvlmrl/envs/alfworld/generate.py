@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from fastvlmrl.envs.alfworld.tasks import TASK_NAMES, TRANSFORMS, task_type
 
-GENERATOR_VERSION = 1  # bumped when the same seed would give other games (runs' cached games are then not reused)
+GENERATOR_VERSION = 2  # bumped when the same seed would give other games (runs' cached games are then not reused)
 _LAMPS = ("DeskLamp", "FloorLamp")
 # Receptacles a lamp stands on in generated rooms (ALFRED's rules list none for lamps).
 _LAMP_STANDS = ("Desk", "SideTable", "Dresser", "DiningTable", "CoffeeTable", "Shelf", "TVStand")

@@ -51,17 +51,19 @@ def plan_step(goal: Goal, facts: Facts) -> tuple[str, str] | None:
         lamps = facts.of_type(goal.toggle_target)
         if not lamps:
             return None
-        lamp = lamps[0]
+        lamp = _nearest(facts, lamps)
         where = facts.receptacle_of(lamp)
         step = _reach(facts, where, f"I hold {held}; the {lamp} is on {where}") if where else None
         return step or (f"use {lamp}", f"I hold {held} and stand by {lamp}: I turn it on to look at {held}.")
-    # Placing tasks: the parent with the most targets already there (pick_two needs two in one).
+    # Placing tasks: the parent with the most targets already there (pick_two needs two in one),
+    # then the one the agent stands at (any of the goal's type will do: the agent's choice is right).
     def placed(p):  # (for clean/heat/cool: only a target already cleaned/heated/cooled counts)
         return [o for o, r in facts.all("inreceptacle")
                 if r == p and o in targets and (transform is None or facts.holds(transform[2], o))]
 
     need = 2 if task == "pick_two_obj_and_place" else 1
-    parents = sorted(parents, key=lambda p: (-len(placed(p)), p))
+    here = facts.agent_location()
+    parents = sorted(parents, key=lambda p: (-len(placed(p)), facts.location_of(p) != here, p))
     if not parents:
         return None
     parent = parents[0]
@@ -76,12 +78,21 @@ def plan_step(goal: Goal, facts: Facts) -> tuple[str, str] | None:
             appliances = facts.of_type(appliance_type)
             if not appliances:
                 return None
-            appliance = appliances[0]
+            appliance = _nearest(facts, appliances)
             if facts.location_of(appliance) != facts.agent_location():
                 return f"go to {appliance}", f"I hold {held}; it must be {_done(verb)} first, so I go to {appliance}."
             return f"{verb} {held} with {appliance}", f"I am at {appliance} holding {held}: I {verb} it."
     step = _reach(facts, parent, f"I hold {held}, ready to go in {parent}")
     return step or (f"move {held} to {parent}", f"I am at {parent} holding {held}: I put it there.")
+
+
+def _nearest(facts: Facts, things: list[str]) -> str:
+    """The one at the agent's location if there is one, else the first by name (a lamp, an
+    appliance: any of them will do)."""
+    here = facts.agent_location()
+    def where(thing):  # a receptacle's location, or the location of the receptacle an object is in
+        return facts.location_of(thing) or facts.location_of(facts.receptacle_of(thing) or "")
+    return min(things, key=lambda t: (where(t) != here, t))
 
 
 def _done(verb: str) -> str:

@@ -98,10 +98,14 @@ class ALFWorldGame(Game):
         return {}, action, f"{_scene(info['observation'])} My task is to {info['task'].rstrip('.')}: I {action}."
 
     def right_decision(self, info, action):
-        if action is None:
-            return None
+        from fastvlmrl.envs.alfworld.text import parse_command
+
         expert = info.get("expert_action")
-        return expert is not None and action.strip().lower() == expert.lower()
+        if action is None or expert is None:  # no action, or no expert move here (won, no plan): no verdict
+            return None
+        commands = info["admissible_commands"]
+        parsed = parse_command(json.dumps({"action": action}), commands)  # as the env reads it: "'go to x 1'."
+        return parsed.action is not None and commands[parsed.action] == expert
 
     def episode_success(self, episode_return, final_info):
         # won, not a positive return: the reward adds partial progress (goal conditions) every step
