@@ -29,10 +29,10 @@ import torch
 from fastvlmrl.config import Config
 
 # What `train resume=` may change: the length of the run, how it is logged and evaluated, and how
-# its memory is spent (micro-batches and recomputation give the same gradients); the rest would
-# make the continuation a different run.
+# its memory is spent (micro-batches, recomputation and FSDP's sharding give the same gradients); the
+# rest would make the continuation a different run.
 RESUMABLE = ("ppo.updates", "eval.", "log.", "run.threads", "ppo.micro_batch_size", "sft.micro_batch_size",
-             "model.gradient_checkpointing")
+             "model.gradient_checkpointing", "model.fsdp")
 
 
 def check_resume_overrides(overrides: list[str]) -> None:
@@ -59,12 +59,14 @@ def check_new_run_dir(run_dir: Path) -> bool:
 
 
 def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor, resume_state: dict | None = None,
-                    keep: int = 0, name: str | None = None) -> Path:
+                    keep: int = 0, name: str | None = None, model_state: dict | None = None,
+                    optimizer_state: dict | None = None) -> Path:
     """checkpoints/step_N/ written to a temporary folder first, its manifest last, then renamed:
     a run killed (or out of disk) while saving leaves the previous checkpoint and `latest` intact.
     `resume_state` (see `capture`) is what a resumed run needs to continue exactly; keep > 0
     removes all but the newest `keep` checkpoints. name: the folder (default step_<update>; SFT's
-    are sft_<step>)."""
+    are sft_<step>). model_state / optimizer_state: the policy's and the optimizer's whole state
+    when the live ones are shards (FSDP: `sharding.full_state`), written in the same files."""
     from safetensors.torch import save_file
 
     root = run_dir / "checkpoints"
@@ -75,12 +77,16 @@ def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor, re
         shutil.rmtree(tmp)
     try:
         tmp.mkdir(parents=True)
-        policy.model.save_pretrained(tmp / "model")
+        if model_state is None:
+            policy.model.save_pretrained(tmp / "model")
+            head = policy.value_head.state_dict()
+        else:
+            policy.model.save_pretrained(tmp / "model", state_dict=_under(model_state, "model."))
+            head = _under(model_state, "value_head.")
         processor.save_pretrained(tmp / "model")
-        save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
-                  tmp / "value_head.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "update": update, **(resume_state or {})},
-                   tmp / "trainer_state.pt")
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, tmp / "value_head.safetensors")
+        torch.save({"optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+                    "update": update, **(resume_state or {})}, tmp / "trainer_state.pt")
         write_manifest(tmp)
         (root / "latest.tmp").write_text(final.name)
     except Exception as error:  # torch and safetensors report a full disk as their own errors
@@ -101,6 +107,11 @@ def save_checkpoint(run_dir: Path, update: int, policy, optimizer, processor, re
             if old != final:  # (a higher-numbered, corrupt one a resume passed over may still be there)
                 shutil.rmtree(old)
     return final
+
+
+def _under(state: dict, prefix: str) -> dict:
+    """The entries of a module's state dict that belong to its submodule `prefix`, named as in it."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _digest(path: Path) -> str:

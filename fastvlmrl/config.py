@@ -77,6 +77,7 @@ class ModelConfig:
     dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
     gradient_checkpointing: bool = False  # recompute the decoder layers' activations in the backward (memory for time)
     gradient_checkpointing_vision: bool = False  # the vision tower's layers too (when it trains: no LoRA, not frozen)
+    fsdp: bool = False  # under torchrun: shard weights, gradients and Adam state over the processes (FSDP2); rollouts gather the whole model
 
 
 @dataclass

@@ -68,9 +68,12 @@ class World:
         """Sum each parameter's gradient over ranks, in flat buckets of about `bucket_bytes` (one
         all-reduce each; the extra memory is one bucket, not a second copy of the gradients). A
         parameter with a gradient on some rank but not this one counts as zero here; one with no
-        gradient on any rank keeps none, as in a single process (Adam and weight decay skip it)."""
+        gradient on any rank keeps none, as in a single process (Adam and weight decay skip it).
+        A sharded parameter (FSDP, a DTensor) is left alone: FSDP reduce-scatters its gradient in
+        the backward."""
         if not self.active:
             return
+        params = [p for p in params if not _is_dtensor(p)]
         device = _collective_device()
         present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
         torch.distributed.all_reduce(present)
@@ -184,3 +187,9 @@ def _collective_device() -> torch.device:
     if torch.distributed.is_initialized() and torch.distributed.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)

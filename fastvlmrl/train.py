@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from fastvlmrl import checkpoint as ckpt
-from fastvlmrl import distributed
+from fastvlmrl import distributed, sharding
 from fastvlmrl.build import (alfworld_envs, build_encoder, build_player, game_of, is_alfworld, logprob_temperature,
                              resolve_device, resolve_dtype)
 from fastvlmrl.console import banner, progress, result_line, say, update_line
@@ -64,11 +64,27 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
 def check_world(cfg: Config, world) -> None:
     """What a run over several processes needs, checked before anything is written."""
     if not world.active:
+        if cfg.model.fsdp:
+            raise ValueError("model.fsdp=true shards the model over torchrun's processes: start the run with "
+                             "`torchrun --nproc-per-node G -m fastvlmrl train ...` (G >= 2), or leave model.fsdp off")
         return
+    if cfg.model.fsdp:
+        _check_fsdp(cfg)
     _, local = world.local_slice(cfg.env.num_envs, "env.num_envs")
     if cfg.algo.name != "ppo" and local % cfg.algo.group_size:  # a group's episodes are on one rank
         raise ValueError(f"algo.name={cfg.algo.name}: each process's env.num_envs / {world.size} = {local} envs must "
                          f"be a multiple of algo.group_size={cfg.algo.group_size} (a group plays on one process)")
+
+
+def _check_fsdp(cfg: Config) -> None:
+    """What FSDP (model.fsdp) does not run yet."""
+    if cfg.ppo.kl_coef > 0 and not cfg.model.lora:
+        raise ValueError("ppo.kl_coef > 0 with full fine-tuning keeps a whole frozen copy of the model, which "
+                         "model.fsdp does not shard: use model.lora=true (the reference is the adapters switched "
+                         "off), or leave model.fsdp off")
+    if cfg.gtr.enabled and cfg.gtr.corrector == "self":
+        raise ValueError("gtr.corrector=self swaps the teacher's weights into the model, which model.fsdp does not "
+                         "shard yet: use another corrector, or leave model.fsdp off")
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: RunLock, world) -> Path:
@@ -124,6 +140,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
     world.broadcast_parameters(policy)  # the replicas start equal, whatever each process loaded
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(policy, vision=cfg.model.gradient_checkpointing_vision)
+    if cfg.model.fsdp:  # (after LoRA and checkpointing, before any optimizer: the parameters become shards)
+        say(f"FSDP: {sharding.shard(policy)} units sharded over {world.size} processes")
     encoder = build_encoder(policy, processor, dtype)
     logit_bias = encoder.logit_bias(policy.lm_head_weight().shape[0], device, policy.lm_head_weight().dtype)
     for line in banner(cfg, run_dir, device, dtype, policy, resume_from=checkpoint.name if resume else None):
@@ -169,7 +187,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         cloning = build_cloning(cfg, player.guide, encoder)
         if cfg.sft.steps and cfg.ppo.updates and not resume_ppo:  # the warm-started model's success, to compare with PPO's
             policy.eval()
-            sft_eval = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed, desc="eval sft")
+            with sharding.full_weights(policy, player.engine):
+                sft_eval = player.evaluate(cfg.eval.episodes, cfg.eval.temperature, cfg.eval.seed, desc="eval sft")
             log.write({f"sft/eval_{k}": v for k, v in sft_eval.items()})
             say(result_line("SFT model", sft_eval))
         optimizer = make_optimizer(policy, cfg.ppo)
@@ -179,7 +198,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
 
         # -- where the updates start: 0, or the checkpoint's --------------------------------------
         if resume_ppo:
-            optimizer.load_state_dict(state["optimizer"])
+            sharding.load_optimizer_state(optimizer, state["optimizer"])
             obs = ckpt.restore(ckpt.rank_state(state, world, say), generator, player, seed=cfg.run.seed + state["env_steps"])
             first, env_steps, planned = state["update"], state["env_steps"], state["planned_updates"]
             del state  # the optimizer's CPU copy: as large as the optimizer state itself
@@ -209,7 +228,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
             set_lr(optimizer, lr)
             policy.eval()
             with nvtx_range("rollout"):
-                obs, storage, stats, rollout_s, steps, critic = collect_rollout(cfg, player, obs, update)
+                with sharding.full_weights(policy, player.engine):  # (FSDP: the engine reads whole weights)
+                    obs, storage, stats, rollout_s, steps, critic = collect_rollout(cfg, player, obs, update)
             start = time.perf_counter()
             with nvtx_range("update"):
                 metrics = ppo_update(policy, optimizer, storage, update_cfg, temperature=logprob_temperature(cfg),
@@ -253,7 +273,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
 
         # -- evaluation on fresh seeds -------------------------------------------------------------
         policy.eval()
-        result = final_evaluation(cfg, player)  # under torchrun: the ranks' episodes pooled
+        with sharding.full_weights(policy, player.engine):
+            result = final_evaluation(cfg, player)  # under torchrun: the ranks' episodes pooled
         if world.is_main:
             (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         say(result_line("final model", result))
@@ -289,8 +310,10 @@ def _save(world, run_dir: Path, update: int, policy, optimizer, processor, state
     if world.active:
         parts = world.gather_to_main({k: v for k, v in state.items() if k in RANK_STATE})
         state = {**{k: v for k, v in state.items() if k not in RANK_STATE}, "world_size": world.size, "ranks": parts}
+    whole = sharding.full_state(policy, optimizer) if sharding.is_sharded(policy) else (None, None)  # (every rank)
     if world.is_main:
-        save_checkpoint(run_dir, update, policy, optimizer, processor, state, keep=keep, name=name)
+        save_checkpoint(run_dir, update, policy, optimizer, processor, state, keep=keep, name=name,
+                        model_state=whole[0], optimizer_state=whole[1])
     world.barrier()
 
 

@@ -65,12 +65,19 @@ def _fixed_rollout(envs: range, num_envs: int):
     return policy, encoder, storage
 
 
+def _whole(policy) -> dict[str, torch.Tensor]:
+    """The policy's parameters, each whole (gathered when sharded)."""
+    from torch.distributed.tensor import DTensor
+
+    return {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone() for n, p in policy.named_parameters()}
+
+
 def update_worker(out: Path) -> None:
     """One PPO update of the fixed rollout on this rank's envs (global: 4 envs x 2 steps, mini-batches
     of 3, so each rank's part of a mini-batch varies, possibly empty), then two SFT steps on
     batches of 5 (rank parts of 3 and 2), then the group algorithms' update of samples split
     unevenly over the ranks (5 and 3)."""
-    from fastvlmrl import distributed
+    from fastvlmrl import distributed, sharding
     from fastvlmrl.config import PPOConfig, SFTConfig
     from fastvlmrl.rl.ppo import ppo_update
     from fastvlmrl.rl.sft import sft_train
@@ -78,6 +85,9 @@ def update_worker(out: Path) -> None:
     world = distributed.init_from_environment("cpu")
     first, count = world.local_slice(4, "envs")
     policy, encoder, storage = _fixed_rollout(range(first, first + count), 4)
+    fsdp = world.active and os.environ.get("FSDP") == "1"  # the same with the policy sharded (model.fsdp)
+    if fsdp:
+        sharding.shard(policy)
     cfg = PPOConfig(epochs=2, minibatch_size=3, micro_batch_size=1 if world.active else 0, value_clip=0.0, clip=0.2,
                     entropy_coef=0.01, max_grad_norm=1.0, loss_level=os.environ.get("LOSS_LEVEL", "sequence"))
     storage.finish(torch.zeros(count), 0.9, 0.95, normalize=True)
@@ -87,15 +97,17 @@ def update_worker(out: Path) -> None:
     metrics = ppo_update(policy, optimizer, storage, cfg, temperature=1.0, pad_id=encoder.pad_id,
                          device="cpu", generator=torch.Generator().manual_seed(0))
     metrics.update(storage.critic_stats())
-    after_ppo = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    after_ppo = _whole(policy)
     demos = [t for row in _fixed_rollout(range(4), 4)[2].transitions for t in row]  # the same 8 on every rank
     sft_train(policy, encoder, demos, SFTConfig(steps=2, batch_size=5, lr=1e-4, warmup_steps=1, checkpoint_every=0),
               device="cpu", seed=3)
-    sft_params = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    sft_params = _whole(policy)
     # the group algorithms' update: samples with given advantages, 8 in all, 5 on rank 0 and 3 on rank 1
     from fastvlmrl.rl.storage import SampleStorage
 
     policy, encoder, whole = _fixed_rollout(range(4), 4)
+    if fsdp:
+        sharding.shard(policy)
     flat = [t for row in whole.transitions for t in row]
     advantages = np.random.default_rng(1).normal(size=len(flat))
     samples = [(t, float(a), 0.0) for t, a in zip(flat, advantages)]
@@ -104,14 +116,16 @@ def update_worker(out: Path) -> None:
     ppo_update(policy, optimizer, groups, dataclasses.replace(cfg, value_coef=0.0), temperature=1.0,
                pad_id=encoder.pad_id, device="cpu", generator=torch.Generator().manual_seed(0))
     torch.save({"params": after_ppo, "metrics": metrics, "advantages": storage.advantages,
-                "sft_params": sft_params, "group_params": {n: p.detach().clone() for n, p in policy.named_parameters()}},
+                "sft_params": sft_params, "group_params": _whole(policy)},
                out / f"rank{world.rank}.pt")
     distributed.shutdown()
 
 
-@pytest.mark.parametrize("loss_level", ["sequence", "token"])
-def test_an_update_over_two_ranks_is_the_single_process_update(tmp_path, loss_level, monkeypatch):
+@pytest.mark.parametrize("loss_level,fsdp", [("sequence", "0"), ("token", "0"), ("sequence", "1")])
+def test_an_update_over_two_ranks_is_the_single_process_update(tmp_path, loss_level, fsdp, monkeypatch):
+    # fsdp=1: the policy sharded over the ranks (model.fsdp): the same parameters again
     monkeypatch.setenv("LOSS_LEVEL", loss_level)
+    monkeypatch.setenv("FSDP", fsdp)
     result = _torchrun([__file__, str(tmp_path)])
     assert result.returncode == 0, result.stderr[-3000:]
     (tmp_path / "ddp").mkdir()

@@ -15,6 +15,7 @@ from fastvlmrl.gtr.buffer import CorrectedSample, DAggerBuffer
 from fastvlmrl.rl.batch import forward_logp_and_values, micro_batches, pack
 from fastvlmrl.rl.storage import Transition
 from fastvlmrl.rl.token_weights import action_token_mask
+from fastvlmrl.sharding import is_sharded, lockstep
 
 
 def clone_sample(encoder, sample: CorrectedSample) -> Transition:
@@ -34,11 +35,13 @@ class ThoughtCloning:
         self.buffer, self.encoder = buffer, encoder
         self.batch_size, self.coef, self.micro_batch_size = batch_size, coef, micro_batch_size
 
-    def backward(self, policy, *, pad_id: int, device, logit_bias: torch.Tensor | None = None) -> float | None:
+    def backward(self, policy, *, pad_id: int, device, logit_bias: torch.Tensor | None = None,
+                 filler: Transition | None = None) -> float | None:
         """Accumulate coef x the mean cloning cross-entropy of one drawn batch into `.grad`
         (micro-batched; the mean is over every rank's loss tokens). Returns the mean cross-entropy,
         None when no rank's buffer holds a sample yet, NaN when it was not finite (then nothing of
-        it is accumulated: the caller skips the step)."""
+        it is accumulated: the caller skips the step). filler: any sample, for the passes a sharded
+        policy's rank with fewer cloning samples runs in lockstep with the others."""
         world = current_world()
         share = self.batch_size // world.size + (1 if world.rank < self.batch_size % world.size else 0)
         samples = [clone_sample(self.encoder, s) for s in self.buffer.draw(share)]
@@ -46,13 +49,15 @@ class ThoughtCloning:
         if tokens == 0:
             return None
         total, finite = 0.0, True
-        for part in micro_batches(samples, self.micro_batch_size):
+        filler = samples[0] if samples else filler  # what a sharded rank's extra passes run on (lockstep)
+        for part, counts in lockstep(policy, micro_batches(samples, self.micro_batch_size), filler):
             batch = pack(part, pad_id, device)
             token_logp, _ = forward_logp_and_values(policy, batch, 1.0, logit_bias)
-            loss = -(token_logp.float() * (~batch.is_action).float()).sum() / tokens
+            loss = -(token_logp.float() * (~batch.is_action).float()).sum() / tokens * (1.0 if counts else 0.0)
             if not torch.isfinite(loss):
                 finite = False
-                break
+                if not is_sharded(policy):
+                    break  # (sharded: the other ranks' passes still need this one's collectives)
             (self.coef * loss).backward()
             total += float(loss.detach())
         if not world.all_finite(finite):

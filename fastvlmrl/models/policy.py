@@ -39,7 +39,7 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h.float()).squeeze(-1)
+        return self.net(h.float()).squeeze(-1).clone()  # not a view: FSDP hooks a sharded head's output
 
 
 class Policy(nn.Module):

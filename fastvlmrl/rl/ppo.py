@@ -22,6 +22,7 @@ import time
 import torch
 
 from fastvlmrl.distributed import current as current_world
+from fastvlmrl.sharding import full_weights, is_sharded, lockstep
 from fastvlmrl.engine.nvtx import nvtx_range
 from fastvlmrl.kernels import fused_linear_ppo_loss
 from fastvlmrl.rl.batch import forward_hidden_and_values, forward_logp_and_values, micro_batches, pack
@@ -217,12 +218,15 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
     steps = skipped = epochs = 0
     train_without_dropout(policy)
     engine_gap = None
-    if cfg.recompute_logprobs:
-        engine_gap = recompute_logprobs(policy, storage, cfg, temperature=temperature, pad_id=pad_id, device=device,
-                                        logit_bias=logit_bias)
-    if cfg.kl_coef > 0:
-        score_reference(reference, storage, cfg, temperature=temperature, pad_id=pad_id, device=device,
-                        logit_bias=logit_bias)
+    with full_weights(policy):  # (FSDP: no-grad passes of each rank's own length, without collectives)
+        if cfg.recompute_logprobs:
+            engine_gap = recompute_logprobs(policy, storage, cfg, temperature=temperature, pad_id=pad_id,
+                                            device=device, logit_bias=logit_bias)
+        if cfg.kl_coef > 0:
+            score_reference(reference, storage, cfg, temperature=temperature, pad_id=pad_id, device=device,
+                            logit_bias=logit_bias)
+    samples_here = storage.samples()
+    filler = samples_here[0] if samples_here else None  # what a sharded rank's extra passes run on (lockstep)
     clone_sum, clone_steps = 0.0, 0  # GTR's cloning loss (already the global mean on every rank)
     first_log_ratios = []  # of the first mini-batch, before any step: 0 up to numerics, or rollout and trainer disagree
     seconds = {"forward_backward": 0.0, "optimizer": 0.0}  # of the mini-batch steps (timing/ppo_*_s)
@@ -234,25 +238,30 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
             totals = _minibatch_totals(samples, cfg.thought_coef, world)
             step_sums = dict.fromkeys(sums, 0.0)
             finite = True
-            for part in micro_batches(samples, cfg.micro_batch_size):
+            for part, counts in lockstep(policy, micro_batches(samples, cfg.micro_batch_size), filler):
                 tick = time.perf_counter()
                 loss, stats, log_ratio = _micro_loss(policy, part, totals, cfg, value_clip=value_clip,
                                                      temperature=temperature, pad_id=pad_id, device=device,
                                                      logit_bias=logit_bias, kl_thoughts_only=kl_thoughts_only)
-                if steps + skipped == 0:
+                if not counts:  # a sharded rank's extra pass: its collectives, nothing of its loss
+                    loss = loss * 0.0
+                elif steps + skipped == 0:
                     first_log_ratios.append(log_ratio)
                 if not torch.isfinite(loss):
                     finite = False  # never applied: a NaN/inf step would ruin the weights
-                    break
+                    if not is_sharded(policy):
+                        break  # (sharded: the other ranks' passes still need this one's collectives)
                 with nvtx_range("ppo/backward"):
                     loss.backward()
                 seconds["forward_backward"] += time.perf_counter() - tick
-                for key, value in stats.items():
-                    step_sums[key] += value
+                if counts:
+                    for key, value in stats.items():
+                        step_sums[key] += value
             clone = None
             if cloning is not None and not critic_only:  # (every rank draws, for the collectives inside)
                 tick = time.perf_counter()
-                clone = cloning.backward(policy, pad_id=pad_id, device=device, logit_bias=logit_bias)
+                clone = cloning.backward(policy, pad_id=pad_id, device=device, logit_bias=logit_bias,
+                                         filler=None if filler is None else filler[0])
                 seconds["forward_backward"] += time.perf_counter() - tick
                 finite = finite and (clone is None or math.isfinite(clone))
             if not world.all_finite(finite):  # every rank skips the step together

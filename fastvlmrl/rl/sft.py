@@ -21,6 +21,7 @@ from fastvlmrl.envs.prompts import task_prompt
 from fastvlmrl.envs.vector import make_batch
 from fastvlmrl.rl.batch import forward_logp_and_values, micro_batches, pack
 from fastvlmrl.rl.storage import Transition
+from fastvlmrl.sharding import is_sharded, load_optimizer_state, lockstep
 
 
 @dataclass
@@ -121,23 +122,27 @@ def sft_lr(step: int, total: int, lr: float, warmup: int) -> float:
 
 
 def sft_backward(policy, samples: list[Transition], micro_batch_size: int, *, pad_id: int, device,
-                 logit_bias: torch.Tensor | None = None) -> torch.Tensor:
+                 logit_bias: torch.Tensor | None = None, filler: Transition | None = None) -> torch.Tensor:
     """The batch's mean reply-token cross-entropy, its gradients accumulated into `.grad` over
     micro-batches of `micro_batch_size` demonstrations (0: one): each micro-batch's token sum over
     the whole batch's token count, so the gradients are the unsplit batch's. Returns the loss
-    (detached); a non-finite one leaves the gradients zeroed and unapplied."""
+    (detached); a non-finite one leaves the gradients zeroed and unapplied. filler: what a sharded
+    policy's rank with fewer micro-batches runs its extra passes on (default: its first sample)."""
     world = current_world()  # under torchrun: this rank's part of the batch, the tokens of all ranks'
     tokens = world.sum([sum(len(t.output_ids) for t in samples)])[0]
     if tokens == 0:  # nothing to learn from: skipped like a non-finite batch (Adam would still move the weights)
         return torch.tensor(float("nan"))
     total = torch.zeros((), device=device)
     finite = True
-    for part in micro_batches(samples, micro_batch_size):  # (none on a rank whose share is empty)
+    filler = filler if filler is not None else (samples[0] if samples else None)
+    # (none on a rank whose share is empty; FSDP: as many passes as the busiest rank, in lockstep)
+    for part, counts in lockstep(policy, micro_batches(samples, micro_batch_size), filler):
         token_logp, _ = forward_logp_and_values(policy, pack(part, pad_id, device), 1.0, logit_bias)
-        loss = -token_logp.float().sum() / tokens
-        finite = bool(torch.isfinite(loss))
-        if not finite:
-            break
+        loss = -token_logp.float().sum() / tokens * (1.0 if counts else 0.0)
+        if not torch.isfinite(loss):
+            finite = False
+            if not is_sharded(policy):
+                break  # (sharded: the other ranks' passes still need this one's collectives)
         loss.backward()
         total += loss.detach()
     if not world.all_finite(finite):  # every rank skips together
@@ -163,7 +168,7 @@ def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: in
     rng = np.random.default_rng(seed)
     first = 0
     if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
+        load_optimizer_state(optimizer, resume["optimizer"])
         rng.bit_generator.state = resume["sft_rng"]
         first = resume["sft_step"]
     losses = []
@@ -180,7 +185,7 @@ def sft_train(policy, encoder, demos: list[Transition], cfg, *, device, seed: in
         picks = rng.choice(len(demos), size=min(cfg.batch_size, len(demos)), replace=False)
         picks = picks[world.rank::world.size]  # (all of them in a single process)
         optimizer.zero_grad(set_to_none=True)
-        loss = sft_backward(policy, [demos[i] for i in picks], cfg.micro_batch_size, pad_id=encoder.pad_id,
+        loss = sft_backward(policy, [demos[i] for i in picks], cfg.micro_batch_size, filler=demos[0], pad_id=encoder.pad_id,
                             device=device, logit_bias=logit_bias)
         if torch.isfinite(loss):  # a non-finite batch is skipped, never applied
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
