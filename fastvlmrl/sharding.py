@@ -12,11 +12,11 @@ What it costs, and why:
   parameters directly (paged attention, its own LM head), and each rank generates a different
   number of tokens, so the per-layer all-gathers FSDP would otherwise make inside every decode
   step cannot run in lockstep. The peak of a rollout is therefore the whole model in its dtype on
-  every GPU (bf16: 2 bytes a parameter), plus the KV cache; what FSDP saves is the training
-  state (fp32 gradients and Adam moments, 12 bytes a trainable parameter, divided by the
-  number of processes). The same holds for the no-grad scoring passes (recomputed log-probs, the
-  KL reference). The prefix cache is dropped and CUDA graphs are captured again at each gather
-  (the gathered tensors are new).
+  every GPU (bf16: 2 bytes a parameter) on top of the shards, plus the KV cache; what FSDP
+  divides by the number of processes is the training state (the weights, their gradients and
+  Adam's moments). The same holds for the no-grad scoring passes (recomputed log-probs, the KL
+  reference). The prefix cache is dropped and CUDA graphs are captured again at each gather (the
+  gathered tensors are new).
 - Inside the update, every rank runs as many forwards and backwards as the rank with the most
   (`lockstep`): FSDP's all-gathers and reduce-scatters are collectives inside them. A rank
   whose part of a mini-batch is smaller runs the missing ones on one of its samples with the

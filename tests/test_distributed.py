@@ -159,6 +159,13 @@ def test_what_several_processes_cannot_run_is_refused_before_work():
     with pytest.raises(ValueError, match="4 envs must be a multiple of algo.group_size=8"):
         check_world(load_config(None, ["algo.name=grpo", "env.num_envs=8", "algo.group_size=8"]), two)
     check_world(load_config(None, ["algo.name=gigpo", "env.num_envs=8", "algo.group_size=4"]), two)  # whole groups
+    with pytest.raises(ValueError, match="model.fsdp=true shards the model over torchrun's processes"):
+        check_world(load_config(None, ["model.fsdp=true"]), World())
+    with pytest.raises(ValueError, match="frozen copy of the model, which model.fsdp does not shard"):
+        check_world(load_config(None, ["model.fsdp=true", "ppo.kl_coef=0.1"]), two)
+    with pytest.raises(ValueError, match="gtr.corrector=self swaps the teacher's weights"):
+        check_world(load_config(None, ["model.fsdp=true", "gtr.enabled=true", "gtr.corrector=self"]), two)
+    check_world(load_config(None, ["model.fsdp=true", "model.lora=true", "ppo.kl_coef=0.1", "sft.steps=0"]), two)
     check_world(load_config(None, ["env.num_envs=4", "ppo.minibatch_size=3"]), two)  # mini-batches stay global
     assert World().sum([1.0, 2]) == [1.0, 2.0] and World().gather("x") == ["x"]  # a world of one: identities
 
@@ -228,6 +235,42 @@ def test_a_group_run_over_two_ranks_plays_the_single_process_groups(tmp_path):
     assert [(s["env"], s["state"], s["output"]) for s in samples["two"]] == \
         [(s["env"], s["state"], s["output"]) for s in samples["one"]]
     assert 8 <= first["two"]["env_steps"] <= 8 * 3
+
+
+def test_an_fsdp_run_is_the_ddp_run_and_resumes_anywhere(tmp_path):
+    from safetensors.torch import load_file
+
+    # the same run with the model sharded (model.fsdp) and replicated: the same replies and weights
+    runs = {name: _train(tmp_path, name, 2, "ppo.updates=2", f"model.fsdp={fsdp}")
+            for name, fsdp in (("fsdp", "true"), ("ddp", "false"))}
+    for name, result in runs.items():
+        assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
+    assert "FSDP: 6 units sharded over 2 processes" in runs["fsdp"].stdout
+
+    def weights(name, step):
+        folder = tmp_path / name / "checkpoints" / f"step_{step}"
+        return {**load_file(folder / "model" / "model.safetensors"), **load_file(folder / "value_head.safetensors")}
+
+    def replies(name):
+        return [json.loads(line)["output"] for line in (tmp_path / name / "samples.jsonl").read_text().splitlines()]
+
+    assert replies("fsdp") == replies("ddp")
+    sharded, replicated = weights("fsdp", 2), weights("ddp", 2)
+    assert sharded.keys() == replicated.keys()  # the checkpoint is written whole, as one process writes it
+    for key, value in replicated.items():
+        torch.testing.assert_close(sharded[key], value, atol=1e-5, rtol=1e-4, msg=key)
+    # resumed sharded on 2 ranks (the optimizer's moments sharded again), then on 1 process without FSDP
+    for name in ("fsdp", "ddp"):
+        resumed = _torchrun(["-m", "fastvlmrl", "train", f"resume={tmp_path / name}", "ppo.updates=3"])
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    sharded, replicated = weights("fsdp", 3), weights("ddp", 3)
+    for key, value in replicated.items():
+        torch.testing.assert_close(sharded[key], value, atol=1e-5, rtol=1e-4, msg=key)
+    alone = subprocess.run([sys.executable, "-m", "fastvlmrl", "train", f"resume={tmp_path / 'fsdp'}", "ppo.updates=4",
+                            "model.fsdp=false"], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert (tmp_path / "fsdp" / "checkpoints" / "step_4").is_dir()
 
 
 def test_a_rank_that_dies_stops_the_job_and_leaves_the_checkpoint_intact(tmp_path):
