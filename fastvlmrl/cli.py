@@ -244,7 +244,9 @@ def cmd_plan(args) -> int:
     from fastvlmrl.plan import describe_plan, plan_run
 
     cfg = _config_from(args, check_model_files=args.model is None)
-    print("\n".join(describe_plan(cfg, plan_run(cfg, args.model), args.gpu_gb)))
+    if args.processes < 1:
+        raise ValueError(f"--processes must be at least 1, got {args.processes}")
+    print("\n".join(describe_plan(cfg, plan_run(cfg, args.model, args.processes), args.gpu_gb)))
     return 0
 
 
@@ -310,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--model", help="a named architecture instead of model.path (no files needed): "
                                       "llava-1.5-7b, llava-1.6-mistral-7b, qwen2-vl-2b, qwen2-vl-7b")
     plan.add_argument("--gpu-gb", type=float, nargs="+", default=[24, 40, 80], help="GPU sizes to check (GB)")
+    plan.add_argument("--processes", type=int, default=1,
+                      help="torchrun processes (GPUs) the run is spread over: the estimate is one process's "
+                           "(its envs, its share of each mini-batch; with model.fsdp=true, its shard)")
     plan.set_defaults(func=cmd_plan)
 
     alf = sub.add_parser("alfworld-generate", help="write generated ALFWorld games (ALFWorld's layout) into a directory")

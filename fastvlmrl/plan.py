@@ -23,6 +23,12 @@ without files (`--model`). What each phase holds:
 - SFT (sft.steps > 0): the same activations for an SFT micro-batch, before the engine exists.
 - a fixed 1.5 GiB for the CUDA context and the allocator's reserve.
 
+With `--processes N` (torchrun), the estimate is one process's: its env.num_envs / N envs' KV
+cache, its share of each mini-batch (and SFT batch) as its micro-batch when none is set; with
+model.fsdp, a 1/N shard of the weights, gradients and Adam moments, plus the whole weights
+gathered during the rollout (`sharding.full_weights`) and, in the update, the units being gathered
+(the root, embeddings and LM head included, and two layers: the one running and the next).
+
 It is an estimate: measure the real peak with `torch.cuda.max_memory_allocated` (the GPU benchmark
 does) and expect within about 15%.
 """
@@ -76,6 +82,8 @@ class Plan:
     update: dict[str, float] = field(default_factory=dict)
     sft: dict[str, float] = field(default_factory=dict)  # the SFT warm start's steps (sft.steps > 0)
     activations_without_checkpointing: float = 0.0
+    processes: int = 1  # torchrun's: the estimate is one process's
+    fsdp: bool = False
 
     @property
     def rollout_peak(self) -> float:
@@ -196,8 +204,9 @@ def _prompt_tokens(cfg: Config, config, processor) -> tuple[int, bool]:
         envs.close()
 
 
-def plan_run(cfg: Config, architecture_name: str | None = None) -> Plan:
-    """The estimate for `cfg` (its model.path, the tiny VLM, or a named architecture)."""
+def plan_run(cfg: Config, architecture_name: str | None = None, processes: int = 1) -> Plan:
+    """The estimate for `cfg` (its model.path, the tiny VLM, or a named architecture), in one of
+    `processes` torchrun processes."""
     from fastvlmrl.architectures import architecture
 
     processor = None
@@ -222,15 +231,19 @@ def plan_run(cfg: Config, architecture_name: str | None = None) -> Plan:
     shape = model_shape(config, cfg.model.lora_r, name)
     shape.vision_tokens = vision_tokens_per_frame(config, cfg.env.image_size)
     prompt, measured = _prompt_tokens(cfg, config, processor)
-    return estimate(cfg, shape, prompt, measured)
+    return estimate(cfg, shape, prompt, measured, processes=processes)
 
 
-def estimate(cfg: Config, shape: ModelShape, prompt_tokens: int, prompt_measured: bool = True) -> Plan:
-    """The memory of each phase for a model of `shape` (see the module docstring for the model)."""
+def estimate(cfg: Config, shape: ModelShape, prompt_tokens: int, prompt_measured: bool = True,
+             processes: int = 1) -> Plan:
+    """The memory of each phase for a model of `shape` (see the module docstring for the model),
+    in one of `processes` torchrun processes."""
     dtype = "bfloat16" if cfg.model.dtype == "auto" else cfg.model.dtype  # auto is bf16 on GPU
     b = DTYPE_BYTES[dtype]
     seq = prompt_tokens + cfg.sampling.max_new_tokens
-    micro = min(cfg.ppo.micro_batch_size or cfg.ppo.minibatch_size, cfg.ppo.minibatch_size)
+    share = ceil(cfg.ppo.minibatch_size / processes)  # this process's part of each mini-batch
+    micro = min(cfg.ppo.micro_batch_size or share, share)
+    fsdp = cfg.model.fsdp and processes > 1
     ckpt = cfg.model.gradient_checkpointing
     lora = cfg.model.lora
     vision_trains = not (lora or cfg.model.freeze_vision) and shape.vision_params > 0
@@ -248,18 +261,40 @@ def estimate(cfg: Config, shape: ModelShape, prompt_tokens: int, prompt_measured
     }
     if cfg.ppo.kl_coef > 0 and not lora:
         parts["KL reference (trainable weights)"] = trainable * b
-    kv = _kv_bytes(cfg, shape, seq, b)  # allocated with the rollout's engine (after SFT), kept through the update
+    whole = parts[next(iter(parts))]  # the weights, whole
+    gathered = {}
+    if fsdp:  # each process keeps a shard of everything; the rollout gathers the whole model
+        parts = {f"{k} (1/{processes} shard)": v / processes for k, v in parts.items()}
+        gathered = {"FSDP units gathered (root + 2 layers)": _gathered_units_bytes(shape, b, lora)}
+    kv = _kv_bytes(cfg, shape, seq, b, ceil(cfg.env.num_envs / processes))  # (kept through the update)
     rollout = {"KV cache": kv,
                "engine prefill workspace": ENGINE_PREFILL_TOKENS * (2 * shape.hidden + 2 * shape.intermediate) * b}
-    update = {"KV cache (kept from the rollout)": kv,
+    if fsdp:
+        rollout = {"whole weights gathered for generation": whole, **rollout}
+    update = {"KV cache (kept from the rollout)": kv, **gathered,
               **_training_activations(cfg, shape, micro, seq, b, vision_trains, "micro-batch")}
     sft = {}
     if cfg.sft.steps:
-        sft_micro = min(cfg.sft.micro_batch_size or cfg.sft.batch_size, cfg.sft.batch_size)
-        sft = _training_activations(cfg, shape, sft_micro, seq, b, vision_trains, "SFT micro-batch")
+        sft_share = ceil(cfg.sft.batch_size / processes)
+        sft_micro = min(cfg.sft.micro_batch_size or sft_share, sft_share)
+        sft = {**gathered, **_training_activations(cfg, shape, sft_micro, seq, b, vision_trains, "SFT micro-batch")}
     full = shape.layers * _layer_activation_bytes(shape, b, lora) * micro * seq
     return Plan(shape, prompt_tokens, prompt_measured, seq, micro, ckpt, parts, rollout, update, sft,
-                activations_without_checkpointing=full)
+                activations_without_checkpointing=full, processes=processes, fsdp=fsdp)
+
+
+def _layer_params(shape: ModelShape) -> int:
+    """One decoder layer's parameters: q and o (H x H), k and v (H x kv), the MLP's three (H x I)."""
+    return 2 * shape.hidden * shape.hidden + 2 * shape.hidden * shape.kv_dim + 3 * shape.hidden * shape.intermediate
+
+
+def _gathered_units_bytes(shape: ModelShape, b: int, lora: bool) -> float:
+    """What FSDP holds whole in a training pass: the root unit (what no layer holds: embeddings, LM
+    head, norms, projector) and two decoder layers (the one running and the one prefetched)."""
+    layer = _layer_params(shape)
+    root = max(shape.params - shape.vision_params - shape.layers * layer, 0)
+    adapters = 2 * shape.lora_params / max(shape.layers, 1) * 4 if lora else 0
+    return (root + 2 * layer) * b + adapters
 
 
 def _training_activations(cfg: Config, shape: ModelShape, micro: int, seq: int, b: int, vision_trains: bool,
@@ -279,10 +314,10 @@ def _training_activations(cfg: Config, shape: ModelShape, micro: int, seq: int, 
     return out
 
 
-def _kv_bytes(cfg: Config, shape: ModelShape, seq: int, b: int) -> float:
+def _kv_bytes(cfg: Config, shape: ModelShape, seq: int, b: int, envs: int | None = None) -> float:
     from fastvlmrl.engine.kv_cache import kv_blocks_needed
 
-    blocks = kv_blocks_needed(cfg.env.num_envs, seq, ENGINE_BLOCK)
+    blocks = kv_blocks_needed(cfg.env.num_envs if envs is None else envs, seq, ENGINE_BLOCK)
     return blocks * ENGINE_BLOCK * 2 * shape.layers * shape.kv_dim * b
 
 
@@ -293,20 +328,23 @@ def _layer_activation_bytes(shape: ModelShape, b: int, lora: bool) -> float:
     return elements * b + extra
 
 
-def fitting_micro_batch(cfg: Config, shape: ModelShape, prompt_tokens: int, gpu_bytes: float) -> int | None:
-    """The largest micro-batch (a power of two below the mini-batch, or the mini-batch) that fits, or None."""
+def fitting_micro_batch(cfg: Config, shape: ModelShape, prompt_tokens: int, gpu_bytes: float,
+                        processes: int = 1) -> int | None:
+    """The largest micro-batch (a power of two below a process's share of the mini-batch, or the
+    share) that fits, or None."""
     import copy
 
     best = None
     size = 1
     sizes = []
-    while size < cfg.ppo.minibatch_size:
+    share = ceil(cfg.ppo.minibatch_size / processes)
+    while size < share:
         sizes.append(size)
         size *= 2
-    for size in [*sizes, cfg.ppo.minibatch_size]:
+    for size in [*sizes, share]:
         trial = copy.deepcopy(cfg)
         trial.ppo.micro_batch_size = size
-        if estimate(trial, shape, prompt_tokens).peak <= gpu_bytes:
+        if estimate(trial, shape, prompt_tokens, processes=processes).peak <= gpu_bytes:
             best = size
     return best
 
@@ -323,10 +361,15 @@ def describe_plan(cfg: Config, plan: Plan, gpus_gb: list[float]) -> list[str]:
         lines.append(f"training   full fine-tuning{' (vision frozen)' if cfg.model.freeze_vision else ''}, "
                      f"+ value head {s.value_head_params / 1e6:.2f} M")
     how = "measured with the model's processor" if plan.prompt_measured else "estimated: no processor with --model"
+    n = plan.processes
+    envs = f"{cfg.env.num_envs}" if n == 1 else f"{ceil(cfg.env.num_envs / n)} of {cfg.env.num_envs}"
     lines.append(f"sequences  longest prompt {plan.prompt_tokens} tokens ({how}) + {cfg.sampling.max_new_tokens} "
-                 f"new = {plan.seq_tokens}; rollout {cfg.env.num_envs} envs; update mini-batch "
+                 f"new = {plan.seq_tokens}; rollout {envs} envs; update mini-batch "
                  f"{cfg.ppo.minibatch_size}, micro-batch {plan.micro_batch}, gradient checkpointing "
                  f"{'on' if plan.checkpointing else 'off'}")
+    if n > 1:
+        lines.append(f"processes  {n} (torchrun): each one's memory below"
+                     f"{', model.fsdp: weights, gradients and Adam sharded' if plan.fsdp else ''}")
     lines.append("")
     width = max(len(k) for k in [*plan.parts, *plan.rollout, *plan.update, *plan.sft, 'CUDA context + allocator']) + 2
     lines.append(f"{'':{width}}    GiB")
@@ -346,8 +389,8 @@ def describe_plan(cfg: Config, plan: Plan, gpus_gb: list[float]) -> list[str]:
         if plan.peak <= capacity:
             lines.append(f"{gb:g} GB GPU  fits ({(capacity - plan.peak) / GiB:.1f} GiB to spare)")
             continue
-        plain = fitting_micro_batch(_with(cfg, "gradient_checkpointing", False), s, plan.prompt_tokens, capacity)
-        checkpointed = fitting_micro_batch(_with(cfg, "gradient_checkpointing", True), s, plan.prompt_tokens, capacity)
+        plain = fitting_micro_batch(_with(cfg, "gradient_checkpointing", False), s, plan.prompt_tokens, capacity, n)
+        checkpointed = fitting_micro_batch(_with(cfg, "gradient_checkpointing", True), s, plan.prompt_tokens, capacity, n)
         options = ([f"ppo.micro_batch_size={plain}"] if plain else []) + (
             [f"model.gradient_checkpointing=true ppo.micro_batch_size={checkpointed}"] if checkpointed else [])
         advice = " fits, or ".join(options) + " fits" if options else "not even micro-batch 1 with checkpointing fits"

@@ -148,3 +148,25 @@ def test_the_plan_command(capsys):
     assert "model.path" in capsys.readouterr().err
     assert main(["plan", "ppo.micro_batch_size=4"]) == 0  # the tiny VLM, measured with its processor
     assert "measured with the model's processor" in capsys.readouterr().out
+
+
+def test_processes_and_fsdp_divide_what_they_share():
+    from fastvlmrl.models import load_policy
+    from fastvlmrl.plan import _layer_params
+
+    base = ["env.num_envs=8", "ppo.minibatch_size=8", "model.dtype=float32", "prompt.style=short", "env.image_size=64"]
+    one = plan_run(load_config(None, base))
+    four = plan_run(load_config(None, base), processes=4)
+    assert four.rollout["KV cache"] == plan_run(load_config(None, [*base, "env.num_envs=2"])).rollout["KV cache"]
+    assert (one.micro_batch, four.micro_batch) == (8, 2)  # a process's share of each mini-batch
+    assert four.parts == one.parts  # replicated: every process holds it all
+    sharded = plan_run(load_config(None, [*base, "model.fsdp=true"]), processes=4)
+    assert sum(sharded.parts.values()) == pytest.approx(sum(one.parts.values()) / 4)
+    assert sharded.rollout["whole weights gathered for generation"] == next(iter(one.parts.values()))
+    assert sharded.peak < one.peak
+    # a decoder layer's parameters as counted (its norms aside), against the tiny VLM's own
+    policy, _ = load_policy(None, seed=0)
+    layer = policy.hf_model.model.language_model.layers[0]
+    counted = sum(p.numel() for n, p in layer.named_parameters() if "norm" not in n)
+    assert _layer_params(one.shape) == counted
+    assert main(["plan", "model.fsdp=true", "--processes", "4"]) == 0
