@@ -15,8 +15,7 @@ What it costs, and why:
   every GPU (bf16: 2 bytes a parameter) on top of the shards, plus the KV cache; what FSDP
   divides by the number of processes is the training state (the weights, their gradients and
   Adam's moments). The same holds for the no-grad scoring passes (recomputed log-probs, the KL
-  reference). The prefix cache is dropped and CUDA graphs are captured again at each gather (the
-  gathered tensors are new).
+  reference). The prefix cache is dropped and CUDA graphs are captured again when the gathered tensors moved.
 - Inside the update, every rank runs as many forwards and backwards as the rank with the most
   (`lockstep`): FSDP's all-gathers and reduce-scatters are collectives inside them. A rank
   whose part of a mini-batch is smaller runs the missing ones on one of its samples with the
@@ -118,7 +117,9 @@ def full_state(policy: nn.Module, optimizer: torch.optim.Optimizer | None) -> tu
     def whole(value):
         if isinstance(value, DTensor):
             value = value.full_tensor()
-        return value.detach().cpu() if keep and torch.is_tensor(value) else value
+        if not torch.is_tensor(value):
+            return value
+        return value.detach().cpu() if keep else None  # (the other ranks drop their gathered copy at once)
 
     model = {name: whole(value) for name, value in policy.state_dict().items()}
     saved = None

@@ -181,7 +181,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         say(f"SFT: {len(losses)} steps in {time.perf_counter() - start:.0f}s, final loss "
             f"{sum(tail) / max(len(tail), 1):.4f} (mean of the last {len(tail)} steps)")
 
-    player = build_player(cfg, policy, processor, encoder)
+    with sharding.full_weights(policy):  # (FSDP: the engine is built, warmed and sized beside the whole weights)
+        player = build_player(cfg, policy, processor, encoder)
     try:  # a crash closes the envs too (ALFWorld's worker processes)
         player.guide = build_guide(cfg, world, policy=policy, player=player)
         cloning = build_cloning(cfg, player.guide, encoder)

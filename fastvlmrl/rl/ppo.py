@@ -16,6 +16,7 @@ weighted from those.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -218,7 +219,8 @@ def ppo_update(policy, optimizer, storage: RolloutStorage, cfg, *, temperature: 
     steps = skipped = epochs = 0
     train_without_dropout(policy)
     engine_gap = None
-    with full_weights(policy):  # (FSDP: no-grad passes of each rank's own length, without collectives)
+    scoring = full_weights(policy) if cfg.recompute_logprobs or cfg.kl_coef > 0 else contextlib.nullcontext()
+    with scoring:  # (FSDP: no-grad passes of each rank's own length, without collectives)
         if cfg.recompute_logprobs:
             engine_gap = recompute_logprobs(policy, storage, cfg, temperature=temperature, pad_id=pad_id,
                                             device=device, logit_bias=logit_bias)

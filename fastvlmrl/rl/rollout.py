@@ -359,6 +359,8 @@ class Player:
         stats.cut = int(alive.sum())  # still running at max_steps: counted with their return so far, not left out
         for i in np.flatnonzero(alive):
             stats.end(self.episode_return[i], self.episode_length[i], self.game.episode_success(self.episode_return[i], None))
+        # every rank's sampling counter as the busiest rank's (a single process counts its longest episode)
+        self.calls = int(current_world().max(float(self.calls)))
         return episodes, stats, time.perf_counter() - start
 
     @contextlib.contextmanager
