@@ -76,8 +76,11 @@ def forward_hidden_and_values(policy, batch: PackedBatch) -> tuple[torch.Tensor,
     """(the final hidden states that predict the output tokens [T, H], values [B]) in one forward:
     what the LM head turns into the tokens' log-probs, and the value head's output on the last
     prompt token."""
-    # through the module's call (Policy.forward is hidden_states): FSDP's hooks gather the root's weights
-    hidden = policy(batch.input_ids, batch.attention_mask, **batch.mm)  # [B, L, H]
+    from fastvlmrl.sharding import is_sharded
+
+    # sharded: through the module's call (Policy.forward is hidden_states), so FSDP's hooks gather the root
+    forward = policy if is_sharded(policy) else policy.hidden_states
+    hidden = forward(batch.input_ids, batch.attention_mask, **batch.mm)  # [B, L, H]
     B, L, H = hidden.shape
     flat = hidden.reshape(B * L, H)
     last_prompt = flat[torch.arange(B, device=flat.device) * L + batch.prompt_lens - 1]
