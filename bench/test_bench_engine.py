@@ -280,6 +280,45 @@ def test_engine_vs_generate_cpu(benchmark, report):
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+def time_engine(model, requests: list[Request], case: Case, *, compile_decode: bool, rounds: int = 3):
+    """(best seconds of `rounds` engine calls on the batch, the engine): greedy, exactly new_tokens each,
+    after a warm-up call that also compiles (its time is reported apart)."""
+    engine = Engine(model, None, memory_fraction=0.6 if case.device == "cuda" else 0.05, max_num_seqs=case.batch,
+                    max_model_len=max(len(r.prompt_token_ids) for r in requests) + 16 + case.new_tokens,
+                    compile_decode=compile_decode)
+    sp = SamplingParams(temperature=0, max_new_tokens=case.new_tokens, ignore_eos=True)
+    warm_s, _ = timed(lambda: engine.generate_requests(requests, sp), case.device)
+    best, outs = min((timed(lambda: engine.generate_requests(requests, sp), case.device) for _ in range(rounds)),
+                     key=lambda r: r[0])
+    assert all(o.error is None and len(o.token_ids) == case.new_tokens for o in outs)
+    return best, warm_s, engine, [o.token_ids for o in outs]
+
+
+@pytest.mark.benchmark(group="engine-compile")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[gpu, pytest.mark.gpu])])
+def test_compiled_decode_vs_eager(device, benchmark, report):
+    """The engine with its decode body compiled (`compile_decode=True`) against the same engine
+    eager, same requests, same run: decode-phase time per step, the whole call, the compile cost,
+    and whether the greedy tokens agree."""
+    case = (Case("tiny-llava", 32, 64, "cpu", torch.float32) if device == "cpu"
+            else Case("qwen2-vl-2b", 64, 256, "cuda", torch.bfloat16))
+    model = build(case)
+    requests = make_requests(model, case)
+    eager_s, _, eager, eager_tokens = time_engine(model, requests, case, compile_decode=False)
+    eager_step = eager.stats.decode_s / max(eager.stats.decode_steps, 1)
+    compiled_s, warm_s, compiled, compiled_tokens = benchmark.pedantic(
+        lambda: time_engine(model, requests, case, compile_decode=True), rounds=1, iterations=1)
+    compiled_step = compiled.stats.decode_s / max(compiled.stats.decode_steps, 1)
+    agree = sum(a == b for a, b in zip(eager_tokens, compiled_tokens))
+    benchmark.extra_info.update({"eager_s": eager_s, "compiled_s": compiled_s, "first_call_s": warm_s,
+                                 "eager_decode_step_ms": eager_step * 1e3, "compiled_decode_step_ms": compiled_step * 1e3,
+                                 "speedup": eager_s / compiled_s, "same_tokens": agree, "backend": compiled.backend})
+    report(f"[{case.name} {device} batch={case.batch} new={case.new_tokens}] compiled decode {compiled_s:.2f} s vs "
+           f"eager {eager_s:.2f} s: {eager_s / compiled_s:.2f}x (decode step {compiled_step * 1e3:.2f} ms vs "
+           f"{eager_step * 1e3:.2f} ms); first call with compile {warm_s:.1f} s; same greedy tokens on "
+           f"{agree}/{len(requests)} rows; backend: {compiled.backend}")
+
+
 @gpu
 @pytest.mark.gpu
 @pytest.mark.benchmark(group="engine-gpu")

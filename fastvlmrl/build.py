@@ -62,7 +62,8 @@ def build_player(cfg: Config, policy, processor, encoder, *, ignore_eos: bool = 
                           face_cards_as_10=cfg.env.face_cards_as_10)
     try:
         engine = Engine(policy.model, processor, expected_seqs=count,
-                        expected_seq_len=longest_prompt_tokens(cfg, envs, encoder) + cfg.sampling.max_new_tokens)
+                        expected_seq_len=longest_prompt_tokens(cfg, envs, encoder) + cfg.sampling.max_new_tokens,
+                        compile_decode={"auto": None, "on": True, "off": False}[cfg.sampling.compile_decode])
     except BaseException:
         envs.close()
         if eval_envs is not None:

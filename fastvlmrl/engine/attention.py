@@ -16,6 +16,10 @@ Backends, chosen once per engine (:func:`select_backend`):
 - decode: flash-attn's ``flash_attn_with_kvcache`` with a block table when installed and the block
   size is a multiple of 256 (flash-attn 2's paged-cache rule), else ``fastvlmrl.kernels``'
   paged-decode kernel (Triton on CUDA, its PyTorch reference on CPU).
+
+A decode step stores its K/V and attends through one custom op, ``torch.ops.fastvlmrl.paged_decode``:
+opaque to ``torch.compile``, so a compiled decode step (``Engine(compile_decode=...)``) is one graph
+around it (the kernels' data-dependent lengths and launches would otherwise break the graph).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ except ImportError:  # optional accelerator
 class AttentionBackend:
     name: str  # e.g. "prefill: torch sdpa; decode: fastvlmrl.kernels torch reference"
     prefill: Callable
-    decode: Callable
+    decoder: str  # a key of DECODERS (the custom op takes its decoder by name)
 
 
 @dataclass
@@ -104,11 +108,13 @@ def paged_attention_forward(module, query, key, value, attention_mask, scaling=N
     k = key[0].transpose(0, 1)
     v = value[0].transpose(0, 1)
     k_cache, v_cache = ctx.k_caches[layer], ctx.v_caches[layer]
-    _kernels().store_kv(k, v, k_cache, v_cache, ctx.slot_mapping)
     if ctx.is_prefill:
+        _kernels().store_kv(k, v, k_cache, v_cache, ctx.slot_mapping)
         out = ctx.backend.prefill(q, k, v, k_cache, v_cache, ctx, scaling)
     else:
-        out = ctx.backend.decode(q, k_cache, v_cache, ctx, scaling)
+        scale = float(scaling) if scaling is not None else q.shape[-1] ** -0.5
+        out = torch.ops.fastvlmrl.paged_decode(q, k, v, k_cache, v_cache, ctx.slot_mapping, ctx.block_tables,
+                                               ctx.seq_lens, scale, ctx.backend.decoder)
     return out.unsqueeze(0), None  # [1, T, Hq, D], as transformers' attention functions return
 
 
@@ -173,21 +179,39 @@ def prefill_flash(q, k, v, k_cache, v_cache, ctx: AttentionContext, scale):
 # -- decode -------------------------------------------------------------------------------------
 
 
-def decode_kernels(q, k_cache, v_cache, ctx: AttentionContext, scale):
-    return _kernels().paged_decode_attention(q, k_cache, v_cache, ctx.block_tables, ctx.seq_lens, scale=scale)
+def decode_kernels(q, k_cache, v_cache, block_tables, seq_lens, scale):
+    return _kernels().paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale=scale)
 
 
-def decode_flash(q, k_cache, v_cache, ctx: AttentionContext, scale):
+def decode_flash(q, k_cache, v_cache, block_tables, seq_lens, scale):
     out = flash_attn_with_kvcache(
         q.unsqueeze(1),
         k_cache,
         v_cache,
-        cache_seqlens=ctx.seq_lens,
-        block_table=ctx.block_tables,
+        cache_seqlens=seq_lens,
+        block_table=block_tables,
         softmax_scale=scale,
         causal=True,
     )
     return out.squeeze(1)
+
+
+DECODERS: dict[str, Callable] = {"kernels": decode_kernels, "flash": decode_flash}
+
+
+@torch.library.custom_op("fastvlmrl::paged_decode", mutates_args=("k_cache", "v_cache"))
+def paged_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 slot_mapping: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                 decoder: str) -> torch.Tensor:
+    """One decode step's attention for one layer: store the new K/V ``[B, Hkv, D]`` at their
+    slots, then attend each query ``[B, Hq, D]`` over its sequence's cache; ``[B, Hq, D]``."""
+    _kernels().store_kv(k, v, k_cache, v_cache, slot_mapping)
+    return DECODERS[decoder](q, k_cache, v_cache, block_tables, seq_lens, scale)
+
+
+@paged_decode.register_fake
+def _paged_decode_shape(q, k, v, k_cache, v_cache, slot_mapping, block_tables, seq_lens, scale, decoder):
+    return torch.empty_like(q)
 
 
 def flash_usable(device: torch.device, dtype: torch.dtype) -> bool:
@@ -215,9 +239,9 @@ def select_backend(
     else:
         prefill, prefill_name = prefill_sdpa, "torch sdpa" + (" (image-block mask)" if image_blocks else "")
     if flash and block_size % 256 == 0:
-        decode, decode_name = decode_flash, "flash-attn kvcache (paged)"
+        decoder, decode_name = "flash", "flash-attn kvcache (paged)"
     else:
         interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
         kind = "triton" if device.type == "cuda" else ("triton interpreter" if interpret else "torch reference")
-        decode, decode_name = decode_kernels, f"fastvlmrl.kernels paged_decode_attention ({kind})"
-    return AttentionBackend(f"prefill: {prefill_name}; decode: {decode_name}", prefill, decode)
+        decoder, decode_name = "kernels", f"fastvlmrl.kernels paged_decode_attention ({kind})"
+    return AttentionBackend(f"prefill: {prefill_name}; decode: {decode_name}", prefill, decoder)

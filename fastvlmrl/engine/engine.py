@@ -72,6 +72,9 @@ class Engine:
       required; False = off. Captured graphs read the parameters in place, so optimizer steps are
       seen; when the parameter tensors themselves change (LoRA injected later, ``.to()``) or a peft
       adapter is switched, the next ``generate`` captures them again.
+    - ``compile_decode``: run the decode body through ``torch.compile`` (before graph capture on
+      CUDA). None = on CUDA models, off on CPU; a compile that fails falls back to eager decoding
+      (logged, and said in ``backend``) unless True (required).
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class Engine:
         enable_prefix_caching: bool = True,
         use_flash_attn: bool | None = None,
         use_cuda_graphs: bool | None = None,
+        compile_decode: bool | None = None,
     ):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
         self.family = family_for(base)
@@ -143,6 +147,8 @@ class Engine:
         self._said_context_cut = False
         self.weight_versions = WeightVersions(base)
         self._require_graphs = bool(use_cuda_graphs)
+        if compile_decode or (compile_decode is None and device.type == "cuda"):
+            self.runner.compile_decode(required=bool(compile_decode))
 
         if use_cuda_graphs and device.type != "cuda":
             raise ValueError("use_cuda_graphs=True needs a CUDA model")
@@ -157,7 +163,7 @@ class Engine:
                 self.runner.graphs = None
                 graphs = f"no CUDA graphs (capture failed: {type(e).__name__}: {e})"
                 logger.warning("fastvlmrl engine: CUDA graph capture failed, decoding eagerly: %s", e)
-        self.backend = f"{self.attention.name}; {graphs}; LM head: {_logits_precision(dtype, device)}"
+        self._graphs_note = graphs
         logger.info(
             "fastvlmrl engine (%s): %s; %d KV blocks x %d tokens (%.1f MiB)",
             self.family.name,
@@ -166,6 +172,14 @@ class Engine:
             block_size,
             self.kv.nbytes / 2**20,
         )
+
+    @property
+    def backend(self) -> str:
+        """What runs each part of a step, e.g. "prefill: torch sdpa; decode: fastvlmrl.kernels
+        paged_decode_attention (torch reference); eager decode body; no CUDA graphs; LM head:
+        float32 logits"."""
+        return (f"{self.attention.name}; {self.runner.decode_body_note}; {self._graphs_note}; "
+                f"LM head: {_logits_precision(self.kv.shape.dtype, self.runner.device)}")
 
     def capture_cuda_graphs(self) -> None:
         """(Re)capture the decode graphs; the engine calls it again when the weight tensors change."""
@@ -287,8 +301,7 @@ class Engine:
                 self.weight_versions.graphs_dropped()
                 if self._require_graphs:
                     raise
-                self.backend = (f"{self.attention.name}; no CUDA graphs (re-capture failed: {type(e).__name__}: {e}); "
-                                f"LM head: {_logits_precision(self.kv.shape.dtype, self.runner.device)}")
+                self._graphs_note = f"no CUDA graphs (re-capture failed: {type(e).__name__}: {e})"
                 logger.warning("fastvlmrl engine: CUDA graph re-capture failed, decoding eagerly: %s", e)
 
     def _prefill(self, seqs: list[Sequence]) -> SampleOutput:

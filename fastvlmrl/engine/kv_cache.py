@@ -63,10 +63,10 @@ class KVCache:
         self.shape = shape
         self.num_blocks = num_blocks
         dims = (num_blocks, shape.block_size, shape.num_kv_heads, shape.head_dim)
-        # One allocation so the cache is a single region (views per layer).
-        storage = torch.zeros((2, shape.num_layers, *dims), dtype=shape.dtype, device=device)
-        self.k = list(storage[0].unbind(0))
-        self.v = list(storage[1].unbind(0))
+        # Separate tensors, not views of one: a compiled decode step mutates each layer's K and V
+        # in place only when no two of them alias (views of one base are cloned and copied back).
+        self.k = [torch.zeros(dims, dtype=shape.dtype, device=device) for _ in range(shape.num_layers)]
+        self.v = [torch.zeros(dims, dtype=shape.dtype, device=device) for _ in range(shape.num_layers)]
 
     @property
     def nbytes(self) -> int:

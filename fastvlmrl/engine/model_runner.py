@@ -6,11 +6,16 @@ embedding, rotary, norm and MLP code runs unchanged; only attention goes through
 (:mod:`fastvlmrl.engine.attention`). The runner calls the language model directly with
 ``inputs_embeds`` (image features scattered at the image-token positions, as the HF wrappers do)
 and applies the LM head only to the rows that need logits.
+
+The decode body can run compiled (:meth:`ModelRunner.compile_decode`: ``torch.compile``, one graph
+with the paged attention as an opaque custom op), so the layers' small ops (norms, rotary, SiLU-mul,
+LoRA) fuse into a few kernels; on CUDA the compiled body is what the decode graphs capture.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterator
 
 import torch
@@ -21,6 +26,8 @@ from fastvlmrl.engine.families import Family, image_block_ids
 from fastvlmrl.engine.kv_cache import KVCache
 from fastvlmrl.engine.sequence import Sequence
 from fastvlmrl.kernels.linear import linear_fp32
+
+logger = logging.getLogger(__name__)
 
 
 def set_attn_implementation(lm: nn.Module, impl: str | None) -> None:
@@ -55,6 +62,9 @@ class ModelRunner:
         self.rows = family.position_rows
         self.graphs = None  # set by the engine when CUDA graphs are on
         self.in_engine_mode = False
+        self._compiled_body = None  # compile_decode()
+        self._compile_required = False
+        self._compile_failure: str | None = None
 
     # Looked up at every step, not kept: LoRA (peft) or modules_to_save wrappers may replace the
     # embedding or the LM head after the engine was built.
@@ -274,8 +284,44 @@ class ModelRunner:
             hidden = self.decode_body(ids, positions, slots, table, seq_lens)
         return self.logits(hidden)
 
+    def compile_decode(self, required: bool = False) -> None:
+        """Run the decode body through ``torch.compile`` (inductor) from now on. Batch size and
+        block-table width are dynamic dimensions (one graph for every step but batch 1); the
+        compiled graph reads the parameters as inputs, so optimizer steps are seen, and a changed
+        module structure (LoRA injected, an adapter switched) fails its guards and recompiles.
+        Compilation happens at the first call; if it fails, decoding goes on eagerly (logged)
+        unless ``required``."""
+        self._compiled_body = torch.compile(self.eager_decode_body, dynamic=True)
+        self._compile_required = required
+        self._compile_failure = None
+
+    @property
+    def decode_compiled(self) -> bool:
+        return self._compiled_body is not None
+
+    @property
+    def decode_body_note(self) -> str:
+        if self._compiled_body is not None:
+            return "decode body compiled (torch.compile, inductor)"
+        if self._compile_failure is not None:
+            return f"eager decode body (compile failed: {self._compile_failure})"
+        return "eager decode body"
+
     def decode_body(self, ids, positions, slots, block_tables, seq_lens) -> torch.Tensor:
-        """The transformer body for one decode token per row (what a CUDA graph captures)."""
+        """The transformer body for one decode token per row (what a CUDA graph captures): compiled
+        after :meth:`compile_decode`, else eager."""
+        if self._compiled_body is not None:
+            try:
+                return self._compiled_body(ids, positions, slots, block_tables, seq_lens)
+            except Exception as e:  # a compile failure (at the first call): eager from now on, unless required
+                if self._compile_required:
+                    raise
+                self._compiled_body = None
+                self._compile_failure = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                logger.warning("fastvlmrl engine: compiling the decode step failed, decoding eagerly: %s", e)
+        return self.eager_decode_body(ids, positions, slots, block_tables, seq_lens)
+
+    def eager_decode_body(self, ids, positions, slots, block_tables, seq_lens) -> torch.Tensor:
         ctx = AttentionContext(
             backend=self.backend,
             is_prefill=False,
