@@ -241,6 +241,7 @@ def run_case(case: Case, benchmark, report):
         memory_fraction=0.6 if case.device == "cuda" else 0.05,
         max_num_seqs=case.batch,
         max_model_len=max(len(r.prompt_token_ids) for r in requests) + 16 + case.new_tokens,
+        compile_decode=False,  # the eager step; test_compiled_decode_vs_eager measures the compiled one
     )
     engine.generate_requests(requests[:2], SamplingParams(temperature=0, max_new_tokens=4))  # warm-up
     outs = benchmark.pedantic(lambda: engine.generate_requests(requests, sp), rounds=1, iterations=1)

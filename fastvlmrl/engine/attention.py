@@ -19,7 +19,10 @@ Backends, chosen once per engine (:func:`select_backend`):
 
 A decode step stores its K/V and attends through one custom op, ``torch.ops.fastvlmrl.paged_decode``:
 opaque to ``torch.compile``, so a compiled decode step (``Engine(compile_decode=...)``) is one graph
-around it (the kernels' data-dependent lengths and launches would otherwise break the graph).
+around it (the kernels' data-dependent lengths and launches would otherwise break the graph). On
+CPU a compiled step instead traces :func:`decode_traced` (the same attention in plain tensor ops,
+sized by the block table's width): inductor fuses the cache reads into its reductions, so the
+context is never gathered into a copy, which is most of the eager reference's time.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class AttentionContext:
     image_blocks: list[torch.Tensor | None] | None = None
     # decode
     seq_lens: torch.Tensor | None = None  # [B] int32, tokens to attend over (current one included)
+    traced: bool = False  # decode through decode_traced (a compiled CPU step; no padded rows: slots >= 0)
 
 
 _CONTEXT: AttentionContext | None = None
@@ -113,6 +117,9 @@ def paged_attention_forward(module, query, key, value, attention_mask, scaling=N
         out = ctx.backend.prefill(q, k, v, k_cache, v_cache, ctx, scaling)
     else:
         scale = float(scaling) if scaling is not None else q.shape[-1] ** -0.5
+        if ctx.traced:
+            out = decode_traced(q, k, v, k_cache, v_cache, ctx.slot_mapping, ctx.block_tables, ctx.seq_lens, scale)
+            return out.unsqueeze(0), None
         out = torch.ops.fastvlmrl.paged_decode(q, k, v, k_cache, v_cache, ctx.slot_mapping, ctx.block_tables,
                                                ctx.seq_lens, scale, ctx.backend.decoder)
     return out.unsqueeze(0), None  # [1, T, Hq, D], as transformers' attention functions return
@@ -207,6 +214,27 @@ def paged_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: tor
     slots, then attend each query ``[B, Hq, D]`` over its sequence's cache; ``[B, Hq, D]``."""
     _kernels().store_kv(k, v, k_cache, v_cache, slot_mapping)
     return DECODERS[decoder](q, k_cache, v_cache, block_tables, seq_lens, scale)
+
+
+def decode_traced(q, k, v, k_cache, v_cache, slot_mapping, block_tables, seq_lens, scale: float) -> torch.Tensor:
+    """:func:`paged_decode` in plain tensor ops, for ``torch.compile`` to trace (CPU): the store as
+    an in-place ``index_copy_`` (every slot >= 0: no padded rows), the attention over the block
+    table's whole width (no data-dependent length) masked to each sequence's length, softmax and
+    accumulation in fp32. Eager it gathers the context as the reference does; compiled, the
+    gathers fuse into the two reductions."""
+    B, Hq, D = q.shape
+    block_size, Hkv = k_cache.shape[1], k_cache.shape[2]
+    k_cache.view(-1, Hkv, D).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
+    v_cache.view(-1, Hkv, D).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+    blocks = block_tables.long()  # whole blocks: contiguous rows, vectorised reads
+    keys = k_cache[blocks][:, :, :, :, None, :].float()  # [B, W, block, Hkv, 1, D]
+    values = v_cache[blocks][:, :, :, :, None, :].float()
+    scores = (q.view(B, 1, 1, Hkv, Hq // Hkv, D).float() * scale * keys).sum(-1)  # [B, W, block, Hkv, G]
+    pos = torch.arange(blocks.shape[1] * block_size, device=q.device).view(-1, block_size)
+    scores = scores.masked_fill((pos[None] >= seq_lens[:, None, None].long())[..., None, None], float("-inf"))
+    weights = torch.softmax(scores.flatten(1, 2), dim=1).view(scores.shape)
+    out = (weights[..., None] * values).sum((1, 2))  # [B, Hkv, G, D]
+    return torch.nan_to_num(out.reshape(B, Hq, D), nan=0.0).to(q.dtype)  # (length 0: zeros)
 
 
 @paged_decode.register_fake

@@ -302,7 +302,8 @@ class ModelRunner:
     @property
     def decode_body_note(self) -> str:
         if self._compiled_body is not None:
-            return "decode body compiled (torch.compile, inductor)"
+            attention = "; attention traced into it" if self._traced_attention else ""
+            return f"decode body compiled (torch.compile, inductor{attention})"
         if self._compile_failure is not None:
             return f"eager decode body (compile failed: {self._compile_failure})"
         return "eager decode body"
@@ -312,7 +313,7 @@ class ModelRunner:
         after :meth:`compile_decode`, else eager."""
         if self._compiled_body is not None:
             try:
-                return self._compiled_body(ids, positions, slots, block_tables, seq_lens)
+                return self._compiled_body(ids, positions, slots, block_tables, seq_lens, self._traced_attention)
             except Exception as e:  # a compile failure (at the first call): eager from now on, unless required
                 if self._compile_required:
                     raise
@@ -321,7 +322,13 @@ class ModelRunner:
                 logger.warning("fastvlmrl engine: compiling the decode step failed, decoding eagerly: %s", e)
         return self.eager_decode_body(ids, positions, slots, block_tables, seq_lens)
 
-    def eager_decode_body(self, ids, positions, slots, block_tables, seq_lens) -> torch.Tensor:
+    @property
+    def _traced_attention(self) -> bool:
+        # CPU: the attention traced into the compiled step (decode_traced); CUDA, or the padded rows
+        # of decode graphs (slot -1): the opaque custom op and its kernels
+        return self.device.type != "cuda" and self.graphs is None
+
+    def eager_decode_body(self, ids, positions, slots, block_tables, seq_lens, traced: bool = False) -> torch.Tensor:
         ctx = AttentionContext(
             backend=self.backend,
             is_prefill=False,
@@ -330,6 +337,7 @@ class ModelRunner:
             v_caches=self.kv.v,
             block_tables=block_tables,
             seq_lens=seq_lens,
+            traced=traced,
         )
         with attention_context(ctx):
             out = self.lm(

@@ -27,7 +27,7 @@ def test_compiled_decode_matches_eager(family, models, tiny):
     images = [tiny.frame(i, *size) for i in range(len(PROMPTS))]
     eager = Engine(model, processor, block_size=8, num_blocks=64)
     compiled = Engine(model, processor, block_size=8, num_blocks=64, compile_decode=True)
-    assert "decode body compiled (torch.compile, inductor)" in compiled.backend
+    assert "decode body compiled (torch.compile, inductor; attention traced into it)" in compiled.backend
     assert "eager decode body" in eager.backend
     torch._dynamo.utils.counters.clear()
     want = eager.generate(images, PROMPTS, _params())
@@ -106,3 +106,39 @@ def test_paged_decode_op_passes_opcheck(batch, q_heads, kv_heads, block_size):
     torch.testing.assert_close(k_cache, kc)
     torch.testing.assert_close(v_cache, vc)
     torch.testing.assert_close(out, reference.paged_decode_attention(q, kc, vc, tables, lens, scale=D**-0.5))
+
+
+@pytest.mark.parametrize("batch,q_heads,kv_heads,block_size,dtype", [
+    (1, 4, 4, 8, torch.float32), (3, 4, 2, 4, torch.float32), (5, 6, 1, 16, torch.float32), (4, 4, 2, 8, torch.bfloat16)])
+def test_traced_decode_matches_the_reference(batch, q_heads, kv_heads, block_size, dtype):
+    """decode_traced (what a compiled CPU step runs) against the store + reference attention,
+    eager and compiled: lengths from 1 to the table's width, one empty sequence (zeros)."""
+    from fastvlmrl.engine.attention import decode_traced
+    from fastvlmrl.kernels import reference
+
+    g = torch.Generator().manual_seed(batch + q_heads)
+    D, blocks, width = 8, 24, 4
+    q = torch.randn(batch, q_heads, D, generator=g).to(dtype)
+    k, v = (torch.randn(batch, kv_heads, D, generator=g).to(dtype) for _ in range(2))
+    k_cache, v_cache = (torch.randn(blocks, block_size, kv_heads, D, generator=g).to(dtype) for _ in range(2))
+    tables = torch.randperm(blocks, generator=g)[: batch * width].view(batch, width).int()
+    lens = torch.randint(1, width * block_size + 1, (batch,), generator=g).int()
+    lens[0] = 1
+    last = (lens - 1).long()
+    slots = tables.long().gather(1, (last // block_size)[:, None])[:, 0] * block_size + last % block_size
+    kc, vc = k_cache.clone(), v_cache.clone()
+    reference.store_kv(k, v, kc, vc, slots)
+    want = reference.paged_decode_attention(q, kc, vc, tables, lens, scale=D**-0.5)
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+    compiled = [torch.compile(decode_traced, dynamic=True)] if kv_heads == 2 else []  # (two compiles: time)
+    for fn in [decode_traced, *compiled]:
+        k2, v2 = k_cache.clone(), v_cache.clone()
+        out = fn(q, k, v, k2, v2, slots, tables, lens, D**-0.5)
+        torch.testing.assert_close(k2, kc)
+        torch.testing.assert_close(v2, vc)
+        torch.testing.assert_close(out, want, **tol)
+        assert out.dtype == dtype
+    empty = lens.clone()
+    empty[-1] = 0  # nothing cached: zeros, as the reference gives
+    out = decode_traced(q, k, v, k_cache.clone(), v_cache.clone(), slots, tables, empty, D**-0.5)
+    assert torch.equal(out[-1], torch.zeros_like(out[-1]))
