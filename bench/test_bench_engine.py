@@ -282,11 +282,12 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
 
 
 def time_engine(model, requests: list[Request], case: Case, *, compile_decode: bool, rounds: int = 3):
-    """(best seconds of `rounds` engine calls on the batch, the engine): greedy, exactly new_tokens each,
-    after a warm-up call that also compiles (its time is reported apart)."""
+    """(best seconds of `rounds` engine calls on the batch, the first call's seconds, the engine, the
+    tokens): greedy, exactly new_tokens each; the first call also compiles (its time is reported
+    apart); no prefix cache, so every call prefills its prompts as a rollout's new frames do."""
     engine = Engine(model, None, memory_fraction=0.6 if case.device == "cuda" else 0.05, max_num_seqs=case.batch,
                     max_model_len=max(len(r.prompt_token_ids) for r in requests) + 16 + case.new_tokens,
-                    compile_decode=compile_decode)
+                    compile_decode=compile_decode, enable_prefix_caching=False)  # every call prefills in full
     sp = SamplingParams(temperature=0, max_new_tokens=case.new_tokens, ignore_eos=True)
     warm_s, _ = timed(lambda: engine.generate_requests(requests, sp), case.device)
     best, outs = min((timed(lambda: engine.generate_requests(requests, sp), case.device) for _ in range(rounds)),
