@@ -63,7 +63,7 @@ def build_player(cfg: Config, policy, processor, encoder, *, ignore_eos: bool = 
     try:
         engine = Engine(policy.model, processor, expected_seqs=count,
                         expected_seq_len=longest_prompt_tokens(cfg, envs, encoder) + cfg.sampling.max_new_tokens,
-                        compile_decode={"auto": None, "on": True, "off": False}[cfg.sampling.compile_decode])
+                        compile_decode=cfg.sampling.compile_decode)
     except BaseException:
         envs.close()
         if eval_envs is not None:

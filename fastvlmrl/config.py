@@ -86,7 +86,7 @@ class SamplingConfig:
     top_p: float = 1.0  # nucleus sampling: the smallest token set with this probability mass
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the reply (1 = off)
     max_new_tokens: int = 256  # reply length limit in tokens
-    compile_decode: str = "auto"  # torch.compile the rollout engine's decode step: auto (on CUDA), on, off
+    compile_decode: bool = False  # torch.compile the rollout engine's decode step (CPU: 1.6x per step measured; GPU: not yet)
 
 
 @dataclass
@@ -299,8 +299,6 @@ def validate(cfg: Config, *, check_model_files: bool = True) -> None:
     for key in ("entropy_coef", "kl_coef", "target_kl"):
         if getattr(cfg.ppo, key) < 0:
             raise ConfigError(f"ppo.{key} must be 0 (off) or more, got {getattr(cfg.ppo, key)}")
-    if cfg.sampling.compile_decode not in ("auto", "on", "off"):
-        raise ConfigError(f"sampling.compile_decode must be auto, on or off, got {cfg.sampling.compile_decode!r}")
     if cfg.ppo.loss_level not in ("sequence", "token"):
         raise ConfigError(f"ppo.loss_level must be 'sequence' or 'token', got {cfg.ppo.loss_level!r}")
     if cfg.algo.name not in ("ppo", "grpo", "gigpo"):

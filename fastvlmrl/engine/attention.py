@@ -120,8 +120,10 @@ def paged_attention_forward(module, query, key, value, attention_mask, scaling=N
         if ctx.traced:
             out = decode_traced(q, k, v, k_cache, v_cache, ctx.slot_mapping, ctx.block_tables, ctx.seq_lens, scale)
             return out.unsqueeze(0), None
-        out = torch.ops.fastvlmrl.paged_decode(q, k, v, k_cache, v_cache, ctx.slot_mapping, ctx.block_tables,
-                                               ctx.seq_lens, scale, ctx.backend.decoder)
+        # the op under torch.compile (opaque there); eager, the same function without the dispatcher
+        decode = torch.ops.fastvlmrl.paged_decode if torch.compiler.is_compiling() else paged_decode_impl
+        out = decode(q, k, v, k_cache, v_cache, ctx.slot_mapping, ctx.block_tables, ctx.seq_lens, scale,
+                     ctx.backend.decoder)
     return out.unsqueeze(0), None  # [1, T, Hq, D], as transformers' attention functions return
 
 
@@ -207,14 +209,20 @@ def decode_flash(q, k_cache, v_cache, block_tables, seq_lens, scale):
 DECODERS: dict[str, Callable] = {"kernels": decode_kernels, "flash": decode_flash}
 
 
+def paged_decode_impl(q, k, v, k_cache, v_cache, slot_mapping, block_tables, seq_lens, scale: float,
+                      decoder: str) -> torch.Tensor:
+    """One decode step's attention for one layer: store the new K/V ``[B, Hkv, D]`` at their
+    slots (< 0: skipped), then attend each query ``[B, Hq, D]`` over its sequence's cache."""
+    _kernels().store_kv(k, v, k_cache, v_cache, slot_mapping)
+    return DECODERS[decoder](q, k_cache, v_cache, block_tables, seq_lens, scale)
+
+
 @torch.library.custom_op("fastvlmrl::paged_decode", mutates_args=("k_cache", "v_cache"))
 def paged_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  slot_mapping: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                  decoder: str) -> torch.Tensor:
-    """One decode step's attention for one layer: store the new K/V ``[B, Hkv, D]`` at their
-    slots, then attend each query ``[B, Hq, D]`` over its sequence's cache; ``[B, Hq, D]``."""
-    _kernels().store_kv(k, v, k_cache, v_cache, slot_mapping)
-    return DECODERS[decoder](q, k_cache, v_cache, block_tables, seq_lens, scale)
+    """:func:`paged_decode_impl` as a custom op ``[B, Hq, D]``: what a compiled step calls."""
+    return paged_decode_impl(q, k, v, k_cache, v_cache, slot_mapping, block_tables, seq_lens, scale, decoder)
 
 
 def decode_traced(q, k, v, k_cache, v_cache, slot_mapping, block_tables, seq_lens, scale: float) -> torch.Tensor:
@@ -232,8 +240,10 @@ def decode_traced(q, k, v, k_cache, v_cache, slot_mapping, block_tables, seq_len
     values = v_cache[blocks][:, :, :, :, None, :].float()
     scores = (q.view(B, 1, 1, Hkv, Hq // Hkv, D).float() * scale * keys).sum(-1)  # [B, W, block, Hkv, G]
     pos = torch.arange(blocks.shape[1] * block_size, device=q.device).view(-1, block_size)
-    scores = scores.masked_fill((pos[None] >= seq_lens[:, None, None].long())[..., None, None], float("-inf"))
+    past = (pos[None] >= seq_lens[:, None, None].long())[..., None, None]  # [B, W, block, 1, 1]
+    scores = scores.masked_fill(past, float("-inf"))
     weights = torch.softmax(scores.flatten(1, 2), dim=1).view(scores.shape)
+    values = values.masked_fill(past[..., None], 0.0)  # stale slots past the end (a NaN there: 0 * NaN)
     out = (weights[..., None] * values).sum((1, 2))  # [B, Hkv, G, D]
     return torch.nan_to_num(out.reshape(B, Hq, D), nan=0.0).to(q.dtype)  # (length 0: zeros)
 

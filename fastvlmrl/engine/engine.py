@@ -73,8 +73,10 @@ class Engine:
       seen; when the parameter tensors themselves change (LoRA injected later, ``.to()``) or a peft
       adapter is switched, the next ``generate`` captures them again.
     - ``compile_decode``: run the decode body through ``torch.compile`` (before graph capture on
-      CUDA). None = on CUDA models, off on CPU; a compile that fails falls back to eager decoding
-      (logged, and said in ``backend``) unless True (required).
+      CUDA); a compile that fails raises (with ``use_cuda_graphs`` None too). Off by default: it
+      has not run on a GPU yet (scripts/gpu_check.sh measures it). ``runner.compile_decode()``
+      opts in without requiring it (a failed compile then decodes eagerly, logged, said in
+      ``backend``).
     """
 
     def __init__(
@@ -93,7 +95,7 @@ class Engine:
         enable_prefix_caching: bool = True,
         use_flash_attn: bool | None = None,
         use_cuda_graphs: bool | None = None,
-        compile_decode: bool | None = None,
+        compile_decode: bool = False,
     ):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
         self.family = family_for(base)
@@ -147,8 +149,8 @@ class Engine:
         self._said_context_cut = False
         self.weight_versions = WeightVersions(base)
         self._require_graphs = bool(use_cuda_graphs)
-        if compile_decode or (compile_decode is None and device.type == "cuda"):
-            self.runner.compile_decode(required=bool(compile_decode))
+        if compile_decode:
+            self.runner.compile_decode(required=True)
 
         if use_cuda_graphs and device.type != "cuda":
             raise ValueError("use_cuda_graphs=True needs a CUDA model")
@@ -158,7 +160,7 @@ class Engine:
                 self.capture_cuda_graphs()
                 graphs = f"CUDA graphs for batch sizes {self.runner.graphs.batch_sizes}"
             except Exception as e:
-                if use_cuda_graphs:
+                if use_cuda_graphs or compile_decode:  # (the graphs' warm-up call compiles)
                     raise
                 self.runner.graphs = None
                 graphs = f"no CUDA graphs (capture failed: {type(e).__name__}: {e})"

@@ -286,14 +286,18 @@ class ModelRunner:
 
     def compile_decode(self, required: bool = False) -> None:
         """Run the decode body through ``torch.compile`` (inductor) from now on. Batch size and
-        block-table width are dynamic dimensions (one graph for every step but batch 1); the
+        block-table width are dynamic dimensions; the
         compiled graph reads the parameters as inputs, so optimizer steps are seen, and a changed
         module structure (LoRA injected, an adapter switched) fails its guards and recompiles.
-        Compilation happens at the first call; if it fails, decoding goes on eagerly (logged)
-        unless ``required``."""
+        Compilation happens at the first call; if that call fails, decoding goes on eagerly
+        (logged) unless ``required``. Later failures (out of memory, a bad input) raise as eager
+        ones do. Dynamo specialises some shapes (batch 1, a one-block table) and recompiles on
+        guard failures (dtype, adapters, ``requires_grad``); past its recompile limit it runs the
+        body eagerly with a warning of its own."""
         self._compiled_body = torch.compile(self.eager_decode_body, dynamic=True)
         self._compile_required = required
         self._compile_failure = None
+        self._compiled_ok = False
 
     @property
     def decode_compiled(self) -> bool:
@@ -313,9 +317,11 @@ class ModelRunner:
         after :meth:`compile_decode`, else eager."""
         if self._compiled_body is not None:
             try:
-                return self._compiled_body(ids, positions, slots, block_tables, seq_lens, self._traced_attention)
-            except Exception as e:  # a compile failure (at the first call): eager from now on, unless required
-                if self._compile_required:
+                hidden = self._compiled_body(ids, positions, slots, block_tables, seq_lens, self._traced_attention)
+                self._compiled_ok = True
+                return hidden
+            except Exception as e:  # a compile failure (the first call): eager from now on, unless required
+                if self._compile_required or self._compiled_ok:
                     raise
                 self._compiled_body = None
                 self._compile_failure = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
