@@ -10,10 +10,10 @@
 # /tmp/site, the C games built with gcc, the checkout itself on PYTHONPATH: no pip install of the
 # project); compiled-kernel correctness (all but the paged-decode grid, then a representative six of
 # its 72 cases); the kernel bench; the CUDA-graph engine tests; the engine bench at Qwen2-VL-2B and
-# LLaVA-1.6-Mistral-7B shapes (random weights, bf16, batch 64, eager decode step); the compiled decode
-# step against the eager one at Qwen2-VL-2B (time per step, compile cost); the sampler's cost in RL mode;
-# one PPO iteration per path (fast, then RL4VLM's reference); last, the engine bench at Qwen3-VL-2B
-# and Gemma-3-4B shapes (run when the budget leaves time).
+# LLaVA-1.6-Mistral-7B shapes (random weights, bf16, batch 64, eager decode step); the sampler's cost
+# in RL mode; one PPO iteration per path (fast, then RL4VLM's reference); the compiled decode step
+# against the eager one and `generate` at Qwen2-VL-2B (time per step, compile cost); last, the
+# engine bench at Qwen3-VL-2B and Gemma-3-4B shapes (these two run when the budget leaves time).
 #
 # Written to $OUT (./gpu_check_out without it): summary.md (each stage's status, seconds, pytest's
 # last line and its bench-report lines: tokens/s, ratios, roofline fractions, engine.backend),
@@ -122,12 +122,12 @@ stage "kernel bench" 90 python3 -m pytest bench/test_bench_kernels.py -q -p no:c
 stage "engine tests (CUDA graphs)" 60 pytest_gpu tests/engine/test_gpu.py
 stage "engine bench (qwen2-vl-2b, llava-1.6-mistral-7b)" 150 pytest_gpu bench/test_bench_engine.py \
     -k "test_engine_vs_generate_gpu" --benchmark-json="$out/engine.json"
-stage "compiled decode vs eager (qwen2-vl-2b)" 180 pytest_gpu bench/test_bench_engine.py \
-    -k "test_compiled_decode_vs_eager" --benchmark-json="$out/engine_compile.json"
 stage "sampler in RL mode" 45 pytest_gpu bench/test_bench_sampler.py --benchmark-json="$out/sampler.json"
 stage "PPO iteration, fast path" 90 pytest_gpu bench/test_bench_ppo_iteration.py -k "gpu and fast" \
     --benchmark-json="$out/ppo_fast.json"
 stage "PPO iteration, reference path" 120 pytest_gpu bench/test_bench_ppo_iteration.py -k "gpu and reference"
+stage "compiled decode vs eager (qwen2-vl-2b)" 180 pytest_gpu bench/test_bench_engine.py \
+    -k "test_compiled_decode_vs_eager" --benchmark-json="$out/engine_compile.json"
 stage "engine bench (qwen3-vl-2b, gemma-3-4b)" 150 pytest_gpu bench/test_bench_engine.py \
     -k "test_engine_vs_generate_gpu_newer_families" --benchmark-json="$out/engine_families.json"
 

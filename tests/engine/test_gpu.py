@@ -40,6 +40,23 @@ def test_cuda_graphs_match_eager_and_generate_fp32(family, tiny):
     assert [o.token_ids for o in graphed.generate(images[:5], prompts[:5], SP)] == expected[:5]
 
 
+@pytest.mark.parametrize("graphs", [True, False])
+def test_compiled_decode_matches_eager_on_cuda(graphs, tiny):
+    """The compiled decode body (custom-op attention with the Triton kernel) captured in the graphs
+    (padded rows included) or run directly: the eager engine's tokens."""
+    model = tiny.build_model("qwen2_vl").cuda()
+    processor = tiny.TinyProcessor(model, "qwen2_vl")
+    images, prompts = batch(tiny, "qwen2_vl")
+    eager = Engine(model, processor, block_size=16, num_blocks=256, max_num_seqs=16, use_cuda_graphs=False)
+    compiled = Engine(model, processor, block_size=16, num_blocks=256, max_num_seqs=16, use_cuda_graphs=graphs,
+                      compile_decode=True)
+    assert "decode body compiled (torch.compile, inductor)" in compiled.backend
+    want = [o.token_ids for o in eager.generate(images, prompts, SP)]
+    assert [o.token_ids for o in compiled.generate(images, prompts, SP)] == want
+    assert [o.token_ids for o in compiled.generate(images[:5], prompts[:5], SP)] == want[:5]
+    assert compiled.runner._compiled_ok
+
+
 def test_graphs_see_optimizer_steps(tiny):
     model = tiny.build_model("llava").cuda()
     processor = tiny.TinyProcessor(model, "llava")
