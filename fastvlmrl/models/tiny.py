@@ -34,6 +34,10 @@ class TinyVLMConfig:
     mlp_size: int = 512
     max_position_embeddings: int = 2048  # the engine's context limit; prompts are characters
     invert_pixels: bool = True  # normalise to 1 - x/255 (ink 1, white background 0): see the note
+    # std of the random weights (Hugging Face's initializer_range, 0.02 by default). Measured on
+    # NumberLine's SFT, seed 1: at 0.02 the model read 21% of the frames after 800 steps; at 0.1 it
+    # read all of them from step 100 on (0.05: from step 150). Small weights starve the vision path.
+    init_std: float = 0.1
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -42,6 +46,8 @@ class TinyVLMConfig:
             heads = self.vision_heads if name.startswith("vision") else self.heads
             if getattr(self, name) % heads:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be a multiple of its number of heads ({heads})")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std ({self.init_std}) must be positive")
         if self.heads % self.kv_heads:
             raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
 
@@ -73,6 +79,7 @@ def tiny_vlm_config(cfg: TinyVLMConfig, tokenizer: CharTokenizer) -> LlavaConfig
         num_attention_heads=cfg.vision_heads,
         image_size=cfg.image_size,
         patch_size=cfg.patch_size,
+        initializer_range=cfg.init_std,
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -85,6 +92,7 @@ def tiny_vlm_config(cfg: TinyVLMConfig, tokenizer: CharTokenizer) -> LlavaConfig
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        initializer_range=cfg.init_std,
     )
     return LlavaConfig(
         vision_config=vision,
@@ -92,6 +100,7 @@ def tiny_vlm_config(cfg: TinyVLMConfig, tokenizer: CharTokenizer) -> LlavaConfig
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
+        initializer_range=cfg.init_std,
     )
 
 

@@ -35,6 +35,23 @@ def test_seed_determines_weights_and_leaves_global_rng():
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
 
 
+@pytest.mark.parametrize("std", [0.02, 0.1])
+def test_init_std_sets_the_random_weights_scale(std):
+    # the default 0.1 (not Hugging Face's 0.02) is what let the vision path learn to read the frames
+    model, _ = build_tiny_vlm(TinyVLMConfig(init_std=std), seed=0)
+    scaled = {
+        "embed_tokens": model.get_input_embeddings().weight,
+        "lm_head": model.lm_head.weight,
+        "q_proj": model.model.language_model.layers[0].self_attn.q_proj.weight,
+        "mlp": model.model.language_model.layers[1].mlp.down_proj.weight,
+        "projector": model.model.multi_modal_projector.linear_1.weight,
+        "patch_embedding": model.model.vision_tower.embeddings.patch_embedding.weight,
+    }
+    for name, weight in scaled.items():
+        assert abs(weight.std().item() - std) < 0.1 * std, name
+    assert TinyVLMConfig().init_std == 0.1
+
+
 def test_save_load_round_trip(tiny_dir, helpers):
     model, processor = build_tiny_vlm(seed=0)
     model2 = AutoModelForImageTextToText.from_pretrained(tiny_dir, local_files_only=True).eval()
@@ -54,3 +71,5 @@ def test_config_errors():
         TinyVLMConfig(image_size=100)
     with pytest.raises(ValueError, match="number of heads"):
         TinyVLMConfig(hidden_size=130)
+    with pytest.raises(ValueError, match="init_std"):
+        TinyVLMConfig(init_std=0.0)
