@@ -204,12 +204,13 @@ def load_checkpoint(cfg: Config, checkpoint: Path, device, dtype, trainable: boo
     from safetensors.torch import load_file
 
     from fastvlmrl.models import load_policy
+    from fastvlmrl.models.tiny import tiny_config_from
 
     if cfg.model.lora:
         from peft import PeftModel
 
         policy, processor = load_policy(cfg.model.path, lora=False, freeze_vision=cfg.model.freeze_vision,
-                                        dtype=dtype, device=device, seed=cfg.run.seed)
+                                        dtype=dtype, device=device, seed=cfg.run.seed, tiny=tiny_config_from(cfg.model))
         policy.model = PeftModel.from_pretrained(policy.model, checkpoint / "model", is_trainable=trainable).to(device)
     else:
         policy, processor = load_policy(str(checkpoint / "model"), lora=False, freeze_vision=cfg.model.freeze_vision,

@@ -74,6 +74,8 @@ class ModelConfig:
     lora_alpha: int = 256  # LoRA scale numerator (scale = alpha / r)
     lora_dropout: float = 0.05  # dropout on the adapters' input (SFT only: PPO runs without dropout)
     freeze_vision: bool = False  # keep the vision tower's weights fixed
+    tiny_image_size: int = 112  # built-in tiny VLM (model.path null) only: the frame size its vision tower sees
+    tiny_patch_size: int = 16  # built-in tiny VLM only: its patch size ((size/patch)^2 image tokens)
     dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
     gradient_checkpointing: bool = False  # recompute the decoder layers' activations in the backward (memory for time)
     gradient_checkpointing_vision: bool = False  # the vision tower's layers too (when it trains: no LoRA, not frozen)
@@ -314,6 +316,10 @@ def validate(cfg: Config, *, check_model_files: bool = True) -> None:
     if cfg.ppo.kl_coef > 0 and cfg.model.lora and cfg.sft.steps > 0:
         raise ConfigError("ppo.kl_coef with model.lora scores the reference with the adapters off, which would be the "
                           "model before this run's SFT: set sft.steps=0 (SFT the model beforehand) or model.lora=false")
+    if cfg.model.tiny_patch_size < 1 or cfg.model.tiny_image_size < cfg.model.tiny_patch_size \
+            or cfg.model.tiny_image_size % cfg.model.tiny_patch_size:
+        raise ConfigError(f"model.tiny_image_size ({cfg.model.tiny_image_size}) must be a positive multiple of "
+                          f"model.tiny_patch_size ({cfg.model.tiny_patch_size})")
     if cfg.model.gradient_checkpointing_vision and not cfg.model.gradient_checkpointing:
         raise ConfigError("model.gradient_checkpointing_vision needs model.gradient_checkpointing=true")
     if cfg.ppo.value_clip < 0:

@@ -213,14 +213,10 @@ def plan_run(cfg: Config, architecture_name: str | None = None, processes: int =
     if architecture_name is not None:
         config, name = architecture(architecture_name), architecture_name
     elif cfg.model.path is None:
-        from fastvlmrl.models.tiny import (
-            TinyVLMConfig,
-            build_tiny_processor,
-            tiny_vlm_config,
-        )
+        from fastvlmrl.models.tiny import build_tiny_processor, tiny_config_from, tiny_vlm_config
 
-        processor = build_tiny_processor()
-        config, name = tiny_vlm_config(TinyVLMConfig(), processor.tokenizer), "the built-in tiny VLM"
+        processor = build_tiny_processor(tiny_config_from(cfg.model))
+        config, name = tiny_vlm_config(tiny_config_from(cfg.model), processor.tokenizer), "the built-in tiny VLM"
     else:
         from transformers import AutoConfig
 

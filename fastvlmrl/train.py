@@ -90,6 +90,7 @@ def _check_fsdp(cfg: Config) -> None:
 def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: RunLock, world) -> Path:
     from fastvlmrl.models import load_policy
     from fastvlmrl.models.policy import enable_gradient_checkpointing
+    from fastvlmrl.models.tiny import tiny_config_from
     from fastvlmrl.rl.ppo import cosine_lr, make_optimizer, ppo_update, set_lr
     from fastvlmrl.rl.reference_policy import ReferencePolicy
     from fastvlmrl.rl.sft import demo_stream, encode_demos, sft_train, text_demo_stream
@@ -136,7 +137,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, stop: GracefulStop, lock: R
         policy, processor = load_policy(cfg.model.path, lora=cfg.model.lora, lora_r=cfg.model.lora_r,
                                         lora_alpha=cfg.model.lora_alpha, lora_dropout=cfg.model.lora_dropout,
                                         freeze_vision=cfg.model.freeze_vision, dtype=dtype, device=device,
-                                        seed=cfg.run.seed)
+                                        seed=cfg.run.seed, tiny=tiny_config_from(cfg.model))
     world.broadcast_parameters(policy)  # the replicas start equal, whatever each process loaded
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(policy, vision=cfg.model.gradient_checkpointing_vision)

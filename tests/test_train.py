@@ -280,3 +280,30 @@ def test_critic_free_algorithms_train(tmp_path, algo, level):
     assert [r["update"] for r in updates] == [0, 1]
     assert all(r["actor/optimizer_steps"] > 0 and r["rollout/episodes"] == 4 for r in updates)
     assert "critic/explained_variance" not in updates[0]
+
+
+def test_tiny_model_sizes_from_the_config_hold_through_lora_checkpoints(tmp_path):
+    """model.tiny_image_size / tiny_patch_size size the built-in VLM; with LoRA a checkpoint holds
+    only the adapters, so evaluating it rebuilds the base from the same keys."""
+    from safetensors.torch import load_file
+
+    args = [*TOY, "model.tiny_image_size=48", "model.tiny_patch_size=12", "model.lora=true", "model.lora_r=4",
+            "model.lora_alpha=8", "log.checkpoint_every=1"]
+    assert main(["train", *args, f"run.out_dir={tmp_path}", "run.name=sized"]) == 0
+    run = tmp_path / "sized"
+    checkpoint = sorted((run / "checkpoints").glob("step_*"))[-1]
+    adapters = load_file(checkpoint / "model" / "adapter_model.safetensors")
+    assert any("multi_modal_projector" in k for k in adapters)
+    assert main(["eval", str(run)]) == 0
+    from fastvlmrl.checkpoint import load_checkpoint
+    from fastvlmrl.config import load_config
+
+    policy, processor = load_checkpoint(load_config(run / "config.yaml"), checkpoint, "cpu", None)
+    vision = policy.model.config.vision_config
+    assert (vision.image_size, vision.patch_size) == (48, 12)
+    assert processor.image_processor.crop_size["height"] == 48
+
+
+def test_tiny_model_sizes_are_checked(capsys):
+    assert main(["train", "model.tiny_image_size=100", "model.tiny_patch_size=16"]) == 2
+    assert "model.tiny_image_size (100) must be a positive multiple of model.tiny_patch_size (16)" in capsys.readouterr().err

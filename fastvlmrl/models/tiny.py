@@ -56,6 +56,11 @@ class TinyVLMConfig:
         return (self.image_size // self.patch_size) ** 2
 
 
+def tiny_config_from(model_cfg) -> TinyVLMConfig:
+    """The tiny VLM's sizes from a run config's ``model`` section (its ``tiny_*`` keys)."""
+    return TinyVLMConfig(image_size=model_cfg.tiny_image_size, patch_size=model_cfg.tiny_patch_size)
+
+
 def build_tiny_processor(cfg: TinyVLMConfig | None = None) -> LlavaProcessor:
     """The tiny VLM's processor: CLIP-style image processor + character tokenizer + chat template."""
     cfg = cfg or TinyVLMConfig()
