@@ -320,6 +320,10 @@ def validate(cfg: Config, *, check_model_files: bool = True) -> None:
             or cfg.model.tiny_image_size % cfg.model.tiny_patch_size:
         raise ConfigError(f"model.tiny_image_size ({cfg.model.tiny_image_size}) must be a positive multiple of "
                           f"model.tiny_patch_size ({cfg.model.tiny_patch_size})")
+    if (cfg.model.tiny_image_size // max(cfg.model.tiny_patch_size, 1)) ** 2 > 1024:
+        raise ConfigError(f"model.tiny_image_size / model.tiny_patch_size gives "
+                          f"{(cfg.model.tiny_image_size // cfg.model.tiny_patch_size) ** 2} image tokens: at most 1024 "
+                          "fit the tiny VLM's 2048-token context with the prompt and the reply")
     if cfg.model.gradient_checkpointing_vision and not cfg.model.gradient_checkpointing:
         raise ConfigError("model.gradient_checkpointing_vision needs model.gradient_checkpointing=true")
     if cfg.ppo.value_clip < 0:

@@ -307,3 +307,16 @@ def test_tiny_model_sizes_from_the_config_hold_through_lora_checkpoints(tmp_path
 def test_tiny_model_sizes_are_checked(capsys):
     assert main(["train", "model.tiny_image_size=100", "model.tiny_patch_size=16"]) == 2
     assert "model.tiny_image_size (100) must be a positive multiple of model.tiny_patch_size (16)" in capsys.readouterr().err
+    assert main(["train", "model.tiny_image_size=448", "model.tiny_patch_size=8"]) == 2
+    assert "3136 image tokens" in capsys.readouterr().err
+
+
+def test_tiny_model_sizes_reach_the_trained_model(tmp_path):
+    """Without LoRA the checkpoint is the whole model: the sizes it was trained at are saved."""
+    import json as _json
+
+    assert main(["train", *TOY, "model.tiny_image_size=48", "model.tiny_patch_size=12", "ppo.updates=1",
+                 "log.checkpoint_every=1", f"run.out_dir={tmp_path}", "run.name=full"]) == 0
+    checkpoint = sorted((tmp_path / "full" / "checkpoints").glob("step_*"))[-1]
+    vision = _json.loads((checkpoint / "model" / "config.json").read_text())["vision_config"]
+    assert (vision["image_size"], vision["patch_size"]) == (48, 12)
