@@ -93,3 +93,23 @@ def test_an_unknown_name_is_an_attribute_error():
         assert "NoSuchGame" in str(e)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_the_checkout_root_does_not_shadow_the_pypi_kernels_package():
+    """`python -m fastvlmrl` (and torchrun -m) from the checkout's root put the root first on
+    sys.path, where the top-level kernels/ would be found before the PyPI `kernels` that
+    transformers (>= 5.25) imports. Where that package is not installed there is nothing to shadow."""
+    code = textwrap.dedent("""
+        import importlib.machinery, importlib.util, sys
+        from pathlib import Path
+        root = Path.cwd().resolve()
+        installed = importlib.machinery.PathFinder.find_spec(
+            "kernels", [p for p in sys.path if Path(p or ".").resolve() != root])
+        import fastvlmrl
+        found = importlib.util.find_spec("kernels")
+        print(installed.origin if installed else None, found.origin if found else None)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    installed, found = out.stdout.split()
+    if installed != "None":
+        assert found == installed
